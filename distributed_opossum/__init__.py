@@ -1,0 +1,34 @@
+"""distributed_opossum: asyncio circuit breakers with opossum's semantics, cluster-wide through Redis.
+
+>>> from distributed_opossum import CircuitBreaker
+"""
+
+from __future__ import annotations
+
+from ._breaker import CircuitBreaker
+from ._decorator import circuit_breaker
+from ._errors import (
+    CircuitBreakerError,
+    CircuitTimeoutError,
+    OpenCircuitError,
+    SemaphoreLockedError,
+    ShutdownError,
+)
+from ._options import BreakerOptions, DistributedOptions
+from ._state import Cause, State
+from ._stats import Stats
+
+__all__ = [
+    "BreakerOptions",
+    "Cause",
+    "CircuitBreaker",
+    "CircuitBreakerError",
+    "CircuitTimeoutError",
+    "DistributedOptions",
+    "OpenCircuitError",
+    "SemaphoreLockedError",
+    "ShutdownError",
+    "State",
+    "Stats",
+    "circuit_breaker",
+]

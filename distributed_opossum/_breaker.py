@@ -1,0 +1,824 @@
+"""``CircuitBreaker``: opossum's breaker for asyncio.
+
+Wires the pure core (state machine, rolling window, backoff) to a clock, the
+event emitter, the per-breaker timeout queue and the optional features (cache,
+coalescing, capacity, health checks, snapshots).
+
+The call path is written for speed: while nothing unusual is configured (no
+listeners, cache, coalescing; enabled, closed) ``fire()`` costs two clock
+reads, a few counter increments and the one timeout-queue entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import random
+import sys
+from collections.abc import Awaitable, Callable
+from types import BuiltinFunctionType, TracebackType
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from ._backoff import open_period
+from ._cache import MemoryCache, call_key, maybe_await
+from ._clock import TimerHandle
+from ._coalesce import CoalesceTable
+from ._deadlines import EXPIRED, DeadlineQueue, timed_out
+from ._errors import (
+    CircuitTimeoutError,
+    OpenCircuitError,
+    SemaphoreLockedError,
+    ShutdownError,
+)
+from ._events import EventEmitter, Handler
+from ._options import BreakerOptions, parse_options
+from ._state import Cause, State, StateMachine, Transition, exceeds_threshold
+from ._stats import Stats
+from ._window import RollingWindow
+
+__all__ = ["CircuitBreaker"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_CLOSED = State.CLOSED
+_running_loop = asyncio.get_running_loop
+# ``asyncio.current_task`` is a Python function before 3.12 and costs more than a
+# whole plain call there; the task registry it reads is a dict keyed by loop.
+_tasks_by_loop = getattr(asyncio.tasks, "_current_tasks", None)
+_task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
+    _tasks_by_loop.get
+    if isinstance(_tasks_by_loop, dict) and not isinstance(asyncio.current_task, BuiltinFunctionType)
+    else asyncio.current_task
+)
+_frexp = math.frexp
+_STATE_EVENTS = {
+    State.OPEN: "open",
+    State.FORCED_OPEN: "open",
+    State.HALF_OPEN: "half_open",
+    State.CLOSED: "close",
+}
+
+
+class CircuitBreaker(Generic[P, R]):
+    """A circuit breaker around one async (or sync) callable.
+
+    Args:
+        action: the callable the breaker guards; ``fire(*args, **kwargs)`` calls
+            ``action(*args, **kwargs)`` and awaits the result when awaitable.
+        **options: opossum's options in snake_case with durations in seconds
+            (``timeout``, ``error_threshold_percentage``, ``reset_timeout``, ...;
+            see the README). Unknown names raise ``TypeError``; bad values raise
+            ``ValueError``/``TypeError`` naming the option.
+
+    Example::
+
+        breaker = CircuitBreaker(call_service, name="payments", timeout=3.0)
+        result = await breaker.fire(order_id)
+    """
+
+    def __init__(self, action: Callable[P, Awaitable[R]] | Callable[P, R], **options: Any) -> None:
+        if not callable(action):
+            raise TypeError(f"action must be callable, got {action!r}")
+        opts = parse_options(action, options)
+        self._options = opts
+        self._action: Callable[..., Any] = action
+        self._action_is_async = inspect.iscoroutinefunction(action)
+        self._clock = opts.clock
+        self._monotonic = opts.clock.monotonic
+        now = self._monotonic()
+        self._window = RollingWindow(
+            opts.rolling_count_timeout,
+            opts.rolling_count_buckets,
+            now,
+            percentiles_enabled=opts.rolling_percentiles_enabled,
+        )
+        self._core = StateMachine(
+            half_open_max_calls=opts.half_open_max_calls,
+            trial_lease=opts.trial_lease,
+            period=self._open_period,
+        )
+        self._events = EventEmitter(f"breaker {opts.name!r}", on_change=self._listeners_changed)
+        self._deadlines = (
+            DeadlineQueue(opts.timeout, opts.clock) if opts.timeout is not None else None
+        )
+        self._capacity = opts.capacity if opts.capacity is not None else sys.maxsize
+        self._in_flight = 0
+        self._fallback: Callable[..., Any] | None = None
+        self._cache: Any = None
+        if opts.cache:
+            self._cache = opts.cache_transport or MemoryCache(opts.cache_size, self._monotonic)
+        self._coalesce = (
+            CoalesceTable(
+                ttl=opts.coalesce_ttl,
+                size=opts.coalesce_size,
+                reset_on=opts.coalesce_reset_on,
+                now=self._monotonic,
+            )
+            if opts.coalesce
+            else None
+        )
+        self._key: Callable[..., Any] | None = opts.cache_get_key
+        self._enabled = opts.enabled
+        self._shutdown = False
+        self._warm_up_until = now + opts.rolling_count_timeout if opts.allow_warm_up else -1.0
+        self._half_open_timer: TimerHandle | None = None
+        self._snapshot_timer: TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._guards: dict[asyncio.Task[Any] | None, list[_Guard]] = {}
+        self._gate = False
+        if opts.state is not None:
+            self._restore(opts.state, now)
+        self._refresh_gate()
+
+    # -- calling ---------------------------------------------------------------------------------
+
+    async def fire(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the action under the breaker.
+
+        Returns:
+            The action's result, a cached or coalesced result, or the fallback's result.
+
+        Raises:
+            OpenCircuitError: the breaker is open and there is no fallback.
+            CircuitTimeoutError: the action took longer than ``timeout`` (it was cancelled).
+            SemaphoreLockedError: ``capacity`` calls are in flight.
+            ShutdownError: the breaker was shut down.
+            Exception: whatever the action (or the fallback) raised.
+        """
+        if self._gate:
+            return await self._fire_gated(args, kwargs)  # type: ignore[no-any-return]
+        # The plain path: closed, enabled, nobody listening, no cache, coalescing
+        # or capacity. It is _execute() inlined, minus what cannot happen here;
+        # every nanosecond counts (see BENCHMARKS.md), so no helper calls.
+        monotonic = self._monotonic
+        now = monotonic()
+        window = self._window
+        bucket = window.head if now < window.bucket_end else window.roll(now)
+        bucket.fires += 1
+        deadlines = self._deadlines
+        if deadlines is None:
+            try:
+                if self._action_is_async:
+                    result = await self._action(*args, **kwargs)
+                else:
+                    result = self._action(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+            except Exception as error:
+                return await self._failed(  # type: ignore[no-any-return]
+                    error, args, kwargs, now, monotonic(), 0, timeout=False
+                )
+        else:
+            task = _task_of(_running_loop())
+            entry = [now + deadlines.timeout, task, 0]  # DeadlineQueue.push, inlined
+            entries = deadlines.entries
+            entries.append(entry)
+            if deadlines.timer is None:
+                deadlines.arm()
+            failure: BaseException | None = None
+            expired = False
+            try:
+                if self._action_is_async:
+                    result = await self._action(*args, **kwargs)
+                else:
+                    result = self._action(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+            except asyncio.CancelledError:
+                if not timed_out(entry, task):  # type: ignore[arg-type]
+                    raise  # the caller's own cancellation: neither success nor failure
+                expired = True
+            except Exception as error:
+                failure = error
+            finally:
+                entry[1] = None  # DeadlineQueue.pop, inlined
+                while entries and entries[0][1] is None:
+                    entries.popleft()
+            if entry[2] and failure is None and timed_out(entry, task):  # type: ignore[arg-type]
+                expired = True  # the action swallowed our cancellation and returned late
+            if expired:
+                failure = CircuitTimeoutError(breaker_name=self.name, timeout=deadlines.timeout)
+            if failure is not None:
+                return await self._failed(  # type: ignore[no-any-return]
+                    failure,
+                    args,
+                    kwargs,
+                    now,
+                    monotonic(),
+                    0,
+                    timeout=expired,
+                )
+        # Into the bucket the call started in: if the window moved on meanwhile,
+        # that bucket is still in it (or was reused for a newer interval).
+        bucket.ok.append(monotonic() - now)
+        return result  # type: ignore[no-any-return]
+
+    async def _fire_gated(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``fire()`` when anything beyond the plain closed path is configured."""
+        if self._shutdown:
+            raise ShutdownError(breaker_name=self.name)
+        now = self._monotonic()
+        self._window.roll(now).fires += 1
+        self._events.emit("fire", args)
+        if not self._enabled:
+            result = self._action(*args, **kwargs)
+            return await result if inspect.isawaitable(result) else result
+        key = None
+        if self._cache is not None or self._coalesce is not None:
+            key = self._key(*args, **kwargs) if self._key is not None else call_key(args, kwargs)
+        if self._cache is not None:
+            cached = await maybe_await(self._cache.get(key))
+            bucket = self._window.roll(self._monotonic())
+            if cached is not None:
+                bucket.cache_hits += 1
+                self._events.emit("cache_hit")
+                return cached
+            bucket.cache_misses += 1
+            self._events.emit("cache_miss")
+        if self._coalesce is not None:
+            shared = self._coalesce.get(key)
+            bucket = self._window.roll(self._monotonic())
+            if shared is not None:
+                bucket.coalesce_cache_hits += 1
+                self._events.emit("coalesce_cache_hit")
+            else:
+                bucket.coalesce_cache_misses += 1
+                self._events.emit("coalesce_cache_miss")
+                shared = self._coalesce.start(key, self._execute(args, kwargs, now, key))
+            return await asyncio.shield(shared)
+        return await self._execute(args, kwargs, now, key)
+
+    async def _execute(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], now: float, cache_key: Any
+    ) -> Any:
+        """Admission, the timed call, and the outcome."""
+        core = self._core
+        permit = 0
+        if core.state is not _CLOSED:
+            permit = core.admit(now)
+            if core.pending:
+                self._announce()
+            if permit < 0:
+                return await self._rejected(args, kwargs, now)
+        if self._in_flight >= self._capacity:
+            core.release(permit)
+            error = self._semaphore_locked(now)
+            return await self._failed(
+                error, args, kwargs, now, now, 0, timeout=False, ran=False
+            )
+        deadlines = self._deadlines
+        entry = task = None
+        if deadlines is not None:
+            task = _task_of(_running_loop())
+            entry = deadlines.push(task, now)  # type: ignore[arg-type]
+        self._in_flight += 1
+        error: BaseException | None = None
+        expired = False
+        try:
+            result = self._action(*args, **kwargs)
+            if self._action_is_async or inspect.isawaitable(result):
+                result = await result
+        except asyncio.CancelledError:
+            if entry is None or not timed_out(entry, task):  # type: ignore[arg-type]
+                core.release(permit)
+                raise  # the caller's own cancellation: neither success nor failure
+            expired = True
+        except Exception as exc:
+            error = exc
+        except BaseException:
+            core.release(permit)
+            raise
+        finally:
+            self._in_flight -= 1
+            if entry is not None:
+                deadlines.pop(entry)  # type: ignore[union-attr]
+        end = self._monotonic()
+        if entry is not None and entry[EXPIRED] and timed_out(entry, task):  # type: ignore[arg-type]
+            expired = True  # the action swallowed our cancellation and returned late
+        if expired:
+            error = CircuitTimeoutError(breaker_name=self.name, timeout=deadlines.timeout)  # type: ignore[union-attr]
+        if error is not None:
+            return await self._failed(error, args, kwargs, now, end, permit, timeout=expired)
+        self._succeeded(result, end - now, end, permit)
+        if cache_key is not None and self._cache is not None:
+            await maybe_await(self._cache.set(cache_key, result, self._options.cache_ttl))
+        return result
+
+    def _succeeded(self, result: Any, latency: float, end: float, permit: int) -> None:
+        self._window.roll(end).ok.append(latency)
+        if permit:
+            core = self._core
+            core.trial_succeeded(end, permit)
+            if core.pending:
+                self._announce()
+        if self._events.call_listened:
+            self._events.emit("success", result, latency)
+
+    async def _failed(
+        self,
+        error: BaseException,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        start: float,
+        end: float,
+        permit: int,
+        *,
+        timeout: bool,
+        ran: bool = True,
+    ) -> Any:
+        """Record a failure, judge the window, then fall back or raise."""
+        latency = end - start
+        error_filter = self._options.error_filter
+        if error_filter is not None and error_filter(error, *args, **kwargs):
+            self._succeeded(error, latency, end, permit)
+            raise error
+        self._record_failure(error, start, end, permit, args, timeout=timeout, ran=ran)
+        return await self._fallback_or_raise(error, args, kwargs)
+
+    def _record_failure(
+        self,
+        error: BaseException,
+        start: float,
+        end: float,
+        permit: int,
+        args: tuple[Any, ...],
+        *,
+        timeout: bool,
+        ran: bool = True,
+    ) -> None:
+        window = self._window
+        bucket = window.roll(end)
+        latency = end - start
+        events = self._events
+        if timeout:
+            bucket.timeouts += 1
+            events.emit("timeout", error, latency, args)
+        bucket.failures += 1
+        if ran and window.percentiles_enabled:
+            bucket.record_latency(latency)
+        events.emit("failure", error, latency, args)
+        core = self._core
+        if permit:
+            core.trial_failed(end, permit)
+        elif (
+            core.state is _CLOSED
+            and not core.started_before_change(start)
+            and end >= self._warm_up_until
+            and exceeds_threshold(
+                *window.totals(end),
+                volume_threshold=self._options.volume_threshold,
+                error_threshold_percentage=self._options.error_threshold_percentage,
+            )
+        ):
+            core.trip(end, Cause.LOCAL)
+        if core.pending:
+            self._announce()
+
+    async def _fallback_or_raise(
+        self, error: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        fallback = self._fallback
+        if fallback is None:
+            if isinstance(error, CircuitTimeoutError):
+                raise error from None
+            raise error
+        result = fallback(*args, error, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        self._window.roll(self._monotonic()).fallbacks += 1
+        self._events.emit("fallback", result, error)
+        return result
+
+    async def _rejected(self, args: tuple[Any, ...], kwargs: dict[str, Any], now: float) -> Any:
+        return await self._fallback_or_raise(self._reject(now), args, kwargs)
+
+    def _reject(self, now: float) -> OpenCircuitError:
+        """Count and announce a rejection; returns the error to raise."""
+        self._window.roll(now).rejects += 1
+        error = OpenCircuitError(breaker_name=self.name, retry_after=self._core.retry_after(now))
+        self._events.emit("reject", error)
+        return error
+
+    def _semaphore_locked(self, now: float) -> SemaphoreLockedError:
+        self._window.roll(now).semaphore_rejections += 1
+        error = SemaphoreLockedError(breaker_name=self.name, capacity=self._capacity)
+        self._events.emit("semaphore_locked", error, 0.0)
+        return error
+
+    # -- async with ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> CircuitBreaker[P, R]:
+        """Admit the block (or raise ``OpenCircuitError``); the breaker's timeout applies to it."""
+        if self._shutdown:
+            raise ShutdownError(breaker_name=self.name)
+        now = self._monotonic()
+        self._window.roll(now).fires += 1
+        self._events.emit("fire", ())
+        task = _task_of(_running_loop())
+        guard = _Guard(now)
+        if self._enabled:
+            core = self._core
+            permit = core.admit(now)
+            if core.pending:
+                self._announce()
+            if permit < 0:
+                raise self._reject(now)
+            if self._in_flight >= self._capacity:
+                core.release(permit)
+                error = self._semaphore_locked(now)
+                self._record_failure(error, now, now, 0, (), timeout=False, ran=False)
+                raise error
+            guard.permit = permit
+            guard.active = True
+            self._in_flight += 1
+            if self._deadlines is not None and task is not None:
+                guard.entry = self._deadlines.push(task, now)
+        self._guards.setdefault(task, []).append(guard)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        """Record the block's outcome; its exception propagates (a timeout as ``CircuitTimeoutError``)."""
+        task = _task_of(_running_loop())
+        stack = self._guards[task]
+        guard = stack.pop()
+        if not stack:
+            del self._guards[task]
+        if not guard.active:
+            return False
+        self._in_flight -= 1
+        entry = guard.entry
+        if entry is not None:
+            self._deadlines.pop(entry)  # type: ignore[union-attr]
+        end = self._monotonic()
+        expired = entry is not None and bool(entry[EXPIRED]) and timed_out(entry, task)  # type: ignore[arg-type]
+        if not expired and isinstance(exc, asyncio.CancelledError):
+            self._core.release(guard.permit)
+            return False
+        if not expired and exc is not None and not isinstance(exc, Exception):
+            self._core.release(guard.permit)
+            return False
+        if expired:
+            error: BaseException = CircuitTimeoutError(
+                breaker_name=self.name,
+                timeout=self._deadlines.timeout,  # type: ignore[union-attr]
+            )
+        elif exc is None:
+            self._succeeded(None, end - guard.start, end, guard.permit)
+            return False
+        else:
+            error = exc
+        error_filter = self._options.error_filter
+        if not expired and error_filter is not None and error_filter(error):
+            self._succeeded(error, end - guard.start, end, guard.permit)
+            return False
+        self._record_failure(
+            error, guard.start, end, guard.permit, (), timeout=expired
+        )
+        if expired:
+            raise error from None
+        return False
+
+    # -- state control ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open this breaker (locally), as if its window had tripped; a no-op when open."""
+        self._core.trip(self._monotonic(), Cause.MANUAL)
+        self._announce()
+
+    def close(self) -> None:
+        """Close this breaker (locally) and forget its backoff attempts."""
+        self._core.close(self._monotonic(), Cause.MANUAL)
+        self._announce()
+
+    async def force_open(self) -> None:
+        """Hold the breaker open, with no trial calls, until :meth:`reset`."""
+        self._core.force_open(self._monotonic(), Cause.MANUAL)
+        self._announce()
+
+    async def reset(self) -> None:
+        """Close the breaker and clear its backoff attempts (also ends a forced open)."""
+        self._core.close(self._monotonic(), Cause.MANUAL)
+        self._announce()
+
+    def disable(self) -> None:
+        """Let every call straight through (still counted as ``fire``)."""
+        self._enabled = False
+        self._refresh_gate()
+
+    def enable(self) -> None:
+        """Undo :meth:`disable`."""
+        self._enabled = True
+        self._refresh_gate()
+
+    def fallback(self, fn: Callable[..., Any]) -> CircuitBreaker[P, R]:
+        """Use ``fn(*args, error, **kwargs)`` (sync or async) when a call fails or is rejected."""
+        if not callable(fn):
+            raise TypeError(f"fallback must be callable, got {fn!r}")
+        self._fallback = fn
+        return self
+
+    def health_check(self, fn: Callable[[], Any], interval: float = 5.0) -> None:
+        """Run ``fn`` now and every ``interval`` seconds; when it raises, open the breaker.
+
+        Needs a running event loop. The check stops at :meth:`shutdown`.
+        """
+        if not callable(fn):
+            raise TypeError(f"health_check fn must be callable, got {fn!r}")
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            raise TypeError(f"health_check interval must be seconds, got {interval!r}")
+        if not interval > 0:
+            raise ValueError(f"health_check interval must be > 0, got {interval}")
+        if self._shutdown:
+            raise ShutdownError(breaker_name=self.name)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._health_loop(fn, float(interval)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _health_loop(self, fn: Callable[[], Any], interval: float) -> None:
+        while True:
+            try:
+                await maybe_await(fn())
+            except Exception as error:
+                self._events.emit("health_check_failed", error)
+                self._core.trip(self._monotonic(), Cause.HEALTH_CHECK)
+                self._announce()
+            await self._clock.sleep(interval)
+
+    def clear_cache(self) -> None:
+        """Empty the result cache and the coalescing table."""
+        if self._cache is not None:
+            result = self._cache.flush()
+            if inspect.iscoroutine(result):
+                self._spawn(result)
+        if self._coalesce is not None:
+            self._coalesce.clear()
+
+    async def shutdown(self) -> None:
+        """Stop timers and background work; later calls raise ``ShutdownError``."""
+        if self._shutdown:
+            return
+        self._shutdown = True
+        self._enabled = False
+        self._refresh_gate()
+        for timer in (self._half_open_timer, self._snapshot_timer):
+            if timer is not None:
+                timer.cancel()
+        self._half_open_timer = self._snapshot_timer = None
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._cache is not None:
+            await maybe_await(self._cache.flush())
+        if self._coalesce is not None:
+            self._coalesce.clear()
+        self._events.emit("shutdown")
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def on(self, event: str, handler: Handler) -> None:
+        """Call ``handler`` (sync or async) with the event's arguments on every ``event``."""
+        self._events.on(event, handler)
+
+    def off(self, event: str, handler: Handler) -> None:
+        """Stop calling ``handler`` on ``event``."""
+        self._events.off(event, handler)
+
+    def _listeners_changed(self) -> None:
+        self._refresh_gate()
+        self._refresh_snapshots()
+
+    def _refresh_gate(self) -> None:
+        self._gate = (
+            self._shutdown
+            or not self._enabled
+            or self._events.call_listened
+            or self._cache is not None
+            or self._coalesce is not None
+            or self._capacity != sys.maxsize
+            or self._core.state is not _CLOSED
+        )
+
+    def _refresh_snapshots(self) -> None:
+        wanted = (
+            self._options.enable_snapshots and self._events.has("snapshot") and not self._shutdown
+        )
+        if wanted and self._snapshot_timer is None:
+            self._snapshot_timer = self._schedule(self._window.interval, self._snapshot_tick)
+        elif not wanted and self._snapshot_timer is not None:
+            self._snapshot_timer.cancel()
+            self._snapshot_timer = None
+
+    def _snapshot_tick(self) -> None:
+        self._snapshot_timer = None
+        self._events.emit("snapshot", self.stats)
+        self._refresh_snapshots()
+
+    # -- transitions -----------------------------------------------------------------------------
+
+    def _open_period(self, attempts: int) -> float:
+        opts = self._options
+        return open_period(
+            attempts,
+            reset_timeout=opts.reset_timeout,
+            multiplier=opts.reset_timeout_multiplier,
+            max_reset_timeout=opts.max_reset_timeout,
+            jitter=opts.reset_timeout_jitter,
+            uniform=random.uniform,
+        )
+
+    def _announce(self) -> None:
+        """Apply the side effects of the core's pending transitions and emit their events."""
+        core = self._core
+        while core.pending:
+            transition = core.pending.pop(0)
+            self._apply(transition)
+            self._refresh_gate()
+            self._events.emit(_STATE_EVENTS[transition.state], transition.cause)
+
+    def _apply(self, transition: Transition) -> None:
+        if self._half_open_timer is not None:
+            self._half_open_timer.cancel()
+            self._half_open_timer = None
+        state = transition.state
+        now = self._monotonic()
+        if state is State.OPEN:
+            self._half_open_timer = self._schedule(
+                max(0.0, self._core.open_until - now), self._open_period_over
+            )
+        elif state is State.CLOSED:
+            self._window.clear(now)
+
+    def _open_period_over(self) -> None:
+        self._half_open_timer = None
+        self._core.half_open(self._monotonic(), Cause.TIMER)
+        self._announce()
+
+    def _schedule(self, delay: float, callback: Callable[[], None]) -> TimerHandle | None:
+        """A timer, or None when no event loop runs (admission then notices lazily)."""
+        try:
+            return self._clock.call_later(delay, callback)
+        except RuntimeError:
+            return None
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _restore(self, data: Any, now: float) -> None:
+        """Import ``to_json()["state"]`` (partial dicts allowed)."""
+        if "enabled" in data:
+            self._enabled = bool(data["enabled"])
+        attempts = data.get("attempts") or 0
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+            raise ValueError(f"'state': 'attempts' must be an int >= 0, got {attempts!r}")
+        if data.get("forced_open"):
+            state = State.FORCED_OPEN
+        elif data.get("open"):
+            state = State.OPEN
+        elif data.get("half_open"):
+            state = State.HALF_OPEN
+        else:
+            state = State.CLOSED
+        remaining = None
+        opened_at = data.get("opened_at")
+        if state is State.OPEN and opened_at is not None:
+            if isinstance(opened_at, bool) or not isinstance(opened_at, int | float):
+                raise ValueError(f"'state': 'opened_at' must be epoch seconds, got {opened_at!r}")
+            period = open_period(
+                max(attempts, 1),
+                reset_timeout=self._options.reset_timeout,
+                multiplier=self._options.reset_timeout_multiplier,
+                max_reset_timeout=self._options.max_reset_timeout,
+            )
+            remaining = opened_at + period - self._clock.wall()
+        self._core.restore(state, now=now, attempts=attempts, remaining=remaining)
+        if state is State.OPEN:
+            self._half_open_timer = self._schedule(
+                max(0.0, self._core.open_until - now), self._open_period_over
+            )
+        if data.get("shutdown"):
+            self._shutdown = True
+            self._enabled = False
+
+    # -- properties ------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The breaker's name (shared state is per name)."""
+        return self._options.name
+
+    @property
+    def group(self) -> str:
+        """The breaker's group (defaults to its name)."""
+        return self._options.group
+
+    @property
+    def state(self) -> State:
+        """The current state (an open period that ended reads as half-open)."""
+        core = self._core
+        if core.state is State.OPEN and self._monotonic() >= core.open_until:
+            core.half_open(self._monotonic(), Cause.TIMER)
+            self._announce()
+        return core.state
+
+    @property
+    def opened(self) -> bool:
+        """True while open (forced open included)."""
+        return self.state in (State.OPEN, State.FORCED_OPEN)
+
+    @property
+    def closed(self) -> bool:
+        """True while closed."""
+        return self.state is State.CLOSED
+
+    @property
+    def half_open(self) -> bool:
+        """True while trial calls are admitted."""
+        return self.state is State.HALF_OPEN
+
+    @property
+    def is_shutdown(self) -> bool:
+        """True once :meth:`shutdown` ran."""
+        return self._shutdown
+
+    @property
+    def enabled(self) -> bool:
+        """False after :meth:`disable` or :meth:`shutdown`."""
+        return self._enabled
+
+    @property
+    def warm_up(self) -> bool:
+        """True during the first window when ``allow_warm_up`` is set (no opening then)."""
+        return self._monotonic() < self._warm_up_until
+
+    @property
+    def volume_threshold(self) -> int:
+        """Completed calls needed in the window before the failure rate is judged."""
+        return self._options.volume_threshold
+
+    @property
+    def attempts(self) -> int:
+        """Consecutive openings without a close (drives the backoff)."""
+        return self._core.attempts
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds until a trial may be admitted (0 when closed, None when forced open)."""
+        return self._core.retry_after(self._monotonic())
+
+    @property
+    def options(self) -> BreakerOptions:
+        """The validated, frozen options."""
+        return self._options
+
+    @property
+    def stats(self) -> Stats:
+        """Counters and latencies summed over the rolling window."""
+        return self._window.snapshot(self._monotonic())
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"state": {...}, "status": {...}}``, JSON-serialisable; ``state`` re-imports."""
+        state = self.state
+        opened_at = self._core.opened_at
+        return {
+            "state": {
+                "name": self.name,
+                "enabled": self._enabled,
+                "closed": state is State.CLOSED,
+                "open": state is State.OPEN,
+                "half_open": state is State.HALF_OPEN,
+                "forced_open": state is State.FORCED_OPEN,
+                "warm_up": self.warm_up,
+                "shutdown": self._shutdown,
+                "opened_at": None
+                if opened_at is None
+                else self._clock.wall() - (self._monotonic() - opened_at),
+                "attempts": self._core.attempts,
+            },
+            "status": self.stats.to_dict(),
+        }
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name!r} {self._core.state.value}>"
+
+
+class _Guard:
+    """Bookkeeping of one ``async with breaker:`` block."""
+
+    __slots__ = ("active", "entry", "permit", "start")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.permit = 0
+        self.active = False
+        self.entry: list[Any] | None = None

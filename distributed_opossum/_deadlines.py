@@ -1,0 +1,103 @@
+"""Per-breaker call timeouts with one timer, instead of one timer per call.
+
+Every call of a breaker has the same timeout, so deadlines arrive in the order
+calls start: a FIFO of ``[deadline, task, expired_marker]`` entries and a single
+timer handle for the earliest one give ``asyncio.wait_for``'s semantics (the
+late call is cancelled and the caller gets a timeout on time) for a few hundred
+nanoseconds per call instead of several microseconds.
+
+Timer pressure is one wake-up per ``timeout`` at most: when the timer fires it
+cancels what is overdue and re-arms for the oldest call still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from ._clock import Clock, TimerHandle
+
+__all__ = ["DEADLINE", "EXPIRED", "TASK", "DeadlineQueue"]
+
+# Indices into an entry. A list is the cheapest mutable record CPython has.
+DEADLINE = 0
+TASK = 1
+EXPIRED = 2
+"""0 while running; once expired, the task's ``cancelling()`` count after our cancel."""
+
+
+class DeadlineQueue:
+    """Deadlines of the running calls of one breaker, earliest first."""
+
+    __slots__ = ("_clock", "entries", "timeout", "timer")
+
+    def __init__(self, timeout: float, clock: Clock) -> None:
+        self.timeout = timeout
+        self._clock = clock
+        self.entries: deque[list[Any]] = deque()
+        self.timer: TimerHandle | None = None
+
+    def push(self, task: asyncio.Task[Any], now: float) -> list[Any]:
+        """Start the clock for ``task``; keep the entry to :meth:`pop` it later.
+
+        (The breaker's plain call path inlines this method.)
+        """
+        entry = [now + self.timeout, task, 0]
+        self.entries.append(entry)
+        if self.timer is None:
+            self.arm()
+        return entry
+
+    def arm(self) -> None:
+        """Start the timer for the oldest entry (called when none is armed)."""
+        self.timer = self._clock.call_later(self.timeout, self._expire)
+
+    def pop(self, entry: list[Any]) -> None:
+        """The call of ``entry`` finished (in any way)."""
+        entry[TASK] = None
+        entries = self.entries
+        while entries and entries[0][TASK] is None:
+            entries.popleft()
+
+    def _expire(self) -> None:
+        self.timer = None
+        now = self._clock.monotonic()
+        entries = self.entries
+        while entries:
+            entry = entries[0]
+            task = entry[TASK]
+            if task is None:
+                entries.popleft()
+                continue
+            if entry[DEADLINE] > now:
+                self.timer = self._clock.call_later(entry[DEADLINE] - now, self._expire)
+                return
+            entries.popleft()
+            entry[TASK] = None
+            if not task.done():
+                task.cancel()
+                entry[EXPIRED] = task.cancelling()
+
+    def close(self) -> None:
+        """Stop the timer (calls still running are no longer timed)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.entries.clear()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def timed_out(entry: list[Any], task: asyncio.Task[Any]) -> bool:
+    """After a ``CancelledError``: was it our timeout alone? Undoes our cancel request if so.
+
+    Mirrors ``asyncio.timeout``: the cancellation is ours when, after taking our
+    request back, no other request is pending.
+    """
+    marker = entry[EXPIRED]
+    if not marker:
+        return False
+    entry[EXPIRED] = 0
+    return task.uncancel() < marker

@@ -1,0 +1,54 @@
+"""``@circuit_breaker(...)``: guard a coroutine function with a breaker."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from ._breaker import CircuitBreaker
+
+__all__ = ["BreakerFunction", "circuit_breaker"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class BreakerFunction(Protocol[P, R]):
+    """A coroutine function whose calls go through ``breaker.fire``."""
+
+    breaker: CircuitBreaker[P, R]
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call through the breaker."""
+        ...
+
+
+def circuit_breaker(
+    **options: Any,
+) -> Callable[[Callable[P, Awaitable[R]]], BreakerFunction[P, R]]:
+    """Decorate a coroutine function so every call goes through a :class:`CircuitBreaker`.
+
+    The options are those of ``CircuitBreaker``; ``name`` defaults to the
+    function's ``__qualname__``. The breaker is reachable as ``.breaker``.
+
+    Example::
+
+        @circuit_breaker(name="payments", timeout=2.0)
+        async def charge(order): ...
+
+        await charge(order)
+        charge.breaker.stats
+    """
+
+    def decorate(fn: Callable[P, Awaitable[R]]) -> BreakerFunction[P, R]:
+        breaker: CircuitBreaker[P, R] = CircuitBreaker(fn, **options)
+
+        @functools.wraps(fn)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            return await breaker.fire(*args, **kwargs)
+
+        guarded.breaker = breaker  # type: ignore[attr-defined]
+        return guarded  # type: ignore[return-value]
+
+    return decorate

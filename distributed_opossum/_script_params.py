@@ -1,0 +1,171 @@
+"""What the coordinator sends to the Lua scripts: decision parameters and bucket counts.
+
+Both are validated once, at construction, with errors that name the field, so
+a script never receives an argument it would have to guess around.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["DecisionParams", "WindowReport", "check_int", "check_real", "check_text", "to_argv"]
+
+
+def check_int(name: str, value: object, *, minimum: int) -> int:
+    """Return ``value`` if it is an int (not a bool) ≥ ``minimum``, else raise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def check_real(name: str, value: object, low: float, high: float) -> float:
+    """Return ``value`` as a float if it is a finite number in [low, high], else raise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"{name} must be within [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def check_text(name: str, value: object) -> str:
+    """Return ``value`` if it is a non-empty str, else raise ValueError."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty str, got {value!r}")
+    return value
+
+
+def to_argv(*values: str | int | float) -> tuple[str, ...]:
+    """Format script arguments; repr() keeps every digit of a float for Lua's tonumber."""
+    return tuple(v if isinstance(v, str) else repr(v) for v in values)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowReport:
+    """One pod's counts for one finished bucket interval."""
+
+    fires: int = 0
+    successes: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    rejects: int = 0
+    local_open: bool = False
+    """True when the pod tripped locally during the interval."""
+
+    def __post_init__(self) -> None:
+        for field in ("fires", "successes", "failures", "timeouts", "rejects"):
+            check_int(field, getattr(self, field), minimum=0)
+        if not isinstance(self.local_open, bool):
+            raise TypeError(f"local_open must be a bool, got {self.local_open!r}")
+
+    @property
+    def is_empty(self) -> bool:
+        """True when there is nothing to append (no calls, no trip)."""
+        return not self.local_open and not (
+            self.fires or self.successes or self.failures or self.timeouts or self.rejects
+        )
+
+    def to_argv(self) -> tuple[str, ...]:
+        """The counts in the order ``report_window.lua`` reads them (ARGV[2..7])."""
+        return to_argv(
+            self.fires,
+            self.successes,
+            self.failures,
+            self.timeouts,
+            self.rejects,
+            1 if self.local_open else 0,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DecisionParams:
+    """The options a pod decides with, sent along with each script call.
+
+    Options must match across pods; a decision uses the options of the pod
+    that runs it. All durations are ms.
+
+    Attributes:
+        window_ms: length of the stats window.
+        volume_threshold: pooled volume (successes + failures) needed before
+            the pooled rate is judged.
+        error_threshold_percentage: open when the failure rate is strictly above.
+        quorum: None (a trip anywhere or the pooled rate opens), an ``int`` ≥ 1
+            (that many pods must vote) or a ``float`` in (0, 1] (that fraction
+            of the pods that reported calls in the window).
+        min_pod_volume: a pod's own volume needed before its rate is a vote;
+            None means ``volume_threshold``.
+        reset_timeout_ms: open period of the first open.
+        reset_timeout_multiplier: factor per further consecutive open.
+        max_reset_timeout_ms: cap of the open period, None for no cap.
+        half_open_max_calls: trial permits across the cluster, and successes
+            needed to close.
+        lease_ttl_ms: a trial permit not finished by then expires.
+        max_entries: cap of the stats list length (keep it above pods * buckets).
+        key_ttl_ms: TTL of every key, refreshed on write; at least ``window_ms``.
+
+    Example::
+
+        DecisionParams(window_ms=10_000, reset_timeout_ms=30_000,
+                       lease_ttl_ms=31_000, key_ttl_ms=30_000, quorum=0.5)
+    """
+
+    window_ms: int
+    volume_threshold: int = 0
+    error_threshold_percentage: float = 50.0
+    quorum: int | float | None = None
+    min_pod_volume: int | None = None
+    reset_timeout_ms: int
+    reset_timeout_multiplier: float = 1.0
+    max_reset_timeout_ms: int | None = None
+    half_open_max_calls: int = 1
+    lease_ttl_ms: int
+    max_entries: int = 5000
+    key_ttl_ms: int
+
+    def __post_init__(self) -> None:
+        check_int("window_ms", self.window_ms, minimum=1)
+        check_int("volume_threshold", self.volume_threshold, minimum=0)
+        check_real("error_threshold_percentage", self.error_threshold_percentage, 0, 100)
+        q = self.quorum
+        if isinstance(q, bool) or not (q is None or isinstance(q, int | float)):
+            raise TypeError(f"quorum must be None, an int or a float, got {q!r}")
+        if isinstance(q, int) and q < 1:
+            raise ValueError(f"quorum as a pod count must be >= 1, got {q!r}")
+        if isinstance(q, float) and not 0 < q <= 1:
+            raise ValueError(f"quorum as a fraction must be in (0, 1], got {q!r}")
+        if self.min_pod_volume is not None:
+            check_int("min_pod_volume", self.min_pod_volume, minimum=0)
+        check_int("reset_timeout_ms", self.reset_timeout_ms, minimum=0)
+        check_real("reset_timeout_multiplier", self.reset_timeout_multiplier, 1, math.inf)
+        if self.max_reset_timeout_ms is not None:
+            check_int("max_reset_timeout_ms", self.max_reset_timeout_ms, minimum=0)
+        check_int("half_open_max_calls", self.half_open_max_calls, minimum=1)
+        check_int("lease_ttl_ms", self.lease_ttl_ms, minimum=1)
+        check_int("max_entries", self.max_entries, minimum=1)
+        check_int("key_ttl_ms", self.key_ttl_ms, minimum=self.window_ms)
+
+    @property
+    def max_reset_argv(self) -> int:
+        """``max_reset_timeout_ms`` as the scripts take it: -1 for no cap."""
+        return -1 if self.max_reset_timeout_ms is None else self.max_reset_timeout_ms
+
+    def to_argv(self) -> tuple[str, ...]:
+        """All parameters, in the order ``report_window.lua`` reads them (ARGV[13..25])."""
+        q = self.quorum
+        return to_argv(
+            self.window_ms,
+            self.volume_threshold,
+            float(self.error_threshold_percentage),
+            q if isinstance(q, int) else 0,
+            q if isinstance(q, float) else 0,
+            self.volume_threshold if self.min_pod_volume is None else self.min_pod_volume,
+            self.reset_timeout_ms,
+            float(self.reset_timeout_multiplier),
+            self.max_reset_argv,
+            self.half_open_max_calls,
+            self.lease_ttl_ms,
+            self.max_entries,
+            self.key_ttl_ms,
+        )

@@ -1,0 +1,281 @@
+"""What comes back from Redis: script replies and broadcasts, validated into dataclasses.
+
+A script reply of the wrong shape raises :class:`ProtocolError` (never an
+``IndexError`` deep in the caller); a broadcast that is not ours is dropped by
+:func:`parse_broadcast` (returns None). Both are counted, see
+:func:`protocol_error_counts`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+__all__ = [
+    "MAX_BROADCAST_BYTES",
+    "SHARED_STATES",
+    "Broadcast",
+    "ProtocolError",
+    "SharedState",
+    "SharedStateName",
+    "TrialGrant",
+    "parse_broadcast",
+    "parse_count_reply",
+    "parse_state_reply",
+    "parse_trial_reply",
+    "protocol_error_counts",
+]
+
+logger = logging.getLogger(__name__)
+
+SharedStateName = Literal["closed", "open", "half_open", "forced_open"]
+SHARED_STATES: frozenset[str] = frozenset({"closed", "open", "half_open", "forced_open"})
+
+MAX_BROADCAST_BYTES = 4096
+"""Broadcasts longer than this are dropped unread (ours are ~250 bytes)."""
+
+_STATE_REPLY_LEN = 11
+_MAX_REASON_LEN = 200
+_protocol_errors: Counter[str] = Counter()
+
+
+class ProtocolError(Exception):
+    """Redis answered with something the transport cannot use.
+
+    Raised for a script reply of the wrong shape or type (another writer's
+    script, a proxy, a client with custom response callbacks). Not a
+    connection problem: the command did run.
+    """
+
+
+def protocol_error_counts() -> dict[str, int]:
+    """How many bad script replies (``"reply"``) and broadcasts (``"broadcast"``) were rejected."""
+    return dict(_protocol_errors)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedState:
+    """The cluster-wide state of one breaker, as a script returned it.
+
+    Times are Redis ``TIME`` in ms; turn them into local deadlines with
+    ``local_now + (open_until_ms - now_ms)``, never by comparing clocks.
+    An empty ``gen`` means Redis holds no (usable) state: read it as closed.
+    """
+
+    gen: str
+    epoch: int
+    state: SharedStateName
+    open_until_ms: int
+    attempts: int
+    closed_at_ms: int
+    reason: str
+    now_ms: int
+    changed: bool
+    """True when this very call moved the state (opened, closed, half-opened)."""
+    lease_expires_ms: int
+    """Expiry of the latest live trial lease, 0 when none."""
+    trial_successes: int
+
+    @property
+    def exists(self) -> bool:
+        """False when Redis had no shared state for this breaker."""
+        return self.gen != ""
+
+    @property
+    def open_remaining_ms(self) -> int:
+        """Ms left of the open period at ``now_ms`` (0 when over or not open)."""
+        return max(0, self.open_until_ms - self.now_ms) if self.state == "open" else 0
+
+
+@dataclass(frozen=True, slots=True)
+class TrialGrant:
+    """Answer to a request for a half-open trial permit."""
+
+    granted: bool
+    retry_after_ms: int | None
+    """When not granted: ms until a permit may free up; None when forced open."""
+    state: SharedState
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """A validated state message from a breaker's events channel."""
+
+    name: str
+    gen: str
+    epoch: int
+    state: SharedStateName
+    open_until_ms: int
+    now_ms: int
+    attempts: int
+    origin: str
+    """Instance id of the pod whose call changed the state."""
+    reason: str
+
+
+# --------------------------------------------------------------------------- replies
+
+
+def _reply_text(value: object, what: str) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(f"{what} is not UTF-8: {value[:40]!r}") from None
+    if isinstance(value, str):
+        return value
+    raise ProtocolError(f"{what} should be a string, got {type(value).__name__}")
+
+
+def _reply_count(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProtocolError(f"{what} should be a non-negative integer, got {value!r:.40}")
+    return value
+
+
+def _reply_flag(value: object, what: str) -> bool:
+    if isinstance(value, bool) or value not in (0, 1):
+        raise ProtocolError(f"{what} should be 0 or 1, got {value!r:.40}")
+    return value == 1
+
+
+def _reply_list(reply: object, length: int, script: str) -> list[object]:
+    if not isinstance(reply, list) or len(reply) != length:
+        raise ProtocolError(f"{script}: expected a list of {length}, got {reply!r:.200}")
+    return reply
+
+
+def _parse_state(items: Sequence[object]) -> SharedState:
+    gen, epoch, state, open_until, attempts, closed_at, reason, now, changed, lease, trials = items
+    state_name = _reply_text(state, "state")
+    if state_name not in SHARED_STATES:
+        raise ProtocolError(f"unknown state {state_name[:40]!r}")
+    return SharedState(
+        gen=_reply_text(gen, "gen"),
+        epoch=_reply_count(epoch, "epoch"),
+        state=cast(SharedStateName, state_name),
+        open_until_ms=_reply_count(open_until, "open_until"),
+        attempts=_reply_count(attempts, "attempts"),
+        closed_at_ms=_reply_count(closed_at, "closed_at"),
+        reason=_reply_text(reason, "reason")[:_MAX_REASON_LEN],
+        now_ms=_reply_count(now, "now"),
+        changed=_reply_flag(changed, "changed"),
+        lease_expires_ms=_reply_count(lease, "lease expiry"),
+        trial_successes=_reply_count(trials, "trial_successes"),
+    )
+
+
+def parse_state_reply(reply: object, script: str = "script") -> SharedState:
+    """Validate a state-returning script's reply (``state_reply`` in ``lua/_prelude.lua``).
+
+    Raises:
+        ProtocolError: the reply is not exactly what the scripts return.
+    """
+    try:
+        return _parse_state(_reply_list(reply, _STATE_REPLY_LEN, script))
+    except ProtocolError:
+        _protocol_errors["reply"] += 1
+        raise
+
+
+def parse_trial_reply(reply: object) -> TrialGrant:
+    """Validate ``acquire_trial``'s reply: granted, retry_after_ms, then the state.
+
+    Raises:
+        ProtocolError: the reply is not exactly what the script returns.
+    """
+    try:
+        items = _reply_list(reply, _STATE_REPLY_LEN + 2, "acquire_trial")
+        granted = _reply_flag(items[0], "granted")
+        retry_after = None if items[1] == -1 else _reply_count(items[1], "retry_after_ms")
+        state = _parse_state(items[2:])
+    except ProtocolError:
+        _protocol_errors["reply"] += 1
+        raise
+    return TrialGrant(granted=granted, retry_after_ms=retry_after, state=state)
+
+
+def parse_count_reply(reply: object) -> int:
+    """Validate ``cleanup_stats``'s reply: a non-negative integer.
+
+    Raises:
+        ProtocolError: it is not one.
+    """
+    try:
+        return _reply_count(reply, "cleanup_stats")
+    except ProtocolError:
+        _protocol_errors["reply"] += 1
+        raise
+
+
+# --------------------------------------------------------------------------- broadcasts
+
+
+def _message_int(message: dict[str, Any], field: str) -> int:
+    value = message[field]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a JSON encoder may print a large integer as 1e+15
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{field} is not a non-negative integer")
+    return value
+
+
+def _message_text(message: dict[str, Any], field: str) -> str:
+    value = message[field]
+    if not isinstance(value, str):
+        raise ValueError(f"{field} is not a string")
+    return value
+
+
+def _decode_broadcast(payload: bytes | str) -> Broadcast:
+    # Checked before encoding or parsing, so a huge payload costs nothing.
+    if len(payload) > MAX_BROADCAST_BYTES:
+        raise ValueError(f"longer than {MAX_BROADCAST_BYTES}")
+    raw = payload.encode("utf-8") if isinstance(payload, str) else payload
+    if len(raw) > MAX_BROADCAST_BYTES:
+        raise ValueError(f"longer than {MAX_BROADCAST_BYTES} bytes")
+    message = json.loads(raw)
+    if not isinstance(message, dict):
+        raise ValueError("not a JSON object")
+    version = message.get("v")
+    if isinstance(version, bool) or version != 1:
+        raise ValueError(f"unknown version {version!r:.20}")
+    state = _message_text(message, "state")
+    if state not in SHARED_STATES:
+        raise ValueError(f"unknown state {state!r:.40}")
+    gen = _message_text(message, "gen")
+    if not gen:
+        raise ValueError("empty gen")
+    return Broadcast(
+        name=_message_text(message, "name"),
+        gen=gen,
+        epoch=_message_int(message, "epoch"),
+        state=cast(SharedStateName, state),
+        open_until_ms=_message_int(message, "open_until"),
+        now_ms=_message_int(message, "now"),
+        attempts=_message_int(message, "attempts"),
+        origin=_message_text(message, "origin"),
+        reason=_message_text(message, "reason")[:_MAX_REASON_LEN],
+    )
+
+
+def parse_broadcast(payload: bytes | str) -> Broadcast | None:
+    """Validate a message from an events channel.
+
+    Returns:
+        The broadcast, or None for anything that is not a v1 broadcast of a
+        known state (too long, not JSON, wrong types, missing fields). Each
+        rejection is logged at debug level and counted in
+        :func:`protocol_error_counts` under ``"broadcast"``.
+    """
+    try:
+        return _decode_broadcast(payload)
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        # ValueError also covers bad JSON, bad UTF-8 and over-long integers.
+        _protocol_errors["broadcast"] += 1
+        logger.debug("ignoring bad broadcast (%s): %r", exc, payload[:100])
+        return None

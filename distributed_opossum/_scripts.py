@@ -1,0 +1,464 @@
+"""Typed access to the Lua scripts in ``lua/``: loading, per-client registry, calls.
+
+The scripts ship as package data (``distributed_opossum/lua`` in a wheel, the
+repository's top-level ``lua/`` in a source checkout or editable install).
+``lua/_prelude.lua`` is prepended to each, since Redis scripts cannot include
+files. Arguments are validated in :mod:`._script_params`, replies in
+:mod:`._script_replies`; this module re-exports both, so the coordinator
+imports everything transport-related from here.
+
+Calls go out as EVALSHA. When Redis has lost its script cache (restart,
+failover, ``SCRIPT FLUSH``) the script is loaded again and the call retried
+once. A :class:`ScriptBatch` sends many breakers' calls in one pipelined round
+trip and does the same for those of its calls that met NOSCRIPT, and only for
+them, so no report is ever applied twice.
+
+Example::
+
+    scripts = scripts_for(client)
+    keys = BreakerKeys.for_breaker("dopossum", "payments")
+    state = await scripts.read_state(keys)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeAlias, TypeVar, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
+
+from ._keys import BreakerKeys
+from ._script_params import DecisionParams, WindowReport, check_int, check_real, check_text, to_argv
+from ._script_replies import (
+    MAX_BROADCAST_BYTES,
+    SHARED_STATES,
+    Broadcast,
+    ProtocolError,
+    SharedState,
+    SharedStateName,
+    TrialGrant,
+    parse_broadcast,
+    parse_count_reply,
+    parse_state_reply,
+    parse_trial_reply,
+    protocol_error_counts,
+)
+
+__all__ = [
+    "DEFAULT_CLEANUP_MAX_AGE_MS",
+    "MAX_BROADCAST_BYTES",
+    "SCRIPT_NAMES",
+    "SHARED_STATES",
+    "Broadcast",
+    "DecisionParams",
+    "ProtocolError",
+    "RedisClient",
+    "RedisScripts",
+    "ScriptBatch",
+    "SharedState",
+    "SharedStateName",
+    "TrialGrant",
+    "TrialOutcome",
+    "WindowReport",
+    "parse_broadcast",
+    "protocol_error_counts",
+    "script_source",
+    "scripts_for",
+]
+
+logger = logging.getLogger(__name__)
+
+RedisClient: TypeAlias = "Redis | RedisCluster"
+TrialOutcome = Literal["success", "failure"]
+
+DEFAULT_CLEANUP_MAX_AGE_MS = 30 * 60 * 1000
+"""cleanup_stats removes entries older than this by default (30 minutes)."""
+
+SCRIPT_NAMES = (
+    "acquire_trial",
+    "cleanup_stats",
+    "finish_trial",
+    "force_open",
+    "read_state",
+    "release_trial",
+    "report_window",
+    "reset",
+)
+"""Every script in ``lua/`` (file name without ``.lua``)."""
+_PRELUDE = "_prelude"
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True, slots=True)
+class _Script:
+    name: str
+    source: str
+    sha: str
+
+
+def _lua_dir() -> Traversable:
+    # A wheel carries the scripts inside the package (pyproject force-include);
+    # a source checkout or editable install has them beside the package.
+    packaged = resources.files(__name__.rpartition(".")[0]).joinpath("lua")
+    if packaged.is_dir():
+        return packaged
+    beside = Path(__file__).resolve().parent.parent / "lua"
+    if beside.is_dir():
+        return beside
+    raise FileNotFoundError(f"Lua scripts found neither in the package nor at {beside}")
+
+
+@cache
+def _scripts() -> dict[str, _Script]:
+    directory = _lua_dir()
+    prelude = directory.joinpath(f"{_PRELUDE}.lua").read_text("utf-8")
+    scripts = {}
+    for name in SCRIPT_NAMES:
+        source = prelude + "\n" + directory.joinpath(f"{name}.lua").read_text("utf-8")
+        sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
+        scripts[name] = _Script(name, source, sha)
+    return scripts
+
+
+def script_source(name: str) -> str:
+    """The full source of a script as sent to Redis (prelude included)."""
+    return _scripts()[name].source
+
+
+# --------------------------------------------------------------------------- calls
+
+
+@dataclass(frozen=True, slots=True)
+class _Call(Generic[T]):
+    """One script invocation, ready to run alone or in a batch."""
+
+    script: _Script
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    parse: Callable[[object], T]
+
+    @property
+    def keys_and_args(self) -> tuple[str, ...]:
+        return self.keys + self.args
+
+
+def _state_call(name: str, keys: tuple[str, ...], args: tuple[str, ...]) -> _Call[SharedState]:
+    return _Call(_scripts()[name], keys, args, lambda reply: parse_state_reply(reply, name))
+
+
+def _new_gen() -> str:
+    # Scripts may not draw random numbers; a fresh gen comes with every call
+    # that might have to create the state hash.
+    return secrets.token_hex(8)
+
+
+def _jitter(jitter: float) -> float:
+    return check_real("jitter", jitter, 0, float("inf"))
+
+
+def _report_call(
+    keys: BreakerKeys,
+    report: WindowReport,
+    *,
+    instance: str,
+    known_epoch: int,
+    params: DecisionParams,
+    jitter: float,
+) -> _Call[SharedState]:
+    args = (
+        check_text("instance", instance),
+        *report.to_argv(),
+        *to_argv(check_int("known_epoch", known_epoch, minimum=0), _jitter(jitter)),
+        _new_gen(),
+        keys.events,
+        keys.name,
+        *params.to_argv(),
+    )
+    return _state_call("report_window", (keys.stats, keys.state), args)
+
+
+def _read_call(keys: BreakerKeys) -> _Call[SharedState]:
+    return _state_call("read_state", (keys.state,), ())
+
+
+def _awaited(value: object) -> Awaitable[object]:
+    # redis-py types its commands as "awaitable or value" for both flavours;
+    # on an asyncio client they are always awaitable.
+    return cast(Awaitable[object], value)
+
+
+# --------------------------------------------------------------------------- registry
+
+_registry: weakref.WeakKeyDictionary[Any, RedisScripts] = weakref.WeakKeyDictionary()
+
+
+def scripts_for(client: RedisClient) -> RedisScripts:
+    """The :class:`RedisScripts` of ``client``: one per client, made on first use.
+
+    Keyed by the client object's identity and held weakly, so the registry
+    never keeps a client alive.
+    """
+    scripts = _registry.get(client)
+    if scripts is None:
+        scripts = _registry[client] = RedisScripts(client)
+    return scripts
+
+
+class RedisScripts:
+    """The scripts, callable on one client. Get it from :func:`scripts_for`.
+
+    Every method is one round trip (two more after Redis lost its script
+    cache). Connection trouble raises redis-py's exceptions; a reply that is
+    not what the script returns raises :class:`ProtocolError`; bad arguments
+    raise ``ValueError``/``TypeError`` before anything is sent.
+    """
+
+    __slots__ = ("__weakref__", "_client_ref")
+
+    def __init__(self, client: RedisClient) -> None:
+        # Weak: the registry's value must not keep its own key alive.
+        self._client_ref: weakref.ref[RedisClient] = weakref.ref(client)
+
+    @property
+    def client(self) -> RedisClient:
+        """The client these scripts run on."""
+        client = self._client_ref()
+        if client is None:
+            raise RuntimeError("the Redis client of these scripts was garbage-collected")
+        return client
+
+    async def load(self, names: Sequence[str] = SCRIPT_NAMES) -> None:
+        """SCRIPT LOAD the scripts (all by default), e.g. right after a reconnect."""
+        scripts = _scripts()
+        for name in names:
+            script = scripts[name]
+            sha = await _awaited(self.client.script_load(script.source))
+            if isinstance(sha, bytes):
+                sha = sha.decode("ascii", "replace")
+            if sha != script.sha:
+                raise ProtocolError(f"SCRIPT LOAD of {name} answered {sha!r:.60}")
+
+    async def _run(self, call: _Call[T]) -> T:
+        sha = call.script.sha
+        try:
+            reply = await _awaited(self.client.evalsha(sha, len(call.keys), *call.keys_and_args))
+        except NoScriptError:
+            logger.debug("script %s not in Redis' cache; loading it", call.script.name)
+            await self.load([call.script.name])
+            reply = await _awaited(self.client.evalsha(sha, len(call.keys), *call.keys_and_args))
+        return call.parse(reply)
+
+    def batch(self) -> ScriptBatch:
+        """A batch of calls run in one pipelined round trip; see :class:`ScriptBatch`."""
+        return ScriptBatch(self)
+
+    async def report_window(
+        self,
+        keys: BreakerKeys,
+        report: WindowReport,
+        *,
+        instance: str,
+        known_epoch: int,
+        params: DecisionParams,
+        jitter: float = 1.0,
+    ) -> SharedState:
+        """Append this pod's bucket, trim the window, decide, return the shared state.
+
+        Args:
+            keys: the breaker's keys.
+            report: the finished bucket; an empty one is not appended, but the
+                window is still trimmed and judged, and the TTLs refreshed.
+            instance: this pod's id.
+            known_epoch: the epoch this pod knows; its local trip counts only
+                while that is still the current epoch.
+            params: the decision parameters.
+            jitter: factor on the open period should this report open the
+                breaker, drawn by the caller from ``reset_timeout_jitter``.
+        """
+        call = _report_call(
+            keys, report, instance=instance, known_epoch=known_epoch, params=params, jitter=jitter
+        )
+        return await self._run(call)
+
+    async def acquire_trial(
+        self, keys: BreakerKeys, *, holder: str, params: DecisionParams
+    ) -> TrialGrant:
+        """Ask for a half-open trial permit (turning an elapsed open into half_open).
+
+        ``holder`` names this one trial call; asking again with the same
+        holder renews its permit instead of taking another.
+        """
+        args = to_argv(
+            check_text("holder", holder),
+            params.half_open_max_calls,
+            params.lease_ttl_ms,
+            params.key_ttl_ms,
+        )
+        call = _Call(_scripts()["acquire_trial"], (keys.state,), args, parse_trial_reply)
+        return await self._run(call)
+
+    async def finish_trial(
+        self,
+        keys: BreakerKeys,
+        *,
+        holder: str,
+        epoch: int,
+        outcome: TrialOutcome,
+        instance: str,
+        params: DecisionParams,
+        jitter: float = 1.0,
+    ) -> SharedState:
+        """Report a trial's outcome: enough successes close, a failure re-opens.
+
+        Ignored (``changed`` False) unless the state is half_open under
+        ``epoch`` and ``holder`` still holds a live permit.
+        """
+        if outcome not in ("success", "failure"):
+            raise ValueError(f"outcome must be 'success' or 'failure', got {outcome!r}")
+        args = to_argv(
+            check_text("holder", holder),
+            check_int("epoch", epoch, minimum=0),
+            outcome,
+            params.half_open_max_calls,
+            params.reset_timeout_ms,
+            float(params.reset_timeout_multiplier),
+            params.max_reset_argv,
+            _jitter(jitter),
+            params.key_ttl_ms,
+            keys.events,
+            keys.name,
+            check_text("instance", instance),
+        )
+        return await self._run(_state_call("finish_trial", (keys.state,), args))
+
+    async def release_trial(self, keys: BreakerKeys, *, holder: str) -> SharedState:
+        """Give a permit back without an outcome (the trial's caller was cancelled)."""
+        args = (check_text("holder", holder),)
+        return await self._run(_state_call("release_trial", (keys.state,), args))
+
+    async def force_open(self, keys: BreakerKeys, *, instance: str) -> SharedState:
+        """Hold the breaker open cluster-wide, with no trials, until :meth:`reset`."""
+        args = (_new_gen(), keys.events, keys.name, check_text("instance", instance))
+        return await self._run(_state_call("force_open", (keys.state,), args))
+
+    async def reset(self, keys: BreakerKeys, *, instance: str, key_ttl_ms: int) -> SharedState:
+        """Close the breaker cluster-wide, clear its attempts and start a new window."""
+        args = to_argv(
+            _new_gen(),
+            check_int("key_ttl_ms", key_ttl_ms, minimum=1),
+            keys.events,
+            keys.name,
+            check_text("instance", instance),
+        )
+        return await self._run(_state_call("reset", (keys.state,), args))
+
+    async def read_state(self, keys: BreakerKeys) -> SharedState:
+        """The shared state and Redis' clock; writes nothing."""
+        return await self._run(_read_call(keys))
+
+    async def cleanup_stats(
+        self, keys: BreakerKeys, *, max_age_ms: int = DEFAULT_CLEANUP_MAX_AGE_MS
+    ) -> int:
+        """Remove stats entries older than ``max_age_ms``; returns how many went."""
+        args = to_argv(check_int("max_age_ms", max_age_ms, minimum=0))
+        call = _Call(_scripts()["cleanup_stats"], (keys.stats,), args, parse_count_reply)
+        return await self._run(call)
+
+
+class ScriptBatch:
+    """Script calls of many breakers, sent in one pipelined round trip.
+
+    Queue calls, then :meth:`execute` once. Results come back in queue order,
+    each the parsed state or the exception of that call alone (a bad reply
+    for one breaker does not fail the others).
+
+    Example::
+
+        batch = scripts.batch()
+        for b in due:
+            batch.report_window(b.keys, b.report, instance=me, known_epoch=b.epoch,
+                                params=b.params)
+        for b, result in zip(due, await batch.execute()):
+            ...
+    """
+
+    __slots__ = ("_calls", "_scripts")
+
+    def __init__(self, scripts: RedisScripts) -> None:
+        self._scripts = scripts
+        self._calls: list[_Call[SharedState]] = []
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def report_window(
+        self,
+        keys: BreakerKeys,
+        report: WindowReport,
+        *,
+        instance: str,
+        known_epoch: int,
+        params: DecisionParams,
+        jitter: float = 1.0,
+    ) -> None:
+        """Queue :meth:`RedisScripts.report_window` (same arguments, validated now)."""
+        call = _report_call(
+            keys, report, instance=instance, known_epoch=known_epoch, params=params, jitter=jitter
+        )
+        self._calls.append(call)
+
+    def read_state(self, keys: BreakerKeys) -> None:
+        """Queue :meth:`RedisScripts.read_state`."""
+        self._calls.append(_read_call(keys))
+
+    async def execute(self) -> list[SharedState | Exception]:
+        """Run every queued call and empty the batch.
+
+        Raises:
+            redis.exceptions.RedisError: the round trip itself failed
+                (connection lost, timeout); no result is known.
+        """
+        calls, self._calls = self._calls, []
+        results = await self._send(calls)
+        # A call that met NOSCRIPT did not run, so sending it again cannot
+        # apply anything twice; calls that did run are left alone.
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            logger.debug("%d batched calls met NOSCRIPT; loading and retrying", len(missing))
+            await self._scripts.load(sorted({calls[i].script.name for i in missing}))
+            retried = await self._send([calls[i] for i in missing])
+            for i, result in zip(missing, retried, strict=True):
+                results[i] = result
+        return [_parse_or_error(call, result) for call, result in zip(calls, results, strict=True)]
+
+    async def _send(self, calls: list[_Call[SharedState]]) -> list[object]:
+        if not calls:
+            return []
+        pipe = self._scripts.client.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(call.script.sha, len(call.keys), *call.keys_and_args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+def _parse_or_error(call: _Call[SharedState], result: object) -> SharedState | Exception:
+    if isinstance(result, Exception):
+        return result
+    try:
+        return call.parse(result)
+    except ProtocolError as exc:
+        return exc

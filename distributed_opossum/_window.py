@@ -1,0 +1,162 @@
+"""The rolling window: ``rolling_count_buckets`` buckets over ``rolling_count_timeout``.
+
+Pure: every method that depends on time takes ``now``. Buckets advance lazily
+when the window is touched (no timer per breaker): a call that finds the
+current bucket's end behind it rotates min(elapsed buckets, N) buckets.
+
+The call path's cheapest record is one list append: a successful call adds its
+latency to the current bucket's ``ok`` list, which counts as one success and
+one latency sample. When the bucket stops being current (or the stats are
+read) those raw samples are folded into the bucket's histogram, so raw samples
+never outlive one bucket interval and reading percentiles never sorts samples.
+"""
+
+from __future__ import annotations
+
+from ._latency import PERCENTILES, bin_of, percentiles
+from ._stats import COUNTER_NAMES, Stats
+
+__all__ = ["Bucket", "RollingWindow"]
+
+
+class Bucket:
+    """Counters of one bucket interval, plus its latencies.
+
+    Attributes:
+        ok: latencies of successful calls not yet folded; each one is a
+            success and a latency sample.
+        histogram: folded latency samples by bin (see ``_latency``).
+        latency_total: sum of the folded latency samples (seconds).
+    """
+
+    __slots__ = (*COUNTER_NAMES, "histogram", "latency_total", "ok")
+
+    def __init__(self) -> None:
+        self.ok: list[float] = []
+        self.histogram: dict[int, int] = {}
+        self.clear()
+
+    def clear(self) -> None:
+        """Zero every counter."""
+        self.fires = 0
+        self.successes = 0
+        self.failures = 0
+        self.timeouts = 0
+        self.rejects = 0
+        self.fallbacks = 0
+        self.semaphore_rejections = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.coalesce_cache_hits = 0
+        self.coalesce_cache_misses = 0
+        self.latency_total = 0.0
+        if self.ok:
+            self.ok = []
+        if self.histogram:
+            self.histogram = {}
+
+    def record_latency(self, latency: float) -> None:
+        """Add one latency sample (seconds) that is not a plain success."""
+        self.latency_total += latency
+        index = bin_of(latency)
+        self.histogram[index] = self.histogram.get(index, 0) + 1
+
+    def fold(self, histograms: bool) -> None:
+        """Turn the raw ``ok`` latencies into successes (and histogram samples)."""
+        ok = self.ok
+        if not ok:
+            return
+        self.ok = []
+        self.successes += len(ok)
+        if histograms:
+            self.latency_total += sum(ok)
+            histogram = self.histogram
+            for latency in ok:
+                index = bin_of(latency)
+                histogram[index] = histogram.get(index, 0) + 1
+
+    @property
+    def latency_count(self) -> int:
+        """Latency samples in this bucket."""
+        return sum(self.histogram.values()) + len(self.ok)
+
+
+class RollingWindow:
+    """Buckets of counters over the last ``length`` seconds.
+
+    ``head`` is the bucket of the current interval as long as the caller
+    checks ``now < bucket_end`` (else :meth:`roll`).
+    """
+
+    __slots__ = (
+        "_buckets",
+        "_index",
+        "bucket_end",
+        "head",
+        "interval",
+        "length",
+        "percentiles_enabled",
+    )
+
+    def __init__(
+        self, length: float, bucket_count: int, now: float, *, percentiles_enabled: bool = True
+    ) -> None:
+        self.length = length
+        self.interval = length / bucket_count
+        self.percentiles_enabled = percentiles_enabled
+        self._buckets = [Bucket() for _ in range(bucket_count)]
+        self._index = 0
+        self.head = self._buckets[0]
+        self.bucket_end = now + self.interval
+
+    def roll(self, now: float) -> Bucket:
+        """Advance to the bucket that holds ``now`` and return it."""
+        if now >= self.bucket_end:
+            self._advance(now)
+        return self.head
+
+    def _advance(self, now: float) -> None:
+        self.head.fold(self.percentiles_enabled)
+        steps = int((now - self.bucket_end) // self.interval) + 1
+        buckets = self._buckets
+        count = len(buckets)
+        for _ in range(min(steps, count)):
+            self._index = (self._index + 1) % count
+            buckets[self._index].clear()
+        self.head = buckets[self._index]
+        self.bucket_end += steps * self.interval
+
+    def totals(self, now: float) -> tuple[int, int]:
+        """``(successes, failures)`` over the window: what the open decision reads."""
+        self.roll(now)
+        successes = failures = 0
+        for bucket in self._buckets:
+            successes += bucket.successes + len(bucket.ok)
+            failures += bucket.failures
+        return successes, failures
+
+    def clear(self, now: float) -> None:
+        """Forget everything (a close starts a fresh window)."""
+        for bucket in self._buckets:
+            bucket.clear()
+        self.bucket_end = now + self.interval
+
+    def buckets(self, now: float) -> list[Bucket]:
+        """The live buckets, newest first (as opossum's ``window``), folded."""
+        self.roll(now)
+        count = len(self._buckets)
+        ordered = [self._buckets[(self._index - i) % count] for i in range(count)]
+        for bucket in ordered:
+            bucket.fold(self.percentiles_enabled)
+        return ordered
+
+    def snapshot(self, now: float) -> Stats:
+        """Sum the window into a :class:`Stats`."""
+        buckets = self.buckets(now)
+        totals = {name: sum(getattr(b, name) for b in buckets) for name in COUNTER_NAMES}
+        if not self.percentiles_enabled:
+            return Stats(**totals, latency_mean=-1.0, percentiles=dict.fromkeys(PERCENTILES, -1.0))
+        count = sum(b.latency_count for b in buckets)
+        mean = sum(b.latency_total for b in buckets) / count if count else 0.0
+        histograms = [b.histogram for b in buckets if b.histogram]
+        return Stats(**totals, latency_mean=mean, percentiles=percentiles(histograms))
