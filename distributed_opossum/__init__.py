@@ -1,4 +1,4 @@
-"""distributed_opossum: asyncio circuit breakers with opossum's semantics, cluster-wide through Redis.
+"""distributed_opossum: asyncio circuit breakers (opossum's semantics), cluster-wide via Redis.
 
 >>> from distributed_opossum import CircuitBreaker
 """

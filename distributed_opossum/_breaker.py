@@ -49,7 +49,8 @@ _running_loop = asyncio.get_running_loop
 _tasks_by_loop = getattr(asyncio.tasks, "_current_tasks", None)
 _task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
     _tasks_by_loop.get
-    if isinstance(_tasks_by_loop, dict) and not isinstance(asyncio.current_task, BuiltinFunctionType)
+    if isinstance(_tasks_by_loop, dict)
+    and not isinstance(asyncio.current_task, BuiltinFunctionType)
     else asyncio.current_task
 )
 _frexp = math.frexp
@@ -168,7 +169,7 @@ class CircuitBreaker(Generic[P, R]):
                         result = await result
             except Exception as error:
                 return await self._failed(  # type: ignore[no-any-return]
-                    error, args, kwargs, now, monotonic(), 0, timeout=False
+                    error, args, kwargs, now, monotonic(), 0, expired=False
                 )
         else:
             task = _task_of(_running_loop())
@@ -208,7 +209,7 @@ class CircuitBreaker(Generic[P, R]):
                     now,
                     monotonic(),
                     0,
-                    timeout=expired,
+                    expired=expired,
                 )
         # Into the bucket the call started in: if the window moved on meanwhile,
         # that bucket is still in it (or was reused for a newer interval).
@@ -225,7 +226,7 @@ class CircuitBreaker(Generic[P, R]):
         if not self._enabled:
             result = self._action(*args, **kwargs)
             return await result if inspect.isawaitable(result) else result
-        key = None
+        key: Any = None
         if self._cache is not None or self._coalesce is not None:
             key = self._key(*args, **kwargs) if self._key is not None else call_key(args, kwargs)
         if self._cache is not None:
@@ -264,10 +265,8 @@ class CircuitBreaker(Generic[P, R]):
                 return await self._rejected(args, kwargs, now)
         if self._in_flight >= self._capacity:
             core.release(permit)
-            error = self._semaphore_locked(now)
-            return await self._failed(
-                error, args, kwargs, now, now, 0, timeout=False, ran=False
-            )
+            locked = self._semaphore_locked(now)
+            return await self._failed(locked, args, kwargs, now, now, 0, expired=False, ran=False)
         deadlines = self._deadlines
         entry = task = None
         if deadlines is not None:
@@ -298,9 +297,10 @@ class CircuitBreaker(Generic[P, R]):
         if entry is not None and entry[EXPIRED] and timed_out(entry, task):  # type: ignore[arg-type]
             expired = True  # the action swallowed our cancellation and returned late
         if expired:
-            error = CircuitTimeoutError(breaker_name=self.name, timeout=deadlines.timeout)  # type: ignore[union-attr]
+            timeout = deadlines.timeout  # type: ignore[union-attr]
+            error = CircuitTimeoutError(breaker_name=self.name, timeout=timeout)
         if error is not None:
-            return await self._failed(error, args, kwargs, now, end, permit, timeout=expired)
+            return await self._failed(error, args, kwargs, now, end, permit, expired=expired)
         self._succeeded(result, end - now, end, permit)
         if cache_key is not None and self._cache is not None:
             await maybe_await(self._cache.set(cache_key, result, self._options.cache_ttl))
@@ -325,7 +325,7 @@ class CircuitBreaker(Generic[P, R]):
         end: float,
         permit: int,
         *,
-        timeout: bool,
+        expired: bool,
         ran: bool = True,
     ) -> Any:
         """Record a failure, judge the window, then fall back or raise."""
@@ -334,7 +334,7 @@ class CircuitBreaker(Generic[P, R]):
         if error_filter is not None and error_filter(error, *args, **kwargs):
             self._succeeded(error, latency, end, permit)
             raise error
-        self._record_failure(error, start, end, permit, args, timeout=timeout, ran=ran)
+        self._record_failure(error, start, end, permit, args, expired=expired, ran=ran)
         return await self._fallback_or_raise(error, args, kwargs)
 
     def _record_failure(
@@ -345,14 +345,14 @@ class CircuitBreaker(Generic[P, R]):
         permit: int,
         args: tuple[Any, ...],
         *,
-        timeout: bool,
+        expired: bool,
         ran: bool = True,
     ) -> None:
         window = self._window
         bucket = window.roll(end)
         latency = end - start
         events = self._events
-        if timeout:
+        if expired:
             bucket.timeouts += 1
             events.emit("timeout", error, latency, args)
         bucket.failures += 1
@@ -428,7 +428,7 @@ class CircuitBreaker(Generic[P, R]):
             if self._in_flight >= self._capacity:
                 core.release(permit)
                 error = self._semaphore_locked(now)
-                self._record_failure(error, now, now, 0, (), timeout=False, ran=False)
+                self._record_failure(error, now, now, 0, (), expired=False, ran=False)
                 raise error
             guard.permit = permit
             guard.active = True
@@ -444,7 +444,8 @@ class CircuitBreaker(Generic[P, R]):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool:
-        """Record the block's outcome; its exception propagates (a timeout as ``CircuitTimeoutError``)."""
+        """Record the block's outcome; its exception propagates (a timeout as a
+        ``CircuitTimeoutError``)."""
         task = _task_of(_running_loop())
         stack = self._guards[task]
         guard = stack.pop()
@@ -478,9 +479,7 @@ class CircuitBreaker(Generic[P, R]):
         if not expired and error_filter is not None and error_filter(error):
             self._succeeded(error, end - guard.start, end, guard.permit)
             return False
-        self._record_failure(
-            error, guard.start, end, guard.permit, (), timeout=expired
-        )
+        self._record_failure(error, guard.start, end, guard.permit, (), expired=expired)
         if expired:
             raise error from None
         return False

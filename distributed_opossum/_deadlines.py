@@ -100,4 +100,4 @@ def timed_out(entry: list[Any], task: asyncio.Task[Any]) -> bool:
     if not marker:
         return False
     entry[EXPIRED] = 0
-    return task.uncancel() < marker
+    return bool(task.uncancel() < marker)

@@ -42,7 +42,7 @@ class DistributedOptions:
 
     client: Any
     prefix: str = "dopossum"
-    instance_id: str = field(default_factory=lambda: default_instance_id())
+    instance_id: str = field(default_factory=lambda: default_instance_id())  # noqa: PLW0108 (defined below)
     quorum: int | float | None = None
     min_pod_volume: int | None = None
     sync_interval: float | None = None
@@ -302,7 +302,6 @@ def _coalesce_reset_on(value: object) -> frozenset[str]:
     outcomes = frozenset(value)
     unknown = outcomes - COALESCE_OUTCOMES
     if unknown:
-        raise ValueError(
-            f"'coalesce_reset_on' accepts {sorted(COALESCE_OUTCOMES)}, got {sorted(map(str, unknown))}"
-        )
+        accepted = sorted(COALESCE_OUTCOMES)
+        raise ValueError(f"'coalesce_reset_on' accepts {accepted}, got {sorted(map(str, unknown))}")
     return outcomes

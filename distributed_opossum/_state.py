@@ -15,8 +15,9 @@ any            ``force_open()``             FORCED_OPEN    ``manual``
 =============  ===========================  =============  ================
 
 Every transition bumps ``epoch`` and stamps ``changed_at``; a call that
-started before ``changed_at`` never flips the newer state with its late result. Trial permits (``half_open_max_calls``
-of them) expire after a lease, so a hung trial cannot hold the breaker half-open.
+started before ``changed_at`` never flips the newer state with its late result.
+Trial permits (``half_open_max_calls`` of them) expire after a lease, so a hung
+trial cannot hold the breaker half-open.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from ._backoff import open_period
 
 __all__ = ["Cause", "State", "StateMachine", "Transition", "exceeds_threshold"]
 
