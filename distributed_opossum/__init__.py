@@ -11,6 +11,7 @@ from ._errors import (
     CircuitBreakerError,
     CircuitTimeoutError,
     OpenCircuitError,
+    RegistryError,
     SemaphoreLockedError,
     ShutdownError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "CircuitTimeoutError",
     "DistributedOptions",
     "OpenCircuitError",
+    "RegistryError",
     "SemaphoreLockedError",
     "ShutdownError",
     "State",

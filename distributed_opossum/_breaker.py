@@ -32,6 +32,7 @@ from ._errors import (
     ShutdownError,
 )
 from ._events import EventEmitter, Handler
+from ._link import SharedLink
 from ._options import BreakerOptions, parse_options
 from ._state import Cause, State, StateMachine, Transition, exceeds_threshold
 from ._stats import Stats
@@ -131,6 +132,13 @@ class CircuitBreaker(Generic[P, R]):
         self._gate = False
         if opts.state is not None:
             self._restore(opts.state, now)
+        self._link = (
+            SharedLink(self, opts, opts.distributed) if opts.distributed is not None else None
+        )
+        if self._link is not None:
+            # With a running loop the first sync starts now (an open cluster is
+            # learnt before the first call, nearly always); else on first use.
+            self._link.attach()
         self._refresh_gate()
 
     # -- calling ---------------------------------------------------------------------------------
@@ -178,8 +186,6 @@ class CircuitBreaker(Generic[P, R]):
             entries.append(entry)
             if deadlines.timer is None:
                 deadlines.arm()
-            failure: BaseException | None = None
-            expired = False
             try:
                 if self._action_is_async:
                     result = await self._action(*args, **kwargs)
@@ -188,29 +194,23 @@ class CircuitBreaker(Generic[P, R]):
                     if inspect.isawaitable(result):
                         result = await result
             except asyncio.CancelledError:
+                deadlines.pop(entry)
                 if not timed_out(entry, task):  # type: ignore[arg-type]
                     raise  # the caller's own cancellation: neither success nor failure
-                expired = True
+                return await self._timed_out(args, kwargs, now, 0)  # type: ignore[no-any-return]
             except Exception as error:
-                failure = error
-            finally:
-                entry[1] = None  # DeadlineQueue.pop, inlined
-                while entries and entries[0][1] is None:
-                    entries.popleft()
-            if entry[2] and failure is None and timed_out(entry, task):  # type: ignore[arg-type]
-                expired = True  # the action swallowed our cancellation and returned late
-            if expired:
-                failure = CircuitTimeoutError(breaker_name=self.name, timeout=deadlines.timeout)
-            if failure is not None:
+                deadlines.pop(entry)
                 return await self._failed(  # type: ignore[no-any-return]
-                    failure,
-                    args,
-                    kwargs,
-                    now,
-                    monotonic(),
-                    0,
-                    expired=expired,
+                    error, args, kwargs, now, monotonic(), 0, expired=False
                 )
+            entry[1] = None  # DeadlineQueue.pop, inlined for the usual, in-order case
+            if entries[0] is entry:
+                entries.popleft()
+                if entries and entries[0][1] is None:
+                    deadlines.pop(entries[0])
+            if entry[2] and timed_out(entry, task):  # type: ignore[arg-type]
+                # The action swallowed our cancellation and returned late.
+                return await self._timed_out(args, kwargs, now, 0)  # type: ignore[no-any-return]
         # Into the bucket the call started in: if the window moved on meanwhile,
         # that bucket is still in it (or was reused for a newer interval).
         bucket.ok.append(monotonic() - now)
@@ -220,6 +220,7 @@ class CircuitBreaker(Generic[P, R]):
         """``fire()`` when anything beyond the plain closed path is configured."""
         if self._shutdown:
             raise ShutdownError(breaker_name=self.name)
+        self._attach()
         now = self._monotonic()
         self._window.roll(now).fires += 1
         self._events.emit("fire", args)
@@ -258,13 +259,11 @@ class CircuitBreaker(Generic[P, R]):
         core = self._core
         permit = 0
         if core.state is not _CLOSED:
-            permit = core.admit(now)
-            if core.pending:
-                self._announce()
+            permit, retry_after = await self._admit(now)
             if permit < 0:
-                return await self._rejected(args, kwargs, now)
+                return await self._fallback_or_raise(self._reject(now, retry_after), args, kwargs)
         if self._in_flight >= self._capacity:
-            core.release(permit)
+            self._release(permit)
             locked = self._semaphore_locked(now)
             return await self._failed(locked, args, kwargs, now, now, 0, expired=False, ran=False)
         deadlines = self._deadlines
@@ -281,13 +280,13 @@ class CircuitBreaker(Generic[P, R]):
                 result = await result
         except asyncio.CancelledError:
             if entry is None or not timed_out(entry, task):  # type: ignore[arg-type]
-                core.release(permit)
+                self._release(permit)
                 raise  # the caller's own cancellation: neither success nor failure
             expired = True
         except Exception as exc:
             error = exc
         except BaseException:
-            core.release(permit)
+            self._release(permit)
             raise
         finally:
             self._in_flight -= 1
@@ -306,9 +305,19 @@ class CircuitBreaker(Generic[P, R]):
             await maybe_await(self._cache.set(cache_key, result, self._options.cache_ttl))
         return result
 
+    async def _timed_out(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], start: float, permit: int
+    ) -> Any:
+        timeout = self._deadlines.timeout  # type: ignore[union-attr]
+        error = CircuitTimeoutError(breaker_name=self.name, timeout=timeout)
+        end = self._monotonic()
+        return await self._failed(error, args, kwargs, start, end, permit, expired=True)
+
     def _succeeded(self, result: Any, latency: float, end: float, permit: int) -> None:
         self._window.roll(end).ok.append(latency)
         if permit:
+            if self._link is not None:
+                self._link.trial_finished(permit, success=True)
             core = self._core
             core.trial_succeeded(end, permit)
             if core.pending:
@@ -361,6 +370,8 @@ class CircuitBreaker(Generic[P, R]):
         events.emit("failure", error, latency, args)
         core = self._core
         if permit:
+            if self._link is not None:
+                self._link.trial_finished(permit, success=False)
             core.trial_failed(end, permit)
         elif (
             core.state is _CLOSED
@@ -391,13 +402,38 @@ class CircuitBreaker(Generic[P, R]):
         self._events.emit("fallback", result, error)
         return result
 
-    async def _rejected(self, args: tuple[Any, ...], kwargs: dict[str, Any], now: float) -> Any:
-        return await self._fallback_or_raise(self._reject(now), args, kwargs)
+    async def _admit(self, now: float) -> tuple[int, float | None]:
+        """Admission off the plain path: ``(permit, retry_after)``; permit < 0 rejects.
 
-    def _reject(self, now: float) -> OpenCircuitError:
+        A trial while the cluster's open period is over also needs the
+        cluster's lease (one bounded round trip); when Redis cannot be reached
+        the local half-open rule applies instead.
+        """
+        core = self._core
+        permit = core.admit(now)
+        if core.pending:
+            self._announce()
+        if permit < 0:
+            return permit, core.retry_after(now)
+        link = self._link
+        if permit > 0 and link is not None and link.needs_lease():
+            lease = await link.acquire_trial(permit)
+            if lease.granted is False:
+                core.release(permit)
+                return -1, lease.retry_after
+        return permit, None
+
+    def _release(self, permit: int) -> None:
+        """Give a trial permit back without an outcome."""
+        if permit:
+            self._core.release(permit)
+            if self._link is not None:
+                self._link.trial_released(permit)
+
+    def _reject(self, now: float, retry_after: float | None) -> OpenCircuitError:
         """Count and announce a rejection; returns the error to raise."""
         self._window.roll(now).rejects += 1
-        error = OpenCircuitError(breaker_name=self.name, retry_after=self._core.retry_after(now))
+        error = OpenCircuitError(breaker_name=self.name, retry_after=retry_after)
         self._events.emit("reject", error)
         return error
 
@@ -413,6 +449,7 @@ class CircuitBreaker(Generic[P, R]):
         """Admit the block (or raise ``OpenCircuitError``); the breaker's timeout applies to it."""
         if self._shutdown:
             raise ShutdownError(breaker_name=self.name)
+        self._attach()
         now = self._monotonic()
         self._window.roll(now).fires += 1
         self._events.emit("fire", ())
@@ -420,13 +457,11 @@ class CircuitBreaker(Generic[P, R]):
         guard = _Guard(now)
         if self._enabled:
             core = self._core
-            permit = core.admit(now)
-            if core.pending:
-                self._announce()
+            permit, retry_after = await self._admit(now) if core.state is not _CLOSED else (0, None)
             if permit < 0:
-                raise self._reject(now)
+                raise self._reject(now, retry_after)
             if self._in_flight >= self._capacity:
-                core.release(permit)
+                self._release(permit)
                 error = self._semaphore_locked(now)
                 self._record_failure(error, now, now, 0, (), expired=False, ran=False)
                 raise error
@@ -460,10 +495,10 @@ class CircuitBreaker(Generic[P, R]):
         end = self._monotonic()
         expired = entry is not None and bool(entry[EXPIRED]) and timed_out(entry, task)  # type: ignore[arg-type]
         if not expired and isinstance(exc, asyncio.CancelledError):
-            self._core.release(guard.permit)
+            self._release(guard.permit)
             return False
         if not expired and exc is not None and not isinstance(exc, Exception):
-            self._core.release(guard.permit)
+            self._release(guard.permit)
             return False
         if expired:
             error: BaseException = CircuitTimeoutError(
@@ -492,9 +527,15 @@ class CircuitBreaker(Generic[P, R]):
         self._announce()
 
     def close(self) -> None:
-        """Close this breaker (locally) and forget its backoff attempts."""
+        """Close this breaker (locally) and forget its backoff attempts.
+
+        Distributed, this closes the local part only: while the cluster's
+        breaker is open, this one follows it again at once.
+        """
         self._core.close(self._monotonic(), Cause.MANUAL)
         self._announce()
+        if self._link is not None and self._link.shared != "closed":
+            self._link.reapply()
 
     async def force_open(self) -> None:
         """Hold the breaker open, with no trial calls, until :meth:`reset`."""
@@ -579,6 +620,8 @@ class CircuitBreaker(Generic[P, R]):
             await maybe_await(self._cache.flush())
         if self._coalesce is not None:
             self._coalesce.clear()
+        if self._link is not None:
+            self._link.detach()
         self._events.emit("shutdown")
 
     # -- events ----------------------------------------------------------------------------------
@@ -604,6 +647,7 @@ class CircuitBreaker(Generic[P, R]):
             or self._coalesce is not None
             or self._capacity != sys.maxsize
             or self._core.state is not _CLOSED
+            or (self._link is not None and self._link.coordinator is None)
         )
 
     def _refresh_snapshots(self) -> None:
@@ -641,7 +685,49 @@ class CircuitBreaker(Generic[P, R]):
             transition = core.pending.pop(0)
             self._apply(transition)
             self._refresh_gate()
+            if (
+                self._link is not None
+                and transition.state is State.OPEN
+                and transition.cause is Cause.LOCAL
+            ):
+                self._link.vote()
             self._events.emit(_STATE_EVENTS[transition.state], transition.cause)
+
+    def _attach(self) -> bool:
+        """Join the coordinator if distributed and not yet joined; True when joined."""
+        link = self._link
+        if link is None:
+            return False
+        if link.coordinator is None and link.attach():
+            self._refresh_gate()
+        return link.coordinator is not None
+
+    def _follow_shared(
+        self,
+        state: str,
+        *,
+        deadline: float,
+        attempts: int,
+        new_opening: bool,
+        same_gen: bool,
+        decided_here: bool,
+    ) -> None:
+        """Mirror the cluster's state (called by the link, never on the call path)."""
+        core = self._core
+        now = self._monotonic()
+        cause = Cause.CLUSTER if decided_here else Cause.REMOTE
+        if state in ("open", "half_open"):
+            if state == "half_open":
+                deadline = min(deadline, now)
+            was_open = core.state is State.OPEN
+            core.follow_open(now, deadline, attempts, cause, new_opening=new_opening)
+            if was_open and core.state is State.OPEN and not core.pending:
+                self._apply_open_deadline(now)
+        elif state == "forced_open":
+            core.force_open(now, cause)
+        elif state == "closed" and new_opening and same_gen and core.state is not State.CLOSED:
+            core.close(now, cause)  # a cluster close closes every pod
+        self._announce()
 
     def _apply(self, transition: Transition) -> None:
         if self._half_open_timer is not None:
@@ -650,11 +736,17 @@ class CircuitBreaker(Generic[P, R]):
         state = transition.state
         now = self._monotonic()
         if state is State.OPEN:
-            self._half_open_timer = self._schedule(
-                max(0.0, self._core.open_until - now), self._open_period_over
-            )
+            self._apply_open_deadline(now)
         elif state is State.CLOSED:
             self._window.clear(now)
+
+    def _apply_open_deadline(self, now: float) -> None:
+        """(Re)arm the timer that ends the open period at ``core.open_until``."""
+        if self._half_open_timer is not None:
+            self._half_open_timer.cancel()
+        self._half_open_timer = self._schedule(
+            max(0.0, self._core.open_until - now), self._open_period_over
+        )
 
     def _open_period_over(self) -> None:
         self._half_open_timer = None
@@ -702,9 +794,7 @@ class CircuitBreaker(Generic[P, R]):
             remaining = opened_at + period - self._clock.wall()
         self._core.restore(state, now=now, attempts=attempts, remaining=remaining)
         if state is State.OPEN:
-            self._half_open_timer = self._schedule(
-                max(0.0, self._core.open_until - now), self._open_period_over
-            )
+            self._apply_open_deadline(now)
         if data.get("shutdown"):
             self._shutdown = True
             self._enabled = False

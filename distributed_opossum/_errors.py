@@ -7,7 +7,9 @@
           ├── OpenCircuitError          "EOPENBREAKER": the call was not admitted
           ├── CircuitTimeoutError       "ETIMEDOUT": also a built-in TimeoutError
           ├── SemaphoreLockedError      "ESEMLOCKED": over ``capacity``
-          └── ShutdownError             "ESHUTDOWN": the breaker was shut down
+          ├── ShutdownError             "ESHUTDOWN": the breaker was shut down
+          └── RegistryError             "EREGISTRY": a cluster-wide command
+                                        (``force_open``/``reset``) could not reach Redis
 
 The action's own exceptions propagate unchanged, and no Redis exception ever
 escapes :meth:`CircuitBreaker.fire`.
@@ -19,6 +21,7 @@ __all__ = [
     "CircuitBreakerError",
     "CircuitTimeoutError",
     "OpenCircuitError",
+    "RegistryError",
     "SemaphoreLockedError",
     "ShutdownError",
 ]
@@ -95,3 +98,17 @@ class ShutdownError(CircuitBreakerError):
 
     def __init__(self, *, breaker_name: str = "") -> None:
         super().__init__(f"Breaker {breaker_name!r} has been shut down", breaker_name=breaker_name)
+
+
+class RegistryError(CircuitBreakerError):
+    """A cluster-wide command could not reach Redis; nothing was changed.
+
+    Raised only by ``force_open()`` and ``reset()`` of a distributed breaker
+    (never by ``fire()``), within 5 s, so an operator knows the command did
+    nothing, locally included.
+    """
+
+    code = "EREGISTRY"
+
+    def __init__(self, message: str, *, breaker_name: str = "") -> None:
+        super().__init__(message, breaker_name=breaker_name)

@@ -94,8 +94,9 @@ def decode_name(encoded: str) -> str:
         name = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"not an encoded breaker name: {encoded!r}") from None
-    if encode_name(name) != encoded:
-        raise ValueError(f"not the canonical encoding of {name!r}: {encoded!r}")
+    canonical = encode_name(name)
+    if canonical != encoded:
+        raise ValueError(f"not an encoded breaker name (that is {canonical!r}): {encoded!r}")
     return name
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 __all__ = ["DecisionParams", "WindowReport", "check_int", "check_real", "check_text", "to_argv"]
 
@@ -146,26 +147,47 @@ class DecisionParams:
         check_int("max_entries", self.max_entries, minimum=1)
         check_int("key_ttl_ms", self.key_ttl_ms, minimum=self.window_ms)
 
-    @property
-    def max_reset_argv(self) -> int:
-        """``max_reset_timeout_ms`` as the scripts take it: -1 for no cap."""
-        return -1 if self.max_reset_timeout_ms is None else self.max_reset_timeout_ms
+    ARGV_FIELDS: ClassVar[tuple[str, ...]] = (
+        "window_ms",
+        "volume_threshold",
+        "error_threshold_percentage",
+        "quorum_count",
+        "quorum_fraction",
+        "min_pod_volume",
+        "reset_timeout_ms",
+        "reset_timeout_multiplier",
+        "max_reset_timeout_ms",
+        "half_open_max_calls",
+        "lease_ttl_ms",
+        "max_entries",
+        "key_ttl_ms",
+    )
+    """Order of :meth:`to_argv`; ``PARAM_NAMES`` in ``report_window.lua`` must match."""
+
+    def argv_values(self) -> dict[str, int | float]:
+        """The parameters as the scripts take them, by ``ARGV_FIELDS`` name."""
+        q = self.quorum
+        return {
+            "window_ms": self.window_ms,
+            "volume_threshold": self.volume_threshold,
+            "error_threshold_percentage": float(self.error_threshold_percentage),
+            "quorum_count": q if isinstance(q, int) else 0,
+            "quorum_fraction": q if isinstance(q, float) else 0,
+            "min_pod_volume": (
+                self.volume_threshold if self.min_pod_volume is None else self.min_pod_volume
+            ),
+            "reset_timeout_ms": self.reset_timeout_ms,
+            "reset_timeout_multiplier": float(self.reset_timeout_multiplier),
+            "max_reset_timeout_ms": (
+                -1 if self.max_reset_timeout_ms is None else self.max_reset_timeout_ms
+            ),
+            "half_open_max_calls": self.half_open_max_calls,
+            "lease_ttl_ms": self.lease_ttl_ms,
+            "max_entries": self.max_entries,
+            "key_ttl_ms": self.key_ttl_ms,
+        }
 
     def to_argv(self) -> tuple[str, ...]:
-        """All parameters, in the order ``report_window.lua`` reads them (ARGV[13..25])."""
-        q = self.quorum
-        return to_argv(
-            self.window_ms,
-            self.volume_threshold,
-            float(self.error_threshold_percentage),
-            q if isinstance(q, int) else 0,
-            q if isinstance(q, float) else 0,
-            self.volume_threshold if self.min_pod_volume is None else self.min_pod_volume,
-            self.reset_timeout_ms,
-            float(self.reset_timeout_multiplier),
-            self.max_reset_argv,
-            self.half_open_max_calls,
-            self.lease_ttl_ms,
-            self.max_entries,
-            self.key_ttl_ms,
-        )
+        """All parameters, in ``ARGV_FIELDS`` order (``report_window.lua``'s ARGV[13..25])."""
+        values = self.argv_values()
+        return to_argv(*(values[name] for name in self.ARGV_FIELDS))

@@ -39,6 +39,9 @@ MAX_BROADCAST_BYTES = 4096
 """Broadcasts longer than this are dropped unread (ours are ~250 bytes)."""
 
 _STATE_REPLY_LEN = 11
+# Scripts keep every number an exact integer in a Lua double; a broadcast
+# claiming more (say, an epoch no real one could ever overtake) is forged.
+_MAX_EXACT = 2**53
 _MAX_REASON_LEN = 200
 _protocol_errors: Counter[str] = Counter()
 
@@ -219,8 +222,8 @@ def _message_int(message: dict[str, Any], field: str) -> int:
     value = message[field]
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # a JSON encoder may print a large integer as 1e+15
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{field} is not a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_EXACT:
+        raise ValueError(f"{field} is not an integer in [0, 2**53)")
     return value
 
 

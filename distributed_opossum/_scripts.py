@@ -330,16 +330,17 @@ class RedisScripts:
         """
         if outcome not in ("success", "failure"):
             raise ValueError(f"outcome must be 'success' or 'failure', got {outcome!r}")
+        p = params.argv_values()
         args = to_argv(
             check_text("holder", holder),
             check_int("epoch", epoch, minimum=0),
             outcome,
-            params.half_open_max_calls,
-            params.reset_timeout_ms,
-            float(params.reset_timeout_multiplier),
-            params.max_reset_argv,
+            p["half_open_max_calls"],
+            p["reset_timeout_ms"],
+            p["reset_timeout_multiplier"],
+            p["max_reset_timeout_ms"],
             _jitter(jitter),
-            params.key_ttl_ms,
+            p["key_ttl_ms"],
             keys.events,
             keys.name,
             check_text("instance", instance),

@@ -210,6 +210,27 @@ class StateMachine:
             self.opened_at = now
         self._move(now, State.FORCED_OPEN, cause)
 
+    def follow_open(
+        self, now: float, open_until: float, attempts: int, cause: Cause, *, new_opening: bool
+    ) -> None:
+        """Take the cluster's open period (``open_until`` in local time) as this breaker's.
+
+        Already open: only the deadline and attempts change (every pod agrees).
+        Half-open or forced open: re-opens only for a new opening of the
+        cluster (``new_opening``), not for an echo of the current one.
+        """
+        self.attempts = max(attempts, 1)
+        state = self.state
+        if state is State.OPEN:
+            self.open_until = open_until
+            return
+        if state is not State.CLOSED and not new_opening:
+            return
+        self.open_until = open_until
+        if self.opened_at is None:
+            self.opened_at = now
+        self._move(now, State.OPEN, cause)
+
     def restore(self, state: State, *, now: float, attempts: int, remaining: float | None) -> None:
         """Take an imported state as the starting point (no transition is announced).
 

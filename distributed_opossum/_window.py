@@ -29,9 +29,10 @@ class Bucket:
         latency_total: sum of the folded latency samples (seconds).
     """
 
-    __slots__ = (*COUNTER_NAMES, "histogram", "latency_total", "ok")
+    __slots__ = (*COUNTER_NAMES, "histogram", "latency_total", "ok", "seq")
 
     def __init__(self) -> None:
+        self.seq = 0  # which bucket interval this is, counted from the window's start
         self.ok: list[float] = []
         self.histogram: dict[int, int] = {}
         self.clear()
@@ -93,6 +94,7 @@ class RollingWindow:
         "_index",
         "bucket_end",
         "head",
+        "head_seq",
         "interval",
         "length",
         "percentiles_enabled",
@@ -107,6 +109,7 @@ class RollingWindow:
         self._buckets = [Bucket() for _ in range(bucket_count)]
         self._index = 0
         self.head = self._buckets[0]
+        self.head_seq = 0
         self.bucket_end = now + self.interval
 
     def roll(self, now: float) -> Bucket:
@@ -120,11 +123,23 @@ class RollingWindow:
         steps = int((now - self.bucket_end) // self.interval) + 1
         buckets = self._buckets
         count = len(buckets)
-        for _ in range(min(steps, count)):
+        self.head_seq += steps
+        cleared = min(steps, count)
+        for offset in range(cleared):
             self._index = (self._index + 1) % count
-            buckets[self._index].clear()
+            bucket = buckets[self._index]
+            bucket.clear()
+            bucket.seq = self.head_seq - (cleared - 1 - offset)
         self.head = buckets[self._index]
         self.bucket_end += steps * self.interval
+
+    def finished_since(self, seq: int, now: float) -> list[Bucket]:
+        """Buckets that ended after bucket ``seq`` and are still in the window, folded."""
+        self.roll(now)
+        finished = [b for b in self._buckets if seq < b.seq < self.head_seq]
+        for bucket in finished:
+            bucket.fold(self.percentiles_enabled)
+        return finished
 
     def totals(self, now: float) -> tuple[int, int]:
         """``(successes, failures)`` over the window: what the open decision reads."""

@@ -1,0 +1,314 @@
+"""One coordinator per (event loop, Redis client): the ticker and the listener.
+
+All breakers of a process that share a client share its coordinator: ONE
+pub/sub connection (a pattern subscription per key prefix), ONE ticker task
+that pipelines the reports of every breaker that is due into one round trip,
+and one view of Redis' health (``registry_down`` / ``registry_up``).
+
+Both tasks are supervised: they re-raise cancellation, log and count every
+other error, reconnect with capped, jittered backoff, and never die silently.
+Nothing here is on a breaker's call path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import weakref
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ._keys import events_pattern
+from ._scripts import parse_broadcast, scripts_for
+
+if TYPE_CHECKING:
+    from ._link import SharedLink
+
+__all__ = ["REDIS_ERRORS", "Coordinator", "coordinator_for"]
+
+logger = logging.getLogger("distributed_opossum")
+
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,  # the builtin ConnectionError and TimeoutError included
+)
+"""Errors that mean "Redis cannot be reached" (as opposed to a bad reply)."""
+
+ROUND_TRIP_LIMIT = 2.0
+"""A tick's round trip taking longer than this counts as Redis being down."""
+RECONNECT_MIN = 0.05
+RECONNECT_MAX = 5.0
+LISTEN_POLL = 1.0
+
+_coordinators: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Coordinator]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def coordinator_for(client: Any, loop: asyncio.AbstractEventLoop) -> Coordinator:
+    """The coordinator of ``client`` on ``loop``, created on first use."""
+    per_loop = _coordinators.setdefault(loop, {})
+    coordinator = per_loop.get(id(client))
+    if coordinator is None or coordinator.client is not client or coordinator.closed:
+        coordinator = per_loop[id(client)] = Coordinator(client, loop)
+    return coordinator
+
+
+class Coordinator:
+    """Reports, listens and reconciles for every breaker on one client and loop.
+
+    Attributes:
+        down: the error of the current outage, or None while Redis answers.
+        stats: counters for operators and tests (ticks, round trips, errors, ...).
+    """
+
+    def __init__(self, client: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.client = client
+        self.loop = loop
+        self.links: weakref.WeakSet[SharedLink] = weakref.WeakSet()
+        self.by_channel: dict[str, weakref.WeakSet[SharedLink]] = {}
+        self.patterns: set[str] = set()
+        self.down: BaseException | None = None
+        self.closed = False
+        self.stats: dict[str, int] = {
+            "ticks": 0,
+            "round_trips": 0,
+            "reports": 0,
+            "tick_errors": 0,
+            "listener_errors": 0,
+            "messages": 0,
+            "bad_messages": 0,
+            "script_errors": 0,
+        }
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
+
+    # -- membership --------------------------------------------------------------------------
+
+    def register(self, link: SharedLink) -> None:
+        """Start serving ``link`` (and the background tasks, on the first one)."""
+        self.links.add(link)
+        self.by_channel.setdefault(link.keys.events, weakref.WeakSet()).add(link)
+        link.next_due = self.loop.time()  # first sync at once: learn an open cluster
+        pattern = events_pattern(link.prefix)
+        if pattern not in self.patterns:
+            self.patterns.add(pattern)
+            if self._pubsub is not None:
+                self.spawn(self._pubsub.psubscribe(pattern), "psubscribe")
+        if self._ticker is None:
+            self._ticker = self.loop.create_task(self._tick_forever(), name="dopossum-ticker")
+            self._listener = self.loop.create_task(self._listen_forever(), name="dopossum-listener")
+        self._wake.set()
+
+    def unregister(self, link: SharedLink) -> None:
+        """Stop serving ``link``; the last one out stops the background tasks."""
+        self.links.discard(link)
+        members = self.by_channel.get(link.keys.events)
+        if members is not None:
+            members.discard(link)
+            if not members:
+                del self.by_channel[link.keys.events]
+        if not self.links:
+            self.spawn(self.close(), "close coordinator")
+
+    def report_soon(self, link: SharedLink) -> None:
+        """Make ``link`` due now (a local trip is reported at once)."""
+        link.next_due = self.loop.time()
+        self._wake.set()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any], what: str) -> None:
+        """Run a one-off Redis call in the background; failures are logged, never raised."""
+
+        async def guarded() -> None:
+            try:
+                await coroutine
+            except REDIS_ERRORS as error:
+                self.mark_down(error)
+            except Exception:
+                self.stats["script_errors"] += 1
+                logger.exception("distributed_opossum: %s failed", what)
+
+        task = self.loop.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Stop the ticker and the listener and close the pub/sub connection."""
+        if self.closed:
+            return
+        self.closed = True
+        current = asyncio.current_task()
+        tasks = [t for t in (self._ticker, self._listener, *self._tasks) if t is not None]
+        tasks = [t for t in tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._close_pubsub()
+        per_loop = _coordinators.get(self.loop)
+        if per_loop is not None and per_loop.get(id(self.client)) is self:
+            del per_loop[id(self.client)]
+
+    # -- health ------------------------------------------------------------------------------
+
+    def mark_down(self, error: BaseException) -> None:
+        """Redis cannot be reached: announce ``registry_down`` once per outage."""
+        if self.down is not None:
+            return
+        self.down = error
+        logger.warning("distributed_opossum: Redis unreachable (%r); deciding locally", error)
+        for link in list(self.links):
+            link.emit("registry_down", error)
+
+    def mark_up(self) -> None:
+        """Redis answers again: announce ``registry_up`` and reconcile every breaker."""
+        if self.down is None:
+            return
+        self.down = None
+        logger.info("distributed_opossum: Redis reachable again")
+        now = self.loop.time()
+        for link in list(self.links):
+            link.next_due = now
+            link.emit("registry_up")
+        self._wake.set()
+
+    # -- the ticker --------------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        while True:
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats["tick_errors"] += 1
+                logger.exception("distributed_opossum: report tick failed")
+                await asyncio.sleep(RECONNECT_MIN)
+            await self._sleep_until_due()
+
+    async def _sleep_until_due(self) -> None:
+        links = list(self.links)
+        if not links:
+            delay = None
+        else:
+            delay = max(0.0, min(link.next_due for link in links) - self.loop.time())
+            if self.down is not None:
+                delay = max(delay, RECONNECT_MIN)
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _tick(self) -> None:
+        """One round trip: every due breaker's report, pipelined."""
+        now = self.loop.time()
+        due = [link for link in list(self.links) if link.next_due <= now]
+        if not due:
+            return
+        self.stats["ticks"] += 1
+        batch = scripts_for(self.client).batch()
+        for link in due:
+            link.next_due = now + link.interval
+            batch.report_window(
+                link.keys,
+                link.take_report(link.breaker._monotonic()),
+                instance=link.instance,
+                known_epoch=max(link.epoch, 0),
+                params=link.params,
+                jitter=link.jitter(),
+            )
+        try:
+            async with asyncio.timeout(ROUND_TRIP_LIMIT):
+                results = await batch.execute()
+        except REDIS_ERRORS as error:  # asyncio's TimeoutError is an OSError
+            # Nothing is buffered: what happened meanwhile stays local history.
+            self.stats["tick_errors"] += 1
+            self.mark_down(error)
+            return
+        self.stats["round_trips"] += 1
+        self.stats["reports"] += len(due)
+        self.mark_up()
+        for link, result in zip(due, results, strict=True):
+            if isinstance(result, Exception):
+                self.stats["script_errors"] += 1
+                logger.error(
+                    "distributed_opossum: report of %r failed: %r (breaker stays local)",
+                    link.keys.name,
+                    result,
+                )
+                continue
+            link.apply(result, own=True)
+
+    # -- the listener ------------------------------------------------------------------------
+
+    async def _listen_forever(self) -> None:
+        backoff = RECONNECT_MIN
+        connected_before = False
+        while True:
+            try:
+                pubsub = self._pubsub = self.client.pubsub()
+                if self.patterns:
+                    await pubsub.psubscribe(*self.patterns)
+                if connected_before:
+                    self._resync()  # messages may have been lost while away
+                connected_before = True
+                backoff = RECONNECT_MIN
+                while True:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=LISTEN_POLL
+                    )
+                    if message is not None:
+                        self._on_message(message)
+            except asyncio.CancelledError:
+                raise
+            except REDIS_ERRORS as error:
+                self.stats["listener_errors"] += 1
+                self.mark_down(error)
+            except (RedisError, RuntimeError):
+                self.stats["listener_errors"] += 1
+                logger.exception("distributed_opossum: pub/sub listener error")
+            await self._close_pubsub()
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, RECONNECT_MAX)
+
+    def _resync(self) -> None:
+        now = self.loop.time()
+        for link in list(self.links):
+            link.next_due = now
+        self._wake.set()
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        self.stats["messages"] += 1
+        channel = message.get("channel")
+        if isinstance(channel, bytes):
+            channel = channel.decode("utf-8", "replace")
+        links = self.by_channel.get(channel) if isinstance(channel, str) else None
+        if not links:
+            return
+        data = message.get("data")
+        broadcast = parse_broadcast(data) if isinstance(data, bytes | str) else None
+        if broadcast is None:
+            self.stats["bad_messages"] += 1
+            return
+        for link in list(links):
+            if broadcast.name == link.keys.name:
+                link.apply(broadcast, own=False)
+
+    async def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is None:
+            return
+        try:
+            await pubsub.aclose()
+        except Exception:  # closing a broken connection may fail again; nothing to do
+            logger.debug("distributed_opossum: closing pub/sub failed", exc_info=True)

@@ -1,0 +1,309 @@
+"""One breaker's tie to the cluster: what it reports, what it learns, its trial leases.
+
+The breaker's state machine mirrors the shared state: a shared open opens the
+local breaker (cause ``cluster`` when this pod's report decided it, ``remote``
+when another pod did), a shared close closes it. The one local-only state is a
+local trip under ``quorum``: it is this pod's vote, and it stays local until the
+votes reach the quorum.
+
+Nothing here runs on the plain call path: the coordinator calls
+:meth:`SharedLink.take_report` and :meth:`SharedLink.apply` once per tick, and
+the breaker asks for a trial lease only when the cluster's open period is over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._coordinator import REDIS_ERRORS, coordinator_for
+from ._errors import RegistryError
+from ._keys import BreakerKeys
+from ._options import BreakerOptions, DistributedOptions
+from ._scripts import (
+    Broadcast,
+    DecisionParams,
+    SharedState,
+    TrialOutcome,
+    WindowReport,
+    scripts_for,
+)
+
+if TYPE_CHECKING:
+    from ._breaker import CircuitBreaker
+    from ._coordinator import Coordinator
+
+__all__ = ["SharedLink", "TrialLease"]
+
+logger = logging.getLogger("distributed_opossum")
+
+LEASE_WAIT = 0.5
+"""Longest a caller waits for a cluster trial lease (or ``timeout``, if shorter)."""
+COMMAND_WAIT = 5.0
+"""Longest ``force_open()``/``reset()`` wait for Redis before raising."""
+
+
+@dataclass(frozen=True, slots=True)
+class TrialLease:
+    """Answer of :meth:`SharedLink.acquire_trial`.
+
+    ``granted`` None means Redis cannot be reached: the local half-open rule applies.
+    """
+
+    granted: bool | None
+    retry_after: float | None = None
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def decision_params(options: BreakerOptions, distributed: DistributedOptions) -> DecisionParams:
+    """The script parameters of a breaker's options."""
+    window = options.rolling_count_timeout
+    return DecisionParams(
+        window_ms=_ms(window),
+        volume_threshold=options.volume_threshold,
+        error_threshold_percentage=options.error_threshold_percentage,
+        quorum=distributed.quorum,
+        min_pod_volume=(
+            distributed.min_pod_volume
+            if distributed.min_pod_volume is not None
+            else max(options.volume_threshold, 1)
+        ),
+        reset_timeout_ms=max(0, round(options.reset_timeout * 1000)),
+        reset_timeout_multiplier=options.reset_timeout_multiplier,
+        max_reset_timeout_ms=(
+            None if options.max_reset_timeout is None else _ms(options.max_reset_timeout)
+        ),
+        half_open_max_calls=options.half_open_max_calls,
+        lease_ttl_ms=_ms(options.trial_lease + 1.0),
+        # Keys outlive every pod by a few windows; each report refreshes them.
+        key_ttl_ms=_ms(max(3 * window, 60.0)),
+    )
+
+
+class SharedLink:
+    """The distributed side of one :class:`CircuitBreaker`."""
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker[Any, Any],
+        options: BreakerOptions,
+        distributed: DistributedOptions,
+    ) -> None:
+        self.breaker = breaker
+        self.client = distributed.client
+        self.keys = BreakerKeys.for_breaker(distributed.prefix, options.name)
+        self.prefix = distributed.prefix
+        self.instance = distributed.instance_id
+        self.params = decision_params(options, distributed)
+        self.interval = distributed.sync_interval or options.bucket_interval
+        self.jitter_fraction = options.reset_timeout_jitter
+        self.lease_wait = min(LEASE_WAIT, options.timeout or LEASE_WAIT)
+        self.next_due = 0.0
+        self.gen: str | None = None
+        self.epoch = -1
+        self.shared = "closed"
+        self.coordinator: Coordinator | None = None
+        self._reported_seq = -1
+        self._vote = False
+        self._holders: dict[int, tuple[str, int]] = {}  # local permit -> (holder, epoch)
+        self._open_until_ms = self._now_ms = self._attempts = 0
+        self._holder_ids = itertools.count(1)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def attach(self) -> bool:
+        """Join this event loop's coordinator for the client (False when no loop runs)."""
+        if self.coordinator is not None:
+            return True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._reported_seq = self.breaker._window.head_seq - 1
+        self.coordinator = coordinator_for(self.client, loop)
+        self.coordinator.register(self)
+        return True
+
+    def detach(self) -> None:
+        """Leave the coordinator (at shutdown)."""
+        if self.coordinator is not None:
+            self.coordinator.unregister(self)
+            self.coordinator = None
+
+    @property
+    def registry_down(self) -> bool:
+        """True while the coordinator cannot reach Redis."""
+        return self.coordinator is not None and self.coordinator.down is not None
+
+    # -- reporting (coordinator side) --------------------------------------------------------
+
+    def vote(self) -> None:
+        """This pod tripped locally: report it now rather than at the next tick."""
+        self._vote = True
+        if self.coordinator is not None:
+            self.coordinator.report_soon(self)
+
+    def take_report(self, now: float) -> WindowReport:
+        """The finished buckets not reported yet, summed, plus a pending trip vote."""
+        window = self.breaker._window
+        finished = window.finished_since(self._reported_seq, now)
+        self._reported_seq = window.head_seq - 1
+        vote, self._vote = self._vote, False
+        return WindowReport(
+            fires=sum(b.fires for b in finished),
+            successes=sum(b.successes for b in finished),
+            failures=sum(b.failures for b in finished),
+            timeouts=sum(b.timeouts for b in finished),
+            rejects=sum(b.rejects for b in finished),
+            local_open=vote,
+        )
+
+    def jitter(self) -> float:
+        """The factor on an open period this pod's call might start."""
+        j = self.jitter_fraction
+        return random.uniform(1.0 - j, 1.0 + j) if j else 1.0
+
+    def apply(self, state: SharedState | Broadcast, *, own: bool) -> None:
+        """Follow a shared state if it is newer than what this pod knows.
+
+        ``own`` is True for the reply to this pod's own call: a change it
+        reports was decided here (cause ``cluster``), else by another pod.
+        """
+        if isinstance(state, SharedState):
+            if not state.exists:
+                return
+            changed_here = own and state.changed
+        else:
+            changed_here = state.origin == self.instance
+        same_gen = state.gen == self.gen
+        if same_gen and state.epoch < self.epoch:
+            return  # an older message overtaken by what we already know
+        new_opening = not same_gen or state.epoch > self.epoch
+        self.gen, self.epoch, self.shared = state.gen, state.epoch, state.state
+        self._open_until_ms, self._now_ms, self._attempts = (
+            state.open_until_ms,
+            state.now_ms,
+            state.attempts,
+        )
+        self._follow(new_opening=new_opening, same_gen=same_gen, decided_here=changed_here)
+
+    def reapply(self) -> None:
+        """Follow the last known shared state again (after a local ``close()``)."""
+        if self.gen is not None:
+            self._follow(new_opening=True, same_gen=False, decided_here=False)
+
+    def _follow(self, *, new_opening: bool, same_gen: bool, decided_here: bool) -> None:
+        breaker = self.breaker
+        now = breaker._monotonic()
+        deadline = now + max(0, self._open_until_ms - self._now_ms) / 1000.0
+        breaker._follow_shared(
+            self.shared,
+            deadline=deadline,
+            attempts=self._attempts,
+            new_opening=new_opening,
+            same_gen=same_gen,
+            decided_here=decided_here,
+        )
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Announce a registry event on the breaker."""
+        self.breaker._events.emit(event, *args)
+
+    # -- trials (call path, only when the cluster's open period is over) ---------------------
+
+    def needs_lease(self) -> bool:
+        """Whether a half-open trial needs the cluster's permit (else the local rule)."""
+        return self.shared != "closed" and self.coordinator is not None and not self.registry_down
+
+    async def acquire_trial(self, permit: int) -> TrialLease:
+        """Ask the cluster for a trial permit for the local ``permit``; bounded wait."""
+        holder = f"{self.instance}#{next(self._holder_ids)}"
+        try:
+            async with asyncio.timeout(self.lease_wait):
+                grant = await scripts_for(self.client).acquire_trial(
+                    self.keys, holder=holder, params=self.params
+                )
+        except TimeoutError:
+            # Redis is slow, not gone: reject rather than let a herd of trials out.
+            return TrialLease(False, self.lease_wait)
+        except REDIS_ERRORS as error:
+            if self.coordinator is not None:
+                self.coordinator.mark_down(error)
+            return TrialLease(None)
+        self.apply(grant.state, own=True)
+        if grant.granted:
+            self._holders[permit] = (holder, grant.state.epoch)
+            return TrialLease(True)
+        retry = None if grant.retry_after_ms is None else grant.retry_after_ms / 1000.0
+        return TrialLease(False, retry)
+
+    def trial_finished(self, permit: int, success: bool) -> None:
+        """Tell the cluster how the trial of ``permit`` went (in the background)."""
+        lease = self._holders.pop(permit, None)
+        if lease is None or self.coordinator is None:
+            return
+        holder, epoch = lease
+        outcome: TrialOutcome = "success" if success else "failure"
+
+        async def finish() -> None:
+            state = await scripts_for(self.client).finish_trial(
+                self.keys,
+                holder=holder,
+                epoch=epoch,
+                outcome=outcome,
+                instance=self.instance,
+                params=self.params,
+                jitter=self.jitter(),
+            )
+            self.apply(state, own=True)
+
+        self.coordinator.spawn(finish(), f"finish_trial {self.keys.name}")
+
+    def trial_released(self, permit: int) -> None:
+        """Give the cluster permit of ``permit`` back (its caller was cancelled)."""
+        lease = self._holders.pop(permit, None)
+        if lease is None or self.coordinator is None:
+            return
+        holder = lease[0]
+
+        async def release() -> None:
+            state = await scripts_for(self.client).release_trial(self.keys, holder=holder)
+            self.apply(state, own=True)
+
+        self.coordinator.spawn(release(), f"release_trial {self.keys.name}")
+
+    # -- manual control ----------------------------------------------------------------------
+
+    async def force_open(self) -> None:
+        """Force the cluster open; raises ``RegistryError`` (changing nothing) on failure."""
+        scripts = scripts_for(self.client)
+        state = await self._command(scripts.force_open(self.keys, instance=self.instance))
+        self.apply(state, own=True)
+
+    async def reset(self) -> None:
+        """Close the cluster; raises ``RegistryError`` (changing nothing) on failure."""
+        scripts = scripts_for(self.client)
+        command = scripts.reset(
+            self.keys, instance=self.instance, key_ttl_ms=self.params.key_ttl_ms
+        )
+        state = await self._command(command)
+        self.apply(state, own=True)
+
+    async def _command(self, command: Any) -> SharedState:
+        try:
+            async with asyncio.timeout(COMMAND_WAIT):
+                state: SharedState = await command
+        except REDIS_ERRORS as error:  # asyncio's TimeoutError is an OSError
+            raise RegistryError(
+                f"breaker {self.keys.name!r}: Redis did not take the command ({error!r}); "
+                "nothing was changed",
+                breaker_name=self.keys.name,
+            ) from error
+        return state
