@@ -18,7 +18,7 @@ import random
 import sys
 from collections.abc import Awaitable, Callable
 from types import BuiltinFunctionType, TracebackType
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from ._backoff import open_period
 from ._cache import MemoryCache, call_key, maybe_await
@@ -80,7 +80,13 @@ class CircuitBreaker(Generic[P, R]):
         result = await breaker.fire(order_id)
     """
 
-    def __init__(self, action: Callable[P, Awaitable[R]] | Callable[P, R], **options: Any) -> None:
+    @overload
+    def __init__(self, action: Callable[P, Awaitable[R]], **options: Any) -> None: ...
+
+    @overload
+    def __init__(self, action: Callable[P, R], **options: Any) -> None: ...
+
+    def __init__(self, action: Callable[P, Any], **options: Any) -> None:
         if not callable(action):
             raise TypeError(f"action must be callable, got {action!r}")
         opts = parse_options(action, options)

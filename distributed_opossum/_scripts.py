@@ -226,9 +226,12 @@ class RedisScripts:
     cache). Connection trouble raises redis-py's exceptions; a reply that is
     not what the script returns raises :class:`ProtocolError`; bad arguments
     raise ``ValueError``/``TypeError`` before anything is sent.
+
+    It holds its client weakly (see :func:`scripts_for`): whoever uses it
+    keeps the client alive.
     """
 
-    __slots__ = ("__weakref__", "_client_ref")
+    __slots__ = ("_client_ref",)
 
     def __init__(self, client: RedisClient) -> None:
         # Weak: the registry's value must not keep its own key alive.

@@ -213,20 +213,19 @@ class StateMachine:
     def follow_open(
         self, now: float, open_until: float, attempts: int, cause: Cause, *, new_opening: bool
     ) -> None:
-        """Take the cluster's open period (``open_until`` in local time) as this breaker's.
+        """Take a new opening of the cluster (``open_until`` in local time) as this breaker's.
 
         Already open: only the deadline and attempts change (every pod agrees).
-        Half-open or forced open: re-opens only for a new opening of the
-        cluster (``new_opening``), not for an echo of the current one.
+        An echo of an opening already followed (``new_opening`` False) changes
+        nothing: it must not cut a later local opening short, nor re-open a
+        breaker that a trial has just closed.
         """
+        if not new_opening:
+            return
         self.attempts = max(attempts, 1)
-        state = self.state
-        if state is State.OPEN:
-            self.open_until = open_until
-            return
-        if state is not State.CLOSED and not new_opening:
-            return
         self.open_until = open_until
+        if self.state is State.OPEN:
+            return
         if self.opened_at is None:
             self.opened_at = now
         self._move(now, State.OPEN, cause)

@@ -1,0 +1,104 @@
+"""Redis fixtures: private redis-server processes, clients for them, and fakeredis.
+
+Real-server tests need the ``redis-server`` binary. Without it they are
+skipped locally, but fail when the ``CI`` environment variable is set: in CI
+the real-Redis tests must run, never silently skip.
+
+Fixtures:
+    redis_server_session  one private server for the whole run
+    redis_server          a fresh private server for one test (kill/pause/restart it freely)
+    redis_client          redis.asyncio client on the session server, emptied before the test
+    fake_redis_client     fakeredis.FakeAsyncRedis with Lua, its own empty server
+    any_redis_client      parametrized: the real client (marked ``redis``) and the fake one
+
+Tests that use a real server get the ``redis`` marker automatically, so
+``pytest -m "not redis"`` runs without redis-server.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+from redis_server import RedisServer, redis_server_binary
+
+_REAL_SERVER_FIXTURES = frozenset({"redis_server", "redis_server_session", "redis_client"})
+
+
+def _server_or_skip() -> RedisServer:
+    if redis_server_binary() is None:
+        message = "redis-server not found on PATH (set REDIS_SERVER to its path)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; real-Redis tests must not be skipped in CI", pytrace=False)
+        pytest.skip(message)
+    return RedisServer()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a real server with ``redis``."""
+    for item in items:
+        if _REAL_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
+
+
+@pytest.fixture(scope="session")
+def redis_server_session() -> Iterator[RedisServer]:
+    """One private redis-server shared by the run (tests get it emptied via redis_client)."""
+    server = _server_or_skip()
+    with server:
+        yield server
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server of this test alone, started; removed afterwards."""
+    server = _server_or_skip()
+    with server:
+        yield server
+
+
+async def _real_client(server: RedisServer) -> aioredis.Redis:
+    if not server.running:  # an earlier test stopped the shared server
+        server.start()
+    client = aioredis.Redis.from_url(server.url)
+    await client.flushall()
+    await client.script_flush()
+    return client
+
+
+@pytest.fixture
+async def redis_client(redis_server_session: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client of the session's redis-server, whose data and script cache start empty."""
+    client = await _real_client(redis_server_session)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def fake_redis_client() -> AsyncIterator[aioredis.Redis]:
+    """A fakeredis client (Lua enabled through lupa) on a server of its own."""
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), "fakeredis"])
+async def any_redis_client(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]:
+    """The same test on a real redis-server and on fakeredis."""
+    client: aioredis.Redis
+    if request.param == "fakeredis":
+        client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server_session")
+        client = await _real_client(server)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -1,0 +1,334 @@
+"""Helpers for the distributed tests: pods of one breaker name, each with its own client.
+
+A "pod" here is one :class:`CircuitBreaker` with a Redis client of its own (its
+own connections, hence its own coordinator), as a replica in another process
+would have. Every pod of a :class:`Cluster` shares the breaker name and the key
+prefix. Waits are real but short, and every one of them is bounded.
+
+Example::
+
+    async with Cluster(server.url, "payments", reset_timeout=0.3) as cluster:
+        pod0, pod1 = cluster.pod("pod0"), cluster.pod("pod1")
+        await cluster.ready()
+        await pod0.trip()
+        await eventually(lambda: pod1.breaker.opened)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from distributed_opossum import CircuitBreaker, OpenCircuitError
+from distributed_opossum._coordinator import Coordinator
+from distributed_opossum._keys import BreakerKeys
+from distributed_opossum._link import SharedLink
+
+__all__ = [
+    "PREFIX",
+    "RECORDED_EVENTS",
+    "Cluster",
+    "Downstream",
+    "Pod",
+    "dead_port_url",
+    "eventually",
+    "pattern_subscribers",
+    "redis_now_ms",
+]
+
+PREFIX = "dtest"
+"""Key prefix of every distributed test."""
+
+RECORDED_EVENTS = (
+    "open",
+    "close",
+    "half_open",
+    "reject",
+    "registry_down",
+    "registry_up",
+)
+"""Events every pod records (with their arguments and the time they came)."""
+
+
+class Boom(Exception):
+    """What a failing downstream raises."""
+
+
+async def eventually(
+    predicate: Callable[[], bool],
+    *,
+    timeout: float = 1.0,
+    interval: float = 0.002,
+    what: str = "condition",
+) -> float:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` s. Returns the wait."""
+    start = time.monotonic()
+    deadline = start + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} did not hold within {timeout:.3f} s")
+        await asyncio.sleep(interval)
+    return time.monotonic() - start
+
+
+async def stays(
+    predicate: Callable[[], bool], *, duration: float, interval: float = 0.01, what: str = ""
+) -> None:
+    """Assert ``predicate`` holds at every poll for ``duration`` seconds."""
+    deadline = time.monotonic() + duration
+    while time.monotonic() < deadline:
+        assert predicate(), f"{what or 'condition'} stopped holding"
+        await asyncio.sleep(interval)
+    assert predicate(), f"{what or 'condition'} stopped holding"
+
+
+def dead_port_url() -> str:
+    """A ``redis://`` URL of a localhost port nothing listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+async def redis_now_ms(client: aioredis.Redis) -> int:
+    """Redis' clock in ms."""
+    seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def pattern_subscribers(admin: aioredis.Redis, names: set[str]) -> set[str]:
+    """Which of the client ``names`` hold a pattern subscription on the server."""
+    found = set()
+    for entry in await admin.client_list():
+        if entry.get("name") in names and int(entry.get("psub", 0)) > 0:
+            found.add(entry["name"])
+    return found
+
+
+class Downstream:
+    """The service behind a breaker: counts calls; succeeds, fails or hangs as told.
+
+    ``mode`` is ``"ok"``, ``"fail"`` or ``"hang"`` (wait until :meth:`release`).
+    """
+
+    def __init__(self, mode: str = "ok") -> None:
+        self.mode = mode
+        self.calls = 0
+        self.running = 0
+        self._release = asyncio.Event()
+        self._outcome = "ok"
+
+    async def action(self, *args: Any) -> str:
+        """The guarded call."""
+        self.calls += 1
+        mode = self.mode
+        if mode == "fail":
+            raise Boom("downstream failed")
+        if mode == "hang":
+            self.running += 1
+            try:
+                await self._release.wait()
+            finally:
+                self.running -= 1
+            if self._outcome == "fail":
+                raise Boom("downstream failed after a while")
+        return "ok"
+
+    def release(self, outcome: str = "ok") -> None:
+        """Let every hanging call finish with ``outcome`` (``"ok"`` or ``"fail"``)."""
+        self._outcome = outcome
+        self._release.set()
+
+
+@dataclass
+class Pod:
+    """One replica: a breaker, its own client, its downstream and what it emitted."""
+
+    instance: str
+    breaker: CircuitBreaker[..., Any]
+    client: aioredis.Redis
+    downstream: Downstream
+    events: list[tuple[str, tuple[Any, ...], float]] = field(default_factory=list)
+
+    def record(self) -> None:
+        """Record every event of RECORDED_EVENTS."""
+        for event in RECORDED_EVENTS:
+            self.breaker.on(event, self._recorder(event))
+
+    def _recorder(self, event: str) -> Callable[..., None]:
+        def handler(*args: Any) -> None:
+            self.events.append((event, args, time.monotonic()))
+
+        return handler
+
+    @property
+    def link(self) -> SharedLink:
+        """The breaker's tie to the cluster."""
+        link = self.breaker._link
+        assert link is not None, "not a distributed breaker"
+        return link
+
+    @property
+    def coordinator(self) -> Coordinator:
+        """The coordinator of this pod's client."""
+        coordinator = self.link.coordinator
+        assert coordinator is not None, "not attached to a coordinator"
+        return coordinator
+
+    def causes(self, event: str) -> list[str]:
+        """The cause argument of every ``event`` emitted, in order (as plain strings)."""
+        return [str(args[0]) if args else "" for name, args, _ in self.events if name == event]
+
+    def count(self, event: str) -> int:
+        """How many ``event`` were emitted."""
+        return sum(1 for name, _, _ in self.events if name == event)
+
+    def times(self, event: str) -> list[float]:
+        """When each ``event`` was emitted (``time.monotonic()``)."""
+        return [at for name, _, at in self.events if name == event]
+
+    async def call(self) -> str:
+        """One call through the breaker: ``"ok"``, ``"failed"`` or ``"rejected"``."""
+        try:
+            await self.breaker.fire()
+        except OpenCircuitError:
+            return "rejected"
+        except Boom:
+            return "failed"
+        return "ok"
+
+    async def trip(self, limit: int = 50) -> int:
+        """Fail calls until this pod opens (locally); returns how many calls it took."""
+        self.downstream.mode = "fail"
+        for n in range(1, limit + 1):
+            await self.call()
+            if self.breaker.opened:
+                return n
+        raise AssertionError(f"{self.instance} did not open after {limit} failing calls")
+
+
+class Cluster:
+    """Pods of one breaker name; each pod gets a client (and connections) of its own.
+
+    Args:
+        url: the Redis server of the pods (each pod makes its own client).
+        name: the breaker name shared by every pod.
+        **defaults: breaker options of every pod; ``distributed`` entries other
+            than ``client`` and ``instance_id`` go in ``distributed=...``.
+    """
+
+    def __init__(self, url: str, name: str = "payments", **defaults: Any) -> None:
+        self.url = url
+        self.name = name
+        self.defaults = defaults
+        self.pods: list[Pod] = []
+        self.keys = BreakerKeys.for_breaker(PREFIX, name)
+        self._clients: list[aioredis.Redis] = []
+
+    def client(self, instance: str, url: str | None = None) -> aioredis.Redis:
+        """A new client (named after ``instance``, closed with the cluster)."""
+        client = aioredis.Redis.from_url(
+            url or self.url,
+            client_name=instance,
+            socket_connect_timeout=1.0,
+            socket_timeout=3.0,
+        )
+        self._clients.append(client)
+        return client
+
+    def pod(
+        self,
+        instance: str,
+        *,
+        client: aioredis.Redis | None = None,
+        downstream: Downstream | None = None,
+        url: str | None = None,
+        **options: Any,
+    ) -> Pod:
+        """A new pod: a breaker named like the others, with its own client."""
+        client = client if client is not None else self.client(instance, url)
+        downstream = downstream if downstream is not None else Downstream()
+        merged = {**self.defaults, **options}
+        distributed = {
+            "prefix": PREFIX,
+            **merged.pop("distributed", {}),
+            "client": client,
+            "instance_id": instance,
+        }
+        breaker: CircuitBreaker[..., Any] = CircuitBreaker(
+            downstream.action, name=self.name, distributed=distributed, **merged
+        )
+        pod = Pod(instance, breaker, client, downstream)
+        pod.record()
+        self.pods.append(pod)
+        return pod
+
+    async def ready(self, admin: aioredis.Redis, *, timeout: float = 2.0) -> None:
+        """Wait until every pod has synced once and listens on the events channel."""
+        await eventually(
+            lambda: all(p.link.gen is not None for p in self.pods),
+            timeout=timeout,
+            what="first sync of every pod",
+        )
+        names = {p.instance for p in self.pods}
+        deadline = time.monotonic() + timeout
+        while await pattern_subscribers(admin, names) != names:
+            assert time.monotonic() < deadline, "pods did not subscribe in time"
+            await asyncio.sleep(0.005)
+
+    async def stats_entries(self, admin: aioredis.Redis) -> list[dict[str, Any]]:
+        """The stats list, parsed, oldest first."""
+        return [json.loads(raw) for raw in await admin.lrange(self.keys.stats, 0, -1)]
+
+    async def state_hash(self, admin: aioredis.Redis) -> dict[str, str]:
+        """The shared state hash, decoded."""
+        raw = await admin.hgetall(self.keys.state)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def aclose(self) -> None:
+        """Shut every pod down, stop the coordinators, close the clients."""
+        coordinators = {id(c): c for p in self.pods if (c := p.link.coordinator) is not None}
+        for pod in self.pods:
+            await pod.breaker.shutdown()
+        for coordinator in coordinators.values():
+            await stop(coordinator)
+        for client in self._clients:
+            await client.aclose()
+
+    async def __aenter__(self) -> Cluster:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+async def stop(coordinator: Coordinator) -> None:
+    """Close ``coordinator`` and wait until none of its tasks is left."""
+    await coordinator.close()
+    await eventually(
+        lambda: coordinator_idle(coordinator), timeout=5.0, what="coordinator tasks stopped"
+    )
+
+
+def coordinator_idle(coordinator: Coordinator) -> bool:
+    """True when the coordinator runs no task any more."""
+    tasks = [coordinator._ticker, coordinator._listener, *coordinator._tasks]
+    return all(task is None or task.done() for task in tasks)
+
+
+async def gather_calls(calls: list[Awaitable[str]]) -> list[str]:
+    """Run calls concurrently; their outcomes in order."""
+    return list(await asyncio.gather(*calls))

@@ -1,0 +1,220 @@
+"""_script_replies.py: script replies and broadcasts are validated, garbage never crashes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from distributed_opossum._script_replies import (
+    MAX_BROADCAST_BYTES,
+    Broadcast,
+    ProtocolError,
+    SharedState,
+    parse_broadcast,
+    parse_count_reply,
+    parse_state_reply,
+    parse_trial_reply,
+    protocol_error_counts,
+)
+
+GOOD_STATE: list[Any] = [b"g1", 3, b"open", 2_000, 2, 1_000, b"pooled_rate", 1_500, 1, 0, 0]
+
+
+def with_item(index: int, value: object) -> list[Any]:
+    reply = list(GOOD_STATE)
+    reply[index] = value
+    return reply
+
+
+def test_good_state_reply() -> None:
+    """Bytes or str, the reply becomes a typed SharedState."""
+    expected = SharedState(
+        gen="g1",
+        epoch=3,
+        state="open",
+        open_until_ms=2_000,
+        attempts=2,
+        closed_at_ms=1_000,
+        reason="pooled_rate",
+        now_ms=1_500,
+        changed=True,
+        lease_expires_ms=0,
+        trial_successes=0,
+    )
+    assert parse_state_reply(GOOD_STATE) == expected
+    decoded = [v.decode() if isinstance(v, bytes) else v for v in GOOD_STATE]
+    assert parse_state_reply(decoded) == expected
+    assert expected.open_remaining_ms == 500
+    assert expected.exists
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(None, id="nil"),
+        pytest.param(b"OK", id="status"),
+        pytest.param(7, id="integer"),
+        pytest.param([], id="empty"),
+        pytest.param(GOOD_STATE[:-1], id="short"),
+        pytest.param([*GOOD_STATE, 0], id="long"),
+        pytest.param(tuple(GOOD_STATE), id="tuple"),
+        pytest.param(with_item(0, 5), id="gen-int"),
+        pytest.param(with_item(0, b"\xff"), id="gen-not-utf8"),
+        pytest.param(with_item(1, -1), id="epoch-negative"),
+        pytest.param(with_item(1, b"3"), id="epoch-text"),
+        pytest.param(with_item(1, True), id="epoch-bool"),
+        pytest.param(with_item(2, b"ajar"), id="state-unknown"),
+        pytest.param(with_item(2, None), id="state-nil"),
+        pytest.param(with_item(3, 1.5), id="open-until-float"),
+        pytest.param(with_item(6, [b"x"]), id="reason-list"),
+        pytest.param(with_item(8, 2), id="changed-2"),
+        pytest.param(with_item(9, -5), id="lease-negative"),
+        pytest.param(with_item(10, b""), id="trials-empty"),
+    ],
+)
+def test_bad_state_replies_raise_protocol_error(reply: object) -> None:
+    """Anything but the exact shape raises ProtocolError (and is counted), never IndexError."""
+    before = protocol_error_counts().get("reply", 0)
+    with pytest.raises(ProtocolError):
+        parse_state_reply(reply, "read_state")
+    assert protocol_error_counts()["reply"] == before + 1
+
+
+def test_long_reason_is_cut() -> None:
+    """A reason is a short label; a huge one is truncated, not carried around."""
+    assert len(parse_state_reply(with_item(6, b"x" * 10_000)).reason) == 200
+
+
+@pytest.mark.parametrize(
+    ("head", "granted", "retry_after"),
+    [([1, 0], True, 0), ([0, 250], False, 250), ([0, -1], False, None)],
+)
+def test_trial_replies(head: list[int], granted: bool, retry_after: int | None) -> None:
+    """granted and retry_after_ms (-1 meaning forced open: None) precede the state."""
+    grant = parse_trial_reply([*head, *GOOD_STATE])
+    assert (grant.granted, grant.retry_after_ms) == (granted, retry_after)
+    assert grant.state.gen == "g1"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        GOOD_STATE,
+        [1, *GOOD_STATE],
+        [2, 0, *GOOD_STATE],
+        [1, -2, *GOOD_STATE],
+        [1, b"0", *GOOD_STATE],
+        [1, 0, *with_item(2, b"ajar")],
+        "nope",
+    ],
+)
+def test_bad_trial_replies_raise_protocol_error(reply: object) -> None:
+    """acquire_trial's reply is validated like the others."""
+    with pytest.raises(ProtocolError):
+        parse_trial_reply(reply)
+
+
+@pytest.mark.parametrize("reply", [-1, b"3", None, True, [3]])
+def test_bad_count_replies_raise_protocol_error(reply: object) -> None:
+    """cleanup_stats returns a non-negative integer or it is garbage."""
+    with pytest.raises(ProtocolError):
+        parse_count_reply(reply)
+
+
+# --------------------------------------------------------------------------- broadcasts
+
+GOOD_MESSAGE: dict[str, Any] = {
+    "v": 1,
+    "name": "payments",
+    "gen": "g1",
+    "epoch": 4,
+    "state": "open",
+    "open_until": 1_795_000_030_000,
+    "now": 1_795_000_000_000,
+    "attempts": 2,
+    "origin": "pod-1",
+    "reason": "local_trip",
+}
+
+
+def test_good_broadcast() -> None:
+    """A v1 message becomes a Broadcast, from bytes or str."""
+    expected = Broadcast(
+        name="payments",
+        gen="g1",
+        epoch=4,
+        state="open",
+        open_until_ms=1_795_000_030_000,
+        now_ms=1_795_000_000_000,
+        attempts=2,
+        origin="pod-1",
+        reason="local_trip",
+    )
+    assert parse_broadcast(json.dumps(GOOD_MESSAGE).encode()) == expected
+    assert parse_broadcast(json.dumps(GOOD_MESSAGE)) == expected
+
+
+def test_broadcast_tolerates_integral_floats_and_extra_fields() -> None:
+    """1e+12-style integers (some JSON encoders) and unknown fields are fine."""
+    message = GOOD_MESSAGE | {"now": 1.795e12, "future": [1, 2]}
+    broadcast = parse_broadcast(json.dumps(message))
+    assert broadcast is not None
+    assert broadcast.now_ms == 1_795_000_000_000
+
+
+def changed(**fields: Any) -> bytes:
+    return json.dumps(GOOD_MESSAGE | fields).encode()
+
+
+def without(field: str) -> bytes:
+    return json.dumps({k: v for k, v in GOOD_MESSAGE.items() if k != field}).encode()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"marker", id="not-json"),
+        pytest.param(b"\xff\xfe", id="not-utf8"),
+        pytest.param(b"[1, 2]", id="array"),
+        pytest.param(b"null", id="null"),
+        pytest.param(b"[" * 3000, id="deep-nesting"),
+        pytest.param(
+            json.dumps(GOOD_MESSAGE).replace('"epoch": 4', '"epoch": ' + "9" * 3500),
+            id="huge-int",
+        ),
+        pytest.param(changed(epoch=2**53), id="epoch-beyond-lua-integers"),
+        pytest.param(changed(name="x" * MAX_BROADCAST_BYTES), id="oversized"),
+        pytest.param("é" * (MAX_BROADCAST_BYTES // 2 + 1), id="oversized-in-utf8"),
+        pytest.param(changed(v=2), id="v2"),
+        pytest.param(changed(v=True), id="v-true"),
+        pytest.param(changed(v="1"), id="v-text"),
+        pytest.param(without("v"), id="no-v"),
+        pytest.param(changed(state="ajar"), id="unknown-state"),
+        pytest.param(changed(state=None), id="state-null"),
+        pytest.param(changed(gen=""), id="empty-gen"),
+        pytest.param(changed(gen=7), id="gen-int"),
+        pytest.param(changed(epoch=-1), id="negative-epoch"),
+        pytest.param(changed(epoch=1.5), id="fractional-epoch"),
+        pytest.param(changed(epoch="4"), id="text-epoch"),
+        pytest.param(changed(epoch=True), id="bool-epoch"),
+        pytest.param(changed(epoch=float("nan")), id="nan"),
+        pytest.param(changed(open_until=float("inf")), id="inf"),
+        pytest.param(changed(name=None), id="name-null"),
+        pytest.param(changed(origin=5), id="origin-int"),
+        pytest.param(changed(reason={"a": 1}), id="reason-object"),
+        *(pytest.param(without(f), id=f"no-{f}") for f in GOOD_MESSAGE if f != "v"),
+    ],
+)
+def test_bad_broadcasts_are_dropped_and_counted(
+    payload: bytes | str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage gives None, a debug log line and a count; never an exception."""
+    before = protocol_error_counts().get("broadcast", 0)
+    with caplog.at_level(logging.DEBUG, logger="distributed_opossum._script_replies"):
+        assert parse_broadcast(payload) is None
+    assert protocol_error_counts()["broadcast"] == before + 1
+    assert "ignoring bad broadcast" in caplog.text
