@@ -27,7 +27,7 @@ def open_period(
     """
     exponent = max(attempts, 1) - 1
     try:
-        period = reset_timeout * multiplier**exponent
+        period = reset_timeout * multiplier**exponent if reset_timeout else 0.0
     except OverflowError:  # multiplier ** huge: the cap (if any) decides
         period = float("inf")
     if max_reset_timeout is not None:

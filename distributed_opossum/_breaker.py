@@ -369,11 +369,13 @@ class CircuitBreaker(Generic[P, R]):
         events = self._events
         if expired:
             bucket.timeouts += 1
-            events.emit("timeout", error, latency, args)
         bucket.failures += 1
         if ran and window.percentiles_enabled:
             bucket.record_latency(latency)
-        events.emit("failure", error, latency, args)
+        if events.call_listened:
+            if expired:
+                events.emit("timeout", error, latency, args)
+            events.emit("failure", error, latency, args)
         core = self._core
         if permit:
             if self._link is not None:
@@ -618,6 +620,8 @@ class CircuitBreaker(Generic[P, R]):
             if timer is not None:
                 timer.cancel()
         self._half_open_timer = self._snapshot_timer = None
+        if self._deadlines is not None:
+            self._deadlines.stop_if_idle()  # calls still running keep their timeout
         tasks = list(self._background)
         for task in tasks:
             task.cancel()
@@ -773,8 +777,19 @@ class CircuitBreaker(Generic[P, R]):
 
     def _restore(self, data: Any, now: float) -> None:
         """Import ``to_json()["state"]`` (partial dicts allowed)."""
+        for flag in (
+            "enabled",
+            "closed",
+            "open",
+            "half_open",
+            "forced_open",
+            "warm_up",
+            "shutdown",
+        ):
+            if flag in data and not isinstance(data[flag], bool):
+                raise TypeError(f"'state': {flag!r} must be a bool, got {data[flag]!r}")
         if "enabled" in data:
-            self._enabled = bool(data["enabled"])
+            self._enabled = data["enabled"]
         attempts = data.get("attempts") or 0
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
             raise ValueError(f"'state': 'attempts' must be an int >= 0, got {attempts!r}")

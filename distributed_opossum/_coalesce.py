@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ._errors import CircuitTimeoutError
+
 __all__ = ["CoalesceTable"]
 
 
@@ -73,7 +75,7 @@ class CoalesceTable:
         if error is None:
             outcome = "success"
         else:
-            outcome = "timeout" if isinstance(error, TimeoutError) else "error"
+            outcome = "timeout" if isinstance(error, CircuitTimeoutError) else "error"
         if outcome in self._reset_on:
             del self._entries[key]
 

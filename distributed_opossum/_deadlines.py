@@ -79,6 +79,11 @@ class DeadlineQueue:
                 task.cancel()
                 entry[EXPIRED] = task.cancelling()
 
+    def stop_if_idle(self) -> None:
+        """Cancel the timer unless a call is still running."""
+        if all(entry[TASK] is None for entry in self.entries):
+            self.close()
+
     def close(self) -> None:
         """Stop the timer (calls still running are no longer timed)."""
         if self.timer is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from ._breaker import CircuitBreaker
 
@@ -15,12 +15,30 @@ R = TypeVar("R")
 
 
 class BreakerFunction(Protocol[P, R]):
-    """A coroutine function whose calls go through ``breaker.fire``."""
+    """A coroutine function whose calls go through ``breaker.fire``.
+
+    Decorated methods bind like any function (``__get__``); one breaker then
+    guards the method for every instance.
+    """
 
     breaker: CircuitBreaker[P, R]
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call through the breaker."""
+        ...
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> BreakerFunction[P, R]: ...
+
+    @overload
+    def __get__(
+        self, instance: object, owner: type[Any] | None = None
+    ) -> Callable[..., Awaitable[R]]: ...
+
+    def __get__(
+        self, instance: object | None, owner: type[Any] | None = None
+    ) -> BreakerFunction[P, R] | Callable[..., Awaitable[R]]:
+        """Bind as a method."""
         ...
 
 

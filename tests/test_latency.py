@@ -6,14 +6,13 @@ import asyncio
 import math
 
 import pytest
+from helpers import Boom, gate
 from hypothesis import given
 from hypothesis import strategies as st
 
 from distributed_opossum import CircuitBreaker
 from distributed_opossum._latency import PERCENTILES, bin_of, percentiles, value_of
 from distributed_opossum.testing import FakeClock
-
-from helpers import Boom, gate
 
 RELATIVE_ERROR = 1 / 32  # half a bin of 1/16 of an octave, relative to the octave's bottom
 LATENCIES = st.floats(min_value=1e-9, max_value=1e5, allow_nan=False, allow_infinity=False)

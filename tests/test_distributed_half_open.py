@@ -1,0 +1,193 @@
+"""Cluster-wide half-open: trial permits shared by every pod, shared outcome, shared backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis.asyncio as aioredis
+from distributed_support import (
+    Cluster,
+    Downstream,
+    eventually,
+    gather_calls,
+    redis_now_ms,
+    stays,
+)
+from redis_server import RedisServer
+
+from distributed_opossum import OpenCircuitError, State
+
+pytestmark = pytest.mark.redis
+
+
+async def test_exactly_half_open_max_calls_reach_the_action_across_pods(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """Of 30 concurrent calls on 3 pods at the end of the open period, exactly 2 trials run."""
+    shared = Downstream()
+    async with Cluster(
+        redis_server_session.url,
+        half_open_max_calls=2,
+        reset_timeout=0.3,
+        timeout=5.0,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.5},
+    ) as cluster:
+        pods = [cluster.pod(f"pod{i}", downstream=shared) for i in range(3)]
+        await cluster.ready(redis_client)
+        await pods[0].trip()
+        await eventually(lambda: all(p.breaker.opened for p in pods), timeout=0.5)
+        await eventually(
+            lambda: all(p.count("half_open") == 1 for p in pods), timeout=1.0, what="half_open"
+        )
+        before = shared.calls
+        shared.mode = "hang"
+        calls = asyncio.gather(*(p.call() for p in pods for _ in range(10)))
+        await eventually(lambda: shared.running == 2, timeout=1.0, what="two trials running")
+        await asyncio.sleep(0.1)  # every other call has had time to be admitted, or not
+        assert shared.calls - before == 2
+        assert shared.running == 2
+        shared.release("ok")
+        outcomes = await asyncio.wait_for(calls, 2.0)
+        assert sorted(outcomes).count("ok") == 2
+        assert sorted(outcomes).count("rejected") == 28
+        await eventually(
+            lambda: all(p.breaker.closed for p in pods), timeout=0.5, what="every pod closed"
+        )
+        state = await cluster.state_hash(redis_client)
+        assert state["state"] == "closed"
+        assert not [field for field in state if field.startswith("lease:")]
+
+
+async def test_trial_failure_reopens_every_pod_with_doubled_period(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """A failed trial re-opens all pods; with multiplier 2 the second open period is twice the first."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=0.3,
+        reset_timeout_multiplier=2.0,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.5},
+    ) as cluster:
+        pods = [cluster.pod(f"pod{i}") for i in range(3)]
+        await cluster.ready(redis_client)
+        await pods[0].trip()
+        await eventually(
+            lambda: all(p.count("half_open") == 1 for p in pods), timeout=1.0, what="half_open"
+        )
+        pods[1].downstream.mode = "fail"
+        assert await pods[1].call() == "failed"
+        await eventually(
+            lambda: all(p.breaker.state is State.OPEN for p in pods),
+            timeout=0.3,
+            what="every pod re-opened",
+        )
+        assert pods[1].causes("open")[-1] == "trial"
+        for pod in (pods[0], pods[2]):
+            assert pod.causes("open")[-1] == "remote", pod.instance
+        for pod in pods:
+            assert pod.breaker.attempts == 2, pod.instance
+        state = await cluster.state_hash(redis_client)
+        assert int(state["attempts"]) == 2
+        assert state["reason"] == "trial_failure"
+        remaining_ms = int(state["open_until"]) - await redis_now_ms(redis_client)
+        assert 400 < remaining_ms <= 600
+
+        await eventually(
+            lambda: all(p.count("half_open") == 2 for p in pods), timeout=1.5, what="half_open"
+        )
+        second_ends = []
+        for pod in pods:
+            opens, half_opens = pod.times("open"), pod.times("half_open")
+            first = half_opens[0] - opens[0]
+            second = half_opens[1] - opens[1]
+            assert 0.2 < first < 0.4, (pod.instance, first)
+            assert 0.5 < second < 0.75, (pod.instance, second)
+            assert 1.6 < second / first < 2.6, (pod.instance, first, second)
+            second_ends.append(half_opens[1])
+        assert max(second_ends) - min(second_ends) < 0.05  # every pod agrees on the deadline
+
+
+async def test_hung_trial_lease_expires_so_another_trial_goes(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """A trial that never returns (timeout=None) loses its lease; a trial on another pod then runs."""
+    async with Cluster(
+        redis_server_session.url,
+        timeout=None,
+        reset_timeout=0.3,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.5},
+    ) as cluster:
+        stuck, other = cluster.pod("stuck"), cluster.pod("other")
+        await cluster.ready(redis_client)
+        await stuck.trip()
+        await eventually(
+            lambda: stuck.count("half_open") == 1 and other.count("half_open") == 1,
+            timeout=1.0,
+            what="half_open",
+        )
+        stuck.downstream.mode = "hang"
+        hung = asyncio.ensure_future(stuck.call())
+        await eventually(lambda: stuck.downstream.running == 1, timeout=1.0, what="trial running")
+        trial_started = time.monotonic()
+
+        with pytest.raises(OpenCircuitError) as info:
+            await other.breaker.fire()
+        retry_after = info.value.retry_after
+        assert retry_after is not None
+        # lease = max(timeout, reset_timeout) + 1 s = 1.3 s
+        assert 0.8 < retry_after <= 1.31
+        assert other.downstream.calls == 0
+
+        async def other_trial_ran() -> bool:
+            return await other.call() == "ok"
+
+        deadline = trial_started + 2.5
+        while not await other_trial_ran():
+            assert time.monotonic() < deadline, "no second trial after the lease expired"
+            await asyncio.sleep(0.05)
+        waited = time.monotonic() - trial_started
+        assert 1.0 < waited < 2.0
+        assert other.downstream.calls == 1
+        await eventually(
+            lambda: stuck.breaker.closed and other.breaker.closed,
+            timeout=0.5,
+            what="both closed",
+        )
+        assert stuck.causes("close") == ["remote"]
+
+        # The hung trial's late failure belongs to an expired lease: nothing changes.
+        stuck.downstream.release("fail")
+        assert await asyncio.wait_for(hung, 1.0) == "failed"
+        await stays(
+            lambda: stuck.breaker.closed and other.breaker.closed,
+            duration=0.3,
+            what="closed after the late failure",
+        )
+        assert (await cluster.state_hash(redis_client))["state"] == "closed"
+
+
+async def test_calls_on_many_pods_before_half_open_are_all_rejected(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """While the shared open period runs, no pod lets a call through, not even a new one."""
+    shared = Downstream()
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=1.0,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.5},
+    ) as cluster:
+        pods = [cluster.pod(f"pod{i}", downstream=shared) for i in range(3)]
+        await cluster.ready(redis_client)
+        await pods[0].trip()
+        await eventually(lambda: all(p.breaker.opened for p in pods), timeout=0.5)
+        before = shared.calls
+        shared.mode = "ok"
+        outcomes = await gather_calls([p.call() for p in pods for _ in range(20)])
+        assert set(outcomes) == {"rejected"}
+        assert shared.calls == before

@@ -1,0 +1,295 @@
+"""Pods of one breaker name act as one: broadcast trips, pooled rates, the Redis layout.
+
+Each pod is a breaker with its own Redis client (own connections, own
+coordinator) on a private redis-server. ``sync_interval`` is long where a test
+must show that the broadcast, not the next report tick, carried the news.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import pytest
+import redis.asyncio as aioredis
+from distributed_support import (
+    PREFIX,
+    Cluster,
+    eventually,
+    eventually_async,
+    redis_now_ms,
+    stays,
+)
+from redis_server import RedisServer
+
+from distributed_opossum import OpenCircuitError, State
+
+pytestmark = pytest.mark.redis
+
+ENTRY_FIELDS = {
+    "v",
+    "timestamp",
+    "instance",
+    "fires",
+    "successes",
+    "failures",
+    "timeouts",
+    "rejects",
+    "local_open",
+}
+BROADCAST_FIELDS = {
+    "v",
+    "name",
+    "gen",
+    "epoch",
+    "state",
+    "open_until",
+    "now",
+    "attempts",
+    "origin",
+    "reason",
+}
+
+
+async def test_local_trip_opens_every_pod_within_bound(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """A local trip on one pod opens every other pod within 0.3 s, long before a report tick."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=1.0,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 2.0},
+    ) as cluster:
+        pods = [cluster.pod(f"pod{i}") for i in range(4)]
+        await cluster.ready(redis_client)
+        start = time.monotonic()
+        await pods[0].trip()
+        waited = await eventually(
+            lambda: all(p.breaker.state is State.OPEN for p in pods),
+            timeout=0.3,
+            what="every pod open",
+        )
+        assert waited < 0.3
+        assert pods[0].causes("open") == ["local"]
+        for pod in pods[1:]:
+            assert pod.causes("open") == ["remote"], pod.instance
+            assert pod.times("open")[0] - start < 0.3
+            retry_after = pod.breaker.retry_after
+            assert retry_after is not None
+            assert 0.5 < retry_after <= 1.0
+            with pytest.raises(OpenCircuitError):
+                await pod.breaker.fire()
+            assert pod.downstream.calls == 0
+            assert pod.breaker.attempts == 1
+
+
+async def test_stats_list_state_hash_and_broadcast_layout(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """Keys are hash-tagged; stats entries, the state hash and broadcasts hold ARCHITECTURE §5 fields."""
+    name = "pay:ments v2"
+    async with Cluster(
+        redis_server_session.url,
+        name,
+        reset_timeout=5.0,
+        rolling_count_timeout=2.0,
+        rolling_count_buckets=10,
+        distributed={"sync_interval": 0.2},
+    ) as cluster:
+        assert cluster.keys.stats == f"{PREFIX}:{{pay%3Aments%20v2}}:distributedStats"
+        assert cluster.keys.state == f"{PREFIX}:{{pay%3Aments%20v2}}:state"
+        assert cluster.keys.events == f"{PREFIX}:{{pay%3Aments%20v2}}:events"
+        pod0, pod1 = cluster.pod("pod0"), cluster.pod("pod1")
+        await cluster.ready(redis_client)
+        for _ in range(3):
+            assert await pod0.call() == "ok"
+
+        async def pod0_reported() -> bool:
+            entries = await cluster.stats_entries(redis_client)
+            return sum(e["successes"] for e in entries if e["instance"] == "pod0") == 3
+
+        await eventually_async(pod0_reported, timeout=1.5, what="pod0's calls in the stats list")
+
+        pubsub = redis_client.pubsub()
+        await pubsub.subscribe(cluster.keys.events)
+        try:
+            async with asyncio.timeout(2.0):
+                while (await pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
+                    pass
+            before = await redis_now_ms(redis_client)
+            await pod1.trip()
+            async with asyncio.timeout(2.0):
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        break
+            after = await redis_now_ms(redis_client)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+        broadcast = json.loads(message["data"])
+        assert set(broadcast) >= BROADCAST_FIELDS
+        assert broadcast["v"] == 1
+        assert broadcast["name"] == name
+        assert broadcast["state"] == "open"
+        assert broadcast["origin"] == "pod1"
+        assert broadcast["attempts"] == 1
+        assert broadcast["epoch"] >= 1
+        assert before <= broadcast["now"] <= after
+        assert broadcast["open_until"] - broadcast["now"] == pytest.approx(5000, abs=1)
+
+        keys = sorted(k.decode() for k in await redis_client.keys(f"{PREFIX}:*"))
+        assert keys == sorted([cluster.keys.stats, cluster.keys.state])
+        for key in keys:
+            ttl = await redis_client.pttl(key)
+            assert ttl > 0, f"{key} has no TTL"
+
+        state = await cluster.state_hash(redis_client)
+        assert re.fullmatch(r"[0-9a-f]{8,}", state["gen"]), state
+        assert state["gen"] == broadcast["gen"]
+        assert state["state"] == "open"
+        assert int(state["epoch"]) == broadcast["epoch"]
+        assert int(state["attempts"]) == 1
+        assert int(state["open_until"]) == broadcast["open_until"]
+        assert int(state["closed_at"]) == 0
+        assert state["reason"] == "local_trip"
+
+        entries = await cluster.stats_entries(redis_client)
+        assert entries, "empty stats list"
+        now = await redis_now_ms(redis_client)
+        for entry in entries:
+            assert set(entry) >= ENTRY_FIELDS, entry
+            assert entry["v"] == 1
+            assert entry["instance"] in {"pod0", "pod1"}
+            assert now - 2000 < entry["timestamp"] <= now
+            for counter in ("fires", "successes", "failures", "timeouts", "rejects"):
+                assert isinstance(entry[counter], int) and entry[counter] >= 0
+            assert isinstance(entry["local_open"], bool)
+        timestamps = [e["timestamp"] for e in entries]
+        assert timestamps == sorted(timestamps)
+        assert any(e["instance"] == "pod1" and e["local_open"] for e in entries)
+        assert not any(e["instance"] == "pod0" and e["local_open"] for e in entries)
+        assert sum(e["fires"] for e in entries if e["instance"] == "pod0") == 3
+
+
+async def test_half_open_and_trial_close_propagate(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """Every pod half-opens when the shared open period ends; a trial success on one closes all."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=0.3,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.2},
+    ) as cluster:
+        pods = [cluster.pod(f"pod{i}") for i in range(3)]
+        await cluster.ready(redis_client)
+        await pods[0].trip()
+        await eventually(lambda: all(p.breaker.opened for p in pods), timeout=0.5)
+        await eventually(
+            lambda: all(p.count("half_open") == 1 for p in pods), timeout=1.0, what="half_open"
+        )
+        for pod in pods:
+            assert pod.causes("half_open") == ["timer"]
+            opened, half_opened = pod.times("open")[0], pod.times("half_open")[0]
+            assert 0.2 < half_opened - opened < 0.5, pod.instance
+        assert await pods[1].call() == "ok"
+        await eventually(lambda: all(p.breaker.closed for p in pods), timeout=0.5, what="closed")
+        assert pods[1].causes("close") == ["trial"]
+        assert pods[0].causes("close") == ["remote"]
+        assert pods[2].causes("close") == ["remote"]
+        for pod in pods:
+            assert pod.breaker.attempts == 0
+        assert pods[1].downstream.calls == 1  # the one trial
+        assert pods[2].downstream.calls == 0
+
+        state = await cluster.state_hash(redis_client)
+        assert state["state"] == "closed"
+        assert int(state["attempts"]) == 0
+        closed_at = int(state["closed_at"])
+        assert closed_at > 0
+        assert state["reason"] == "trial_success"
+
+        async def only_young_entries() -> bool:
+            entries = await cluster.stats_entries(redis_client)
+            return all(e["timestamp"] > closed_at for e in entries)
+
+        await eventually_async(only_young_entries, what="entries from before the close dropped")
+
+
+async def test_pooled_rate_trips_pods_that_each_see_too_few_calls(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """Without quorum, pods below volume_threshold each trip together once the pooled volume is enough."""
+    async with Cluster(
+        redis_server_session.url,
+        volume_threshold=9,
+        reset_timeout=5.0,
+        rolling_count_timeout=3.0,
+        rolling_count_buckets=10,
+        distributed={"sync_interval": 0.2},
+    ) as cluster:
+        pods = [cluster.pod(f"pod{i}") for i in range(3)]
+        await cluster.ready(redis_client)
+        for pod in pods[:2]:
+            pod.downstream.mode = "fail"
+            for _ in range(4):
+                assert await pod.call() == "failed"
+            assert pod.breaker.closed  # 4 < volume_threshold: no local trip
+
+        async def eight_failures_reported() -> bool:
+            entries = await cluster.stats_entries(redis_client)
+            return sum(e["failures"] for e in entries) == 8
+
+        await eventually_async(eight_failures_reported, timeout=1.5, what="8 failures reported")
+        # 8 pooled calls < 9: two more report ticks change nothing.
+        await stays(lambda: all(p.breaker.closed for p in pods), duration=0.45, what="closed")
+
+        pods[2].downstream.mode = "fail"
+        for _ in range(4):
+            assert await pods[2].call() == "failed"
+        assert pods[2].breaker.closed
+        await eventually(
+            lambda: all(p.breaker.opened for p in pods), timeout=1.0, what="pooled open"
+        )
+        causes = sorted(c for p in pods for c in p.causes("open"))
+        assert causes == ["cluster", "remote", "remote"]
+        state = await cluster.state_hash(redis_client)
+        assert state["reason"] == "pooled_rate"
+        assert state["state"] == "open"
+
+
+async def test_pod_created_while_cluster_open_learns_at_first_sync(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """A pod built while the cluster is open is open after its first sync, before any report tick."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=5.0,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 3.0},
+    ) as cluster:
+        pod0 = cluster.pod("pod0")
+        await cluster.ready(redis_client)
+        await pod0.trip()
+
+        async def shared_open() -> bool:
+            return (await cluster.state_hash(redis_client)).get("state") == "open"
+
+        await eventually_async(shared_open, timeout=0.5, what="shared state open")
+
+        late = cluster.pod("late")
+        waited = await eventually(lambda: late.breaker.opened, timeout=0.5, what="late pod open")
+        assert waited < 0.5
+        assert late.causes("open") == ["remote"]
+        with pytest.raises(OpenCircuitError) as info:
+            await late.breaker.fire()
+        assert late.downstream.calls == 0
+        late_retry = info.value.retry_after
+        first_retry = pod0.breaker.retry_after
+        assert late_retry is not None and first_retry is not None
+        assert late_retry == pytest.approx(first_retry, abs=0.15)
+        assert late.breaker.attempts == 1

@@ -1,0 +1,133 @@
+"""Quorum: one sick pod's trip is a vote, not a cluster-wide open."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from distributed_support import Cluster, Pod, eventually, eventually_async, stays
+from redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+QUORUM_OPTIONS: dict[str, Any] = {
+    "volume_threshold": 3,
+    "reset_timeout": 5.0,
+    "rolling_count_timeout": 3.0,
+    "rolling_count_buckets": 10,
+}
+
+
+async def entry_of(cluster: Cluster, admin: aioredis.Redis, instance: str, *, vote: bool) -> None:
+    """Wait until ``instance`` has an entry in the stats list (a vote, if ``vote``)."""
+
+    async def present() -> bool:
+        entries = await cluster.stats_entries(admin)
+        return any(e["instance"] == instance and (e["local_open"] or not vote) for e in entries)
+
+    await eventually_async(present, timeout=1.5, what=f"{instance}'s entry in the stats list")
+
+
+async def test_quorum_count_one_sick_pod_opens_only_locally(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """With quorum=2 one pod's trip opens it alone (cause local); a second trip opens the cluster."""
+    async with Cluster(
+        redis_server_session.url,
+        **QUORUM_OPTIONS,
+        distributed={"quorum": 2, "sync_interval": 0.2},
+    ) as cluster:
+        pods = [cluster.pod(f"pod{i}") for i in range(3)]
+        await cluster.ready(redis_client)
+
+        await pods[0].trip()
+        assert pods[0].causes("open") == ["local"]
+        await entry_of(cluster, redis_client, "pod0", vote=True)
+        await stays(
+            lambda: pods[1].breaker.closed and pods[2].breaker.closed,
+            duration=0.5,
+            what="healthy pods closed",
+        )
+        assert pods[0].breaker.opened
+        state = await cluster.state_hash(redis_client)
+        assert state["state"] == "closed"
+        assert pods[1].count("open") == pods[2].count("open") == 0
+        assert await pods[2].call() == "ok"
+
+        await pods[1].trip()
+        assert pods[1].causes("open") == ["local"]
+        await eventually(lambda: pods[2].breaker.opened, timeout=1.0, what="pod2 open")
+        assert pods[2].causes("open") == ["remote"]
+        # The sick pods were open already: no second open event.
+        assert pods[0].causes("open") == ["local"]
+        assert pods[1].causes("open") == ["local"]
+        state = await cluster.state_hash(redis_client)
+        assert state["state"] == "open"
+        assert state["reason"] == "quorum"
+
+
+async def test_quorum_pooled_rate_alone_never_opens(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """Under quorum, pods each below min_pod_volume stay closed whatever their pooled rate."""
+    async with Cluster(
+        redis_server_session.url,
+        **{**QUORUM_OPTIONS, "volume_threshold": 5},
+        distributed={"quorum": 2, "sync_interval": 0.2},
+    ) as cluster:
+        pods = [cluster.pod(f"pod{i}") for i in range(3)]
+        await cluster.ready(redis_client)
+        for pod in pods:
+            pod.downstream.mode = "fail"
+            for _ in range(3):
+                assert await pod.call() == "failed"
+
+        async def all_reported() -> bool:
+            entries = await cluster.stats_entries(redis_client)
+            return sum(e["failures"] for e in entries) == 9
+
+        await eventually_async(all_reported, timeout=1.5, what="9 failures reported")
+        await stays(
+            lambda: all(p.breaker.closed for p in pods), duration=0.5, what="every pod closed"
+        )
+        assert (await cluster.state_hash(redis_client))["state"] == "closed"
+
+
+async def test_quorum_fraction_ignores_idle_pods(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """With quorum=0.75 only pods that reported calls count: two votes of two busy pods open it."""
+    async with Cluster(
+        redis_server_session.url,
+        **QUORUM_OPTIONS,
+        distributed={"quorum": 0.75, "sync_interval": 0.2},
+    ) as cluster:
+        sick, busy, idle = (cluster.pod(name) for name in ("sick", "busy", "idle"))
+        pods: list[Pod] = [sick, busy, idle]
+        await cluster.ready(redis_client)
+
+        for _ in range(3):
+            assert await busy.call() == "ok"
+        await entry_of(cluster, redis_client, "busy", vote=False)
+
+        # One vote of two reporting pods: ceil(0.75 * 2) = 2 are needed.
+        await sick.trip()
+        assert sick.causes("open") == ["local"]
+        await entry_of(cluster, redis_client, "sick", vote=True)
+        await stays(
+            lambda: busy.breaker.closed and idle.breaker.closed,
+            duration=0.5,
+            what="busy and idle pods closed",
+        )
+        assert (await cluster.state_hash(redis_client))["state"] == "closed"
+
+        # Two votes of two reporting pods open it; the idle pod would make it 3 needed.
+        await busy.trip()
+        await eventually(lambda: idle.breaker.opened, timeout=1.0, what="idle pod open")
+        assert idle.causes("open") == ["remote"]
+        assert all(p.breaker.opened for p in pods)
+        state = await cluster.state_hash(redis_client)
+        assert state["reason"] == "quorum"
+        entries = await cluster.stats_entries(redis_client)
+        assert not any(e["instance"] == "idle" for e in entries)
