@@ -170,8 +170,7 @@ class CircuitBreaker(Generic[P, R]):
         monotonic = self._monotonic
         now = monotonic()
         window = self._window
-        bucket = window.head if now < window.bucket_end else window.roll(now)
-        bucket.fires += 1
+        (window.head if now < window.bucket_end else window.roll(now)).fires += 1
         deadlines = self._deadlines
         if deadlines is None:
             try:
@@ -206,20 +205,22 @@ class CircuitBreaker(Generic[P, R]):
                 return await self._timed_out(args, kwargs, now, 0)  # type: ignore[no-any-return]
             except Exception as error:
                 deadlines.pop(entry)
+                if entry[2] and timed_out(entry, task):  # type: ignore[arg-type]
+                    # The action turned our cancellation into an error of its own.
+                    return await self._timed_out(args, kwargs, now, 0)  # type: ignore[no-any-return]
                 return await self._failed(  # type: ignore[no-any-return]
                     error, args, kwargs, now, monotonic(), 0, expired=False
                 )
             entry[1] = None  # DeadlineQueue.pop, inlined for the usual, in-order case
-            if entries[0] is entry:
+            if entries and entries[0] is entry:
                 entries.popleft()
                 if entries and entries[0][1] is None:
                     deadlines.pop(entries[0])
             if entry[2] and timed_out(entry, task):  # type: ignore[arg-type]
                 # The action swallowed our cancellation and returned late.
                 return await self._timed_out(args, kwargs, now, 0)  # type: ignore[no-any-return]
-        # Into the bucket the call started in: if the window moved on meanwhile,
-        # that bucket is still in it (or was reused for a newer interval).
-        bucket.ok.append(monotonic() - now)
+        end = monotonic()
+        (window.head if end < window.bucket_end else window.roll(end)).ok.append(end - now)
         return result  # type: ignore[no-any-return]
 
     async def _fire_gated(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -300,7 +301,8 @@ class CircuitBreaker(Generic[P, R]):
                 deadlines.pop(entry)  # type: ignore[union-attr]
         end = self._monotonic()
         if entry is not None and entry[EXPIRED] and timed_out(entry, task):  # type: ignore[arg-type]
-            expired = True  # the action swallowed our cancellation and returned late
+            # The action swallowed our cancellation, or turned it into another error.
+            expired = True
         if expired:
             timeout = deadlines.timeout  # type: ignore[union-attr]
             error = CircuitTimeoutError(breaker_name=self.name, timeout=timeout)
@@ -836,7 +838,7 @@ class CircuitBreaker(Generic[P, R]):
     def state(self) -> State:
         """The current state (an open period that ended reads as half-open)."""
         core = self._core
-        if core.state is State.OPEN and self._monotonic() >= core.open_until:
+        if core.state is State.OPEN and not self._shutdown and self._monotonic() >= core.open_until:
             core.half_open(self._monotonic(), Cause.TIMER)
             self._announce()
         return core.state

@@ -24,7 +24,7 @@ __all__ = ["DEADLINE", "EXPIRED", "TASK", "DeadlineQueue"]
 DEADLINE = 0
 TASK = 1
 EXPIRED = 2
-"""0 while running; once expired, the task's ``cancelling()`` count after our cancel."""
+"""0 while running; 1 once expired; -1 once expired while another cancel was pending."""
 
 
 class DeadlineQueue:
@@ -76,8 +76,10 @@ class DeadlineQueue:
             entries.popleft()
             entry[TASK] = None
             if not task.done():
+                # A cancel already pending (the caller's, usually) wins: the call
+                # still ends now, but with the caller's CancelledError.
+                entry[EXPIRED] = -1 if task.cancelling() else 1
                 task.cancel()
-                entry[EXPIRED] = task.cancelling()
 
     def stop_if_idle(self) -> None:
         """Cancel the timer unless a call is still running."""
@@ -96,13 +98,15 @@ class DeadlineQueue:
 
 
 def timed_out(entry: list[Any], task: asyncio.Task[Any]) -> bool:
-    """After a ``CancelledError``: was it our timeout alone? Undoes our cancel request if so.
+    """Did the call of ``entry`` end because of our timeout alone?
 
-    Mirrors ``asyncio.timeout``: the cancellation is ours when, after taking our
-    request back, no other request is pending.
+    Takes our cancel request back (as ``asyncio.timeout`` does), then answers
+    True only if no other cancel request was made: the caller's cancellation
+    always propagates as ``CancelledError``.
     """
     marker = entry[EXPIRED]
     if not marker:
         return False
     entry[EXPIRED] = 0
-    return bool(task.uncancel() < marker)
+    others = task.uncancel()
+    return marker > 0 and others == 0

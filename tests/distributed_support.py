@@ -225,7 +225,7 @@ class Pod:
             return "failed"
         return "ok"
 
-    async def trip(self, limit: int = 50) -> int:
+    async def trip(self, limit: int = 1000) -> int:
         """Fail calls until this pod opens (locally); returns how many calls it took."""
         self.downstream.mode = "fail"
         for n in range(1, limit + 1):

@@ -1,0 +1,178 @@
+"""Manual control across pods: force_open()/reset() are cluster-wide, open()/close() local."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis.asyncio as aioredis
+from distributed_support import Cluster, eventually, eventually_async, stays
+from redis_server import RedisServer
+
+from distributed_opossum import OpenCircuitError, RegistryError, State
+
+pytestmark = pytest.mark.redis
+
+
+async def test_force_open_holds_every_pod_open_until_reset_on_any_pod(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """force_open() on one pod holds every pod open with retry_after None until reset() on another."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=0.2,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.2},
+    ) as cluster:
+        pods = [cluster.pod(f"pod{i}") for i in range(3)]
+        await cluster.ready(redis_client)
+        await pods[0].breaker.force_open()
+        await eventually(
+            lambda: all(p.breaker.state is State.FORCED_OPEN for p in pods),
+            timeout=0.5,
+            what="every pod forced open",
+        )
+
+        async def forced_in_redis() -> bool:
+            return (await cluster.state_hash(redis_client)).get("state") == "forced_open"
+
+        await eventually_async(forced_in_redis, timeout=0.5, what="forced_open in the state hash")
+        # Three reset_timeouts later nothing has half-opened and nothing got through.
+        await stays(
+            lambda: all(p.breaker.state is State.FORCED_OPEN for p in pods),
+            duration=0.6,
+            what="forced open",
+        )
+        for pod in pods:
+            with pytest.raises(OpenCircuitError) as info:
+                await pod.breaker.fire()
+            assert info.value.retry_after is None, pod.instance
+            assert pod.downstream.calls == 0
+            assert pod.count("half_open") == 0
+        for pod in pods[1:]:
+            assert pod.causes("open") == ["remote"], pod.instance
+
+        await pods[2].breaker.reset()
+        await eventually(
+            lambda: all(p.breaker.closed for p in pods), timeout=0.5, what="every pod closed"
+        )
+        for pod in pods:
+            assert await pod.call() == "ok"
+        for pod in (pods[0], pods[1]):
+            assert pod.causes("close") == ["remote"], pod.instance
+        state = await cluster.state_hash(redis_client)
+        assert state["state"] == "closed"
+        assert int(state["attempts"]) == 0
+
+
+async def test_local_close_does_not_override_an_open_cluster(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """close() on one pod while the cluster is open lets no call through: the pod follows the cluster."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=2.0,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.2},
+    ) as cluster:
+        pod0, pod1 = cluster.pod("pod0"), cluster.pod("pod1")
+        await cluster.ready(redis_client)
+        await pod0.trip()
+        await eventually(lambda: pod1.breaker.opened, timeout=0.5, what="pod1 open")
+        pod1.breaker.close()
+        await eventually(lambda: pod1.breaker.opened, timeout=0.25, what="pod1 open again")
+        outcomes = [await pod1.call() for _ in range(5)]
+        assert outcomes == ["rejected"] * 5
+        assert pod1.downstream.calls == 0
+        await stays(lambda: pod1.breaker.opened, duration=0.3, what="pod1 open")
+        assert (await cluster.state_hash(redis_client))["state"] == "open"
+        # open() stays local too: it does not open anyone else.
+        pod0.breaker.close()
+        assert pod0.breaker.opened  # follows the open cluster again
+
+
+async def test_local_open_does_not_open_other_pods(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """open() on one pod is local: the shared state and the other pods stay closed."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=2.0,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.2},
+    ) as cluster:
+        pod0, pod1 = cluster.pod("pod0"), cluster.pod("pod1")
+        await cluster.ready(redis_client)
+        pod0.breaker.open()
+        assert pod0.breaker.opened
+        assert pod0.causes("open") == ["manual"]
+        await stays(lambda: pod1.breaker.closed, duration=0.5, what="pod1 closed")
+        assert (await cluster.state_hash(redis_client))["state"] == "closed"
+
+
+async def test_manual_commands_raise_registry_error_when_redis_is_dead(
+    redis_server: RedisServer,
+) -> None:
+    """With Redis killed, force_open()/reset() raise RegistryError within 5 s and change nothing."""
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with Cluster(
+            redis_server.url,
+            reset_timeout=5.0,
+            rolling_count_timeout=1.0,
+            distributed={"sync_interval": 0.2},
+        ) as cluster:
+            pod = cluster.pod("pod0")
+            await cluster.ready(admin)
+            redis_server.kill()
+
+            start = time.monotonic()
+            with pytest.raises(RegistryError):
+                await pod.breaker.force_open()
+            assert time.monotonic() - start < 5.5
+            assert pod.breaker.state is State.CLOSED
+            assert pod.count("open") == 0
+            assert await pod.call() == "ok"
+
+            await pod.trip()
+            assert pod.breaker.state is State.OPEN
+            start = time.monotonic()
+            with pytest.raises(RegistryError):
+                await pod.breaker.reset()
+            assert time.monotonic() - start < 5.5
+            assert pod.breaker.state is State.OPEN
+            assert pod.breaker.attempts == 1
+            assert pod.count("close") == 0
+    finally:
+        await admin.aclose()
+
+
+async def test_force_open_raises_registry_error_within_5s_when_redis_hangs(
+    redis_server: RedisServer,
+) -> None:
+    """With Redis frozen (SIGSTOP), force_open() gives up within ~5 s and changes nothing."""
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with Cluster(
+            redis_server.url,
+            reset_timeout=5.0,
+            rolling_count_timeout=1.0,
+            distributed={"sync_interval": 0.2},
+        ) as cluster:
+            pod = cluster.pod("pod0")
+            await cluster.ready(admin)
+            redis_server.pause()
+            try:
+                start = time.monotonic()
+                with pytest.raises(RegistryError):
+                    await pod.breaker.force_open()
+                elapsed = time.monotonic() - start
+            finally:
+                redis_server.resume()
+            assert elapsed < 6.0
+            assert pod.breaker.state is State.CLOSED
+            assert await pod.call() == "ok"
+            state = await cluster.state_hash(admin)
+            assert state.get("state") != "forced_open"
+    finally:
+        await admin.aclose()

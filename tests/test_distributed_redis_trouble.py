@@ -1,0 +1,540 @@
+"""When Redis misbehaves, breakers keep deciding locally and callers never see Redis errors."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import time
+import tracemalloc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from distributed_support import (
+    Cluster,
+    Pod,
+    dead_port_url,
+    eventually,
+    eventually_async,
+    pattern_subscribers,
+    stays,
+)
+from redis_server import RedisServer
+
+import distributed_opossum
+from distributed_opossum import State
+
+pytestmark = pytest.mark.redis
+
+FAST = {
+    "reset_timeout": 0.3,
+    "rolling_count_timeout": 1.0,
+    "rolling_count_buckets": 10,
+}
+
+
+@asynccontextmanager
+async def admin_of(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client for the test's own reads and writes on ``server``."""
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        yield admin
+    finally:
+        await admin.aclose()
+
+
+class Traffic:
+    """Calls on pods in the background; records outcomes, errors and the slowest call."""
+
+    def __init__(self, pods: list[Pod]) -> None:
+        self.pods = pods
+        self.outcomes: dict[str, int] = {}
+        self.errors: list[BaseException] = []
+        self.slowest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            for pod in self.pods:
+                start = time.monotonic()
+                try:
+                    outcome = await pod.call()
+                except Exception as error:  # anything but the breaker's own outcomes
+                    self.errors.append(error)
+                    outcome = "error"
+                self.slowest = max(self.slowest, time.monotonic() - start)
+                self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            await asyncio.sleep(0.002)
+
+    def start(self) -> None:
+        """Start calling."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop calling."""
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+
+async def test_redis_down_at_start_breaker_works_locally() -> None:
+    """Redis unreachable from the start: calls work, registry_down once, local trips still open."""
+    async with Cluster(dead_port_url(), **FAST, distributed={"sync_interval": 0.05}) as cluster:
+        pod = cluster.pod("pod0")
+        for _ in range(200):
+            assert await pod.call() == "ok"
+        await eventually(lambda: pod.count("registry_down") == 1, timeout=2.0, what="down")
+        error = pod.events[[n for n, _, _ in pod.events].index("registry_down")][1][0]
+        assert isinstance(error, Exception)
+        # Many more ticks and listener retries: still one registry_down, no registry_up.
+        for _ in range(20):
+            assert await pod.call() == "ok"
+            await asyncio.sleep(0.02)
+        assert pod.coordinator.stats["tick_errors"] >= 3
+        assert pod.count("registry_down") == 1
+        assert pod.count("registry_up") == 0
+
+        await pod.trip()
+        assert pod.breaker.state is State.OPEN
+        assert pod.causes("open") == ["local"]
+        assert await pod.call() == "rejected"
+        # The local half-open rule applies: a local trial runs and closes the breaker.
+        await eventually(lambda: pod.breaker.half_open, timeout=1.0, what="half_open")
+        pod.downstream.mode = "ok"
+        assert await pod.call() == "ok"
+        assert pod.breaker.closed
+        assert pod.causes("close") == ["trial"]
+
+
+async def test_redis_down_at_start_through_async_with() -> None:
+    """No Redis exception leaves ``async with breaker`` or a gated fire() while Redis is down."""
+    async with Cluster(dead_port_url(), **FAST, distributed={"sync_interval": 0.05}) as cluster:
+        pod = cluster.pod("pod0")
+        pod.breaker.on("fire", lambda *args: None)  # the general call path
+        await eventually(lambda: pod.count("registry_down") == 1, timeout=2.0, what="down")
+        for _ in range(50):
+            async with pod.breaker:
+                await asyncio.sleep(0)
+            assert await pod.call() == "ok"
+        assert pod.breaker.closed
+
+
+async def test_redis_killed_mid_traffic_then_restarted(redis_server: RedisServer) -> None:
+    """Killed mid-traffic: calls unaffected, registry_down once; back: registry_up once, reports resume."""
+    async with (
+        admin_of(redis_server) as admin,
+        Cluster(redis_server.url, **FAST, distributed={"sync_interval": 0.1}) as cluster,
+    ):
+        pods = [cluster.pod("pod0"), cluster.pod("pod1")]
+        await cluster.ready(admin)
+        old_gen = pods[0].link.gen
+        traffic = Traffic(pods)
+        traffic.start()
+        try:
+            await asyncio.sleep(0.3)
+            redis_server.kill()
+            await eventually(
+                lambda: all(p.count("registry_down") == 1 for p in pods),
+                timeout=2.0,
+                what="registry_down on every pod",
+            )
+            await asyncio.sleep(0.5)  # a few failing ticks and reconnects
+            assert all(p.count("registry_down") == 1 for p in pods)
+            calls_during = sum(traffic.outcomes.values())
+            await asyncio.sleep(0.1)
+            assert sum(traffic.outcomes.values()) > calls_during  # traffic keeps flowing
+
+            redis_server.start()  # same port, empty
+            await eventually(
+                lambda: all(p.count("registry_up") == 1 for p in pods),
+                timeout=3.0,
+                what="registry_up on every pod",
+            )
+            started = time.monotonic()
+
+            async def both_reported() -> bool:
+                entries = [json.loads(raw) for raw in await admin.lrange(cluster.keys.stats, 0, -1)]
+                return {e["instance"] for e in entries} == {"pod0", "pod1"}
+
+            await eventually_async(both_reported, timeout=1.0, what="reports resumed")
+            assert time.monotonic() - started < 1.0
+        finally:
+            await traffic.stop()
+        assert traffic.errors == []
+        assert traffic.slowest < 0.05
+        assert set(traffic.outcomes) == {"ok"}
+        for pod in pods:
+            assert pod.count("registry_down") == 1
+            assert pod.count("registry_up") == 1
+            assert pod.link.gen is not None and pod.link.gen != old_gen
+        assert (await cluster.state_hash(admin))["gen"] == pods[0].link.gen
+
+
+async def test_local_trip_during_outage_opens_locally_and_cluster_works_after(
+    redis_server: RedisServer,
+) -> None:
+    """During an outage a trip stays local; once Redis is back, trips propagate again."""
+    async with (
+        admin_of(redis_server) as admin,
+        Cluster(
+            redis_server.url,
+            reset_timeout=0.3,
+            rolling_count_timeout=1.0,
+            distributed={"sync_interval": 0.1},
+        ) as cluster,
+    ):
+        pod0, pod1 = cluster.pod("pod0"), cluster.pod("pod1")
+        await cluster.ready(admin)
+        redis_server.kill()
+        await eventually(
+            lambda: pod0.count("registry_down") == 1 and pod1.count("registry_down") == 1,
+            timeout=2.0,
+            what="down",
+        )
+        await pod0.trip()
+        assert pod0.causes("open") == ["local"]
+        assert pod1.breaker.closed
+        await eventually(lambda: pod0.breaker.half_open, timeout=1.0, what="local half_open")
+        pod0.downstream.mode = "ok"
+        assert await pod0.call() == "ok"
+        assert pod0.breaker.closed
+
+        redis_server.start()
+        await eventually(
+            lambda: pod0.count("registry_up") == 1 and pod1.count("registry_up") == 1,
+            timeout=3.0,
+            what="up",
+        )
+        await cluster.ready(admin, timeout=3.0)
+        await pod1.trip()
+        await eventually(lambda: pod0.breaker.opened, timeout=0.5, what="pod0 open")
+        assert pod0.causes("open")[-1] == "remote"
+
+
+async def test_paused_redis_does_not_slow_calls(redis_server: RedisServer) -> None:
+    """With Redis frozen (SIGSTOP) calls stay fast, trips open locally at once, and all recovers."""
+    async with (
+        admin_of(redis_server) as admin,
+        Cluster(redis_server.url, **FAST, distributed={"sync_interval": 0.1}) as cluster,
+    ):
+        pods = [cluster.pod("pod0"), cluster.pod("pod1")]
+        await cluster.ready(admin)
+        traffic = Traffic([pods[1]])
+        traffic.start()
+        redis_server.pause()
+        try:
+            await asyncio.sleep(0.3)  # ticks are now stuck on the frozen server
+            start = time.monotonic()
+            for _ in range(200):
+                assert await pods[0].call() == "ok"
+            assert time.monotonic() - start < 0.5
+            start = time.monotonic()
+            await pods[0].trip()
+            assert time.monotonic() - start < 0.05
+            assert pods[0].causes("open") == ["local"]
+            start = time.monotonic()
+            assert await pods[0].call() == "rejected"
+            assert time.monotonic() - start < 0.05
+            await asyncio.sleep(2.2)  # past the round-trip limit
+        finally:
+            redis_server.resume()
+            await traffic.stop()
+        assert traffic.errors == []
+        assert traffic.slowest < 0.05
+        assert set(traffic.outcomes) == {"ok"}
+        assert sum(traffic.outcomes.values()) > 100
+        # Back: reporting resumes, nothing was lost in the stuck connections.
+        reports = pods[1].coordinator.stats["reports"]
+        await eventually(
+            lambda: pods[1].coordinator.stats["reports"] >= reports + 3,
+            timeout=3.0,
+            what="reports resumed",
+        )
+        for pod in pods:
+            assert pod.count("registry_down") == pod.count("registry_up") <= 1
+
+
+async def test_restart_empty_gives_new_gen_and_state_is_recreated(
+    redis_server: RedisServer,
+) -> None:
+    """After Redis restarts empty, pods adopt the new gen, re-create the state and propagate again."""
+    async with (
+        admin_of(redis_server) as admin,
+        Cluster(redis_server.url, **FAST, distributed={"sync_interval": 0.1}) as cluster,
+    ):
+        pods = [cluster.pod("pod0"), cluster.pod("pod1")]
+        await cluster.ready(admin)
+        old_gen = pods[0].link.gen
+        assert old_gen is not None and pods[1].link.gen == old_gen
+        assert await admin.exists(cluster.keys.state)
+
+        redis_server.restart()
+        await eventually(
+            lambda: all(p.link.gen not in (None, old_gen) for p in pods),
+            timeout=3.0,
+            what="new gen on every pod",
+        )
+        state = await cluster.state_hash(admin)
+        assert state["gen"] == pods[0].link.gen == pods[1].link.gen
+        assert state["state"] == "closed"
+        for pod in pods:
+            assert await pod.call() == "ok"
+        await cluster.ready(admin, timeout=3.0)
+        await pods[0].trip()
+        await eventually(lambda: pods[1].breaker.opened, timeout=0.5, what="pod1 open")
+        assert pods[1].causes("open") == ["remote"]
+        assert (await cluster.state_hash(admin))["state"] == "open"
+
+
+async def test_script_flush_is_handled(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """After SCRIPT FLUSH the next tick, a trip and a trial all still work (NOSCRIPT handled)."""
+    async with Cluster(
+        redis_server_session.url, **FAST, distributed={"sync_interval": 0.1}
+    ) as cluster:
+        pods = [cluster.pod("pod0"), cluster.pod("pod1")]
+        await cluster.ready(redis_client)
+        await redis_client.script_flush()
+        reports = [p.coordinator.stats["reports"] for p in pods]
+        await eventually(
+            lambda: all(
+                p.coordinator.stats["reports"] >= r + 2 for p, r in zip(pods, reports, strict=True)
+            ),
+            timeout=1.0,
+            what="two more reports",
+        )
+        await redis_client.script_flush()
+        await pods[0].trip()
+        await eventually(lambda: pods[1].breaker.opened, timeout=0.5, what="pod1 open")
+        await eventually(lambda: pods[1].breaker.half_open, timeout=1.0, what="half_open")
+        await redis_client.script_flush()
+        assert await pods[1].call() == "ok"  # the trial's lease needs acquire_trial
+        await eventually(lambda: pods[0].breaker.closed, timeout=0.5, what="pod0 closed")
+        assert pods[0].causes("close") == ["remote"]
+        for pod in pods:
+            assert pod.coordinator.stats["script_errors"] == 0
+            assert pod.coordinator.stats["tick_errors"] == 0
+            assert pod.count("registry_down") == 0
+
+
+async def test_garbage_on_events_channel_is_ignored_and_counted(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """Non-JSON, wrong types, 1 MB and v=2 broadcasts are counted as bad; the listener keeps working."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=2.0,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 2.0},
+    ) as cluster:
+        pods = [cluster.pod("pod0"), cluster.pod("pod1")]
+        await cluster.ready(redis_client)
+        gen = pods[1].link.gen
+        good = {
+            "v": 1,
+            "name": cluster.name,
+            "gen": gen,
+            "epoch": 99,
+            "state": "open",
+            "open_until": 2**40,
+            "now": 2**40 - 5000,
+            "attempts": 1,
+            "origin": "intruder",
+            "reason": "forged",
+        }
+        garbage: list[bytes | str] = [
+            b"not json at all",
+            b"\xff\xfe\x00 binary",
+            b"[1, 2, 3]",
+            b"null",
+            json.dumps({**good, "epoch": "99"}),
+            json.dumps({**good, "state": "exploded"}),
+            json.dumps({**good, "attempts": -1}),
+            json.dumps({**good, "gen": 12}),
+            json.dumps({k: v for k, v in good.items() if k != "open_until"}),
+            json.dumps({**good, "v": 2}),
+            json.dumps({**good, "pad": "x" * (1024 * 1024)}),
+            b"{" * 100_000,
+        ]
+        bad_before = [p.coordinator.stats["bad_messages"] for p in pods]
+        for payload in garbage:
+            await redis_client.publish(cluster.keys.events, payload)
+        await eventually(
+            lambda: all(
+                p.coordinator.stats["bad_messages"] == b + len(garbage)
+                for p, b in zip(pods, bad_before, strict=True)
+            ),
+            timeout=1.0,
+            what="every bad message counted",
+        )
+        for pod in pods:
+            assert pod.breaker.closed, pod.instance
+            assert pod.coordinator._listener is not None
+            assert not pod.coordinator._listener.done()
+            assert pod.link.gen == gen
+            assert pod.count("registry_down") == 0
+        # The listener still works: a real trip reaches pod1 before any report tick.
+        await pods[0].trip()
+        await eventually(lambda: pods[1].breaker.opened, timeout=0.5, what="pod1 open")
+        assert pods[1].causes("open") == ["remote"]
+
+
+async def test_garbage_in_stats_list_and_state_hash_does_not_crash(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """Bad stats entries and a bad state hash are skipped or replaced; ticks and trips go on."""
+    async with Cluster(
+        redis_server_session.url, **FAST, distributed={"sync_interval": 0.1}
+    ) as cluster:
+        pods = [cluster.pod("pod0"), cluster.pod("pod1")]
+        await cluster.ready(redis_client)
+        old_gen = pods[0].link.gen
+        now_ms = int((await redis_client.time())[0]) * 1000
+        entry = {
+            "v": 1,
+            "timestamp": now_ms,
+            "instance": "ghost",
+            "fires": 100,
+            "successes": 0,
+            "failures": 100,
+            "timeouts": 0,
+            "rejects": 0,
+            "local_open": True,
+            "epoch": 0,
+        }
+        await redis_client.rpush(
+            cluster.keys.stats,
+            b"not json",
+            json.dumps({**entry, "v": 2}),
+            json.dumps({**entry, "failures": "many"}),
+            json.dumps({**entry, "timestamp": "soon"}),
+            json.dumps({**entry, "instance": 7}),
+            json.dumps([entry]),
+            b"\x00\xff",
+        )
+        await redis_client.hset(
+            cluster.keys.state, mapping={"state": "exploded", "epoch": "NaN", "attempts": "-3"}
+        )
+        reports = [p.coordinator.stats["reports"] for p in pods]
+        await eventually(
+            lambda: all(
+                p.coordinator.stats["reports"] >= r + 3 for p, r in zip(pods, reports, strict=True)
+            ),
+            timeout=1.5,
+            what="three more reports",
+        )
+        for pod in pods:
+            assert pod.breaker.closed, pod.instance  # the v2 "trip" of a ghost was ignored
+            assert pod.coordinator.stats["script_errors"] == 0
+            assert pod.link.gen not in (None, old_gen)
+        state = await cluster.state_hash(redis_client)
+        assert state["state"] == "closed"
+        assert state["gen"] == pods[0].link.gen
+
+        # Keys of the wrong type are replaced too.
+        await redis_client.delete(cluster.keys.state, cluster.keys.stats)
+        await redis_client.set(cluster.keys.state, "a string")
+        await redis_client.hset(cluster.keys.stats, "a", "hash")
+        reports = [p.coordinator.stats["reports"] for p in pods]
+        await eventually(
+            lambda: all(
+                p.coordinator.stats["reports"] >= r + 2 for p, r in zip(pods, reports, strict=True)
+            ),
+            timeout=1.5,
+            what="two more reports",
+        )
+        assert await redis_client.type(cluster.keys.state) == b"hash"
+        for pod in pods:
+            assert pod.coordinator.stats["script_errors"] == 0
+            assert await pod.call() == "ok"
+        await pods[0].trip()
+        await eventually(lambda: pods[1].breaker.opened, timeout=0.5, what="pod1 open")
+        assert await redis_client.type(cluster.keys.stats) == b"list"
+
+
+async def test_memory_stays_flat_during_an_outage() -> None:
+    """20k calls while Redis is down buffer nothing: no growth in the coordinator, link or redis-py."""
+    async with Cluster(
+        dead_port_url(),
+        reset_timeout=0.3,
+        rolling_count_timeout=0.5,
+        rolling_count_buckets=5,
+        distributed={"sync_interval": 0.02},
+    ) as cluster:
+        pod = cluster.pod("pod0")
+        await eventually(lambda: pod.count("registry_down") == 1, timeout=2.0, what="down")
+        for _ in range(2000):  # warm up every path once
+            await pod.breaker.fire()
+        await asyncio.sleep(0.6)
+        _ = pod.breaker.stats
+        gc.collect()
+        ticks_before = pod.coordinator.stats["ticks"]
+        tracemalloc.start(1)
+        try:
+            before = tracemalloc.take_snapshot()
+            for i in range(20_000):
+                await pod.breaker.fire()
+                if i % 2000 == 0:
+                    await asyncio.sleep(0.03)  # let the ticker and listener retry
+            await asyncio.sleep(0.6)  # the window rolls over: raw samples are gone
+            _ = pod.breaker.stats
+            gc.collect()
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        assert pod.coordinator.stats["ticks"] > ticks_before + 5
+        assert pod.downstream.calls == 22_000
+        assert pod.count("registry_down") == 1
+
+        library = str(Path(distributed_opossum.__file__).parent)
+        redis_py = str(Path(redis.__file__).parent)
+        growth = {
+            stat.traceback[0].filename: stat.size_diff
+            for stat in after.compare_to(before, "filename")
+            if stat.size_diff > 0
+            and stat.traceback[0].filename.startswith((library, redis_py, "<frozen", "/usr"))
+        }
+        assert sum(growth.values()) < 64 * 1024, growth
+        total = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+        assert total < 256 * 1024, total
+        # Nothing queued for Redis: no pending calls, no trial leases, no spawned tasks.
+        assert len(pod.coordinator._tasks) <= 1
+        assert pod.link._holders == {}
+        assert pod.link._vote is False or pod.breaker.opened
+
+
+async def test_redis_pubsub_reconnects_after_listener_connection_is_killed(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """A killed pub/sub connection is re-established and broadcasts reach the pod again."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=2.0,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 2.0},
+    ) as cluster:
+        pod0, pod1 = cluster.pod("pod0"), cluster.pod("pod1")
+        await cluster.ready(redis_client)
+        killed = await redis_client.client_kill_filter(_type="pubsub", skipme=True)
+        assert killed >= 2
+        await eventually_async(
+            lambda: _subscribed(redis_client, {"pod0", "pod1"}),
+            timeout=2.0,
+            what="listeners re-subscribed",
+        )
+        await stays(lambda: pod1.breaker.closed, duration=0.05)
+        await pod0.trip()
+        await eventually(lambda: pod1.breaker.opened, timeout=0.5, what="pod1 open")
+        assert pod1.causes("open") == ["remote"]
+
+
+async def _subscribed(admin: aioredis.Redis, names: set[str]) -> bool:
+    return await pattern_subscribers(admin, names) == names
