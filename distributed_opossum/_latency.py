@@ -1,42 +1,54 @@
 """A log-linear latency histogram: O(1) to record, merged only when read.
 
-Each octave (power of two) of seconds is split into 16 equal bins, so an
-estimate is within 1/32 (~3 %) of the true value. Recording is one
-``math.frexp`` and one dict increment; a percentile walks the few hundred
-distinct bins at most, whatever the number of samples. (opossum sorts every
-sample of the window on every failure; with 50,000 samples that is 4 ms.)
+A latency's bin is the top 16 bits of its IEEE 754 double: the exponent and
+the first 4 bits of the mantissa. Each octave (power of two) of seconds is
+thus split into 16 equal bins, so the midpoint of a bin is within 1/32
+(~3 %) of any value in it. Binning a whole bucket of samples is one
+``memoryview`` cast and one ``Counter`` (C loops, no Python code per sample),
+and a percentile walks the few hundred distinct bins at most, whatever the
+number of samples. (opossum sorts every sample of the window on every
+failure; with 50,000 samples that is 4 ms.)
 """
 
 from __future__ import annotations
 
 import math
+import struct
+import sys
+from array import array
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
-__all__ = ["PERCENTILES", "bin_of", "percentiles", "value_of"]
+__all__ = ["PERCENTILES", "bin_of", "count_bins", "percentiles", "value_of"]
 
 PERCENTILES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 1.0)
 
-_SUB_BINS = 16
-_STRIDE = 2 * _SUB_BINS  # bins of one octave occupy the upper half of a 32-wide slot
-# bin_of() spells 32 out as a shift: CircuitBreaker.fire inlines the same expression.
-
-frexp = math.frexp
+_DOUBLE = struct.Struct("<d")
+_BITS = struct.Struct("<Q")
+_SHIFT = 48  # keep sign, 11 exponent bits and 4 mantissa bits
+_HALF_BIN = 1 << (_SHIFT - 1)
+# Position of the top 16 bits among a double's four 16-bit words in memory.
+_TOP_WORD = 3 if sys.byteorder == "little" else 0
 
 
 def bin_of(latency: float) -> int:
     """The bin of ``latency`` seconds (zero and negative share bin 0)."""
-    mantissa, exponent = frexp(latency)
-    # mantissa is in [0.5, 1) for positive values, so int(mantissa * 32) is in
-    # [16, 31]; zero gives 0, which no positive value can produce.
-    return (exponent << 5) + int(mantissa * 32) if latency > 0 else 0
+    if latency <= 0:
+        return 0
+    return int(_BITS.unpack(_DOUBLE.pack(latency))[0] >> _SHIFT)
 
 
 def value_of(index: int) -> float:
     """The midpoint, in seconds, of the values that fall in bin ``index``."""
-    sub = index % _STRIDE
-    if sub < _SUB_BINS:
+    if index <= 0:
         return 0.0
-    return math.ldexp((sub + 0.5) / _STRIDE, index // _STRIDE)
+    value: float = _DOUBLE.unpack(_BITS.pack((index << _SHIFT) | _HALF_BIN))[0]
+    return value
+
+
+def count_bins(samples: array[float]) -> Counter[int]:
+    """Samples per bin of an ``array('d')`` of positive latencies (and zeros)."""
+    return Counter(memoryview(samples).cast("B").cast("H")[_TOP_WORD::4])
 
 
 def percentiles(

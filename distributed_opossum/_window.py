@@ -4,16 +4,19 @@ Pure: every method that depends on time takes ``now``. Buckets advance lazily
 when the window is touched (no timer per breaker): a call that finds the
 current bucket's end behind it rotates min(elapsed buckets, N) buckets.
 
-The call path's cheapest record is one list append: a successful call adds its
-latency to the current bucket's ``ok`` list, which counts as one success and
-one latency sample. When the bucket stops being current (or the stats are
-read) those raw samples are folded into the bucket's histogram, so raw samples
-never outlive one bucket interval and reading percentiles never sorts samples.
+The call path's cheapest record is one append to an ``array('d')``: a
+successful call adds its latency to the current bucket's ``ok`` array, which
+counts as one success and one latency sample (8 bytes). When the bucket stops
+being current (or the stats are read) those raw samples are folded into the
+bucket's histogram in C loops, so raw samples never outlive one bucket
+interval and reading percentiles never sorts samples.
 """
 
 from __future__ import annotations
 
-from ._latency import PERCENTILES, bin_of, percentiles
+from array import array
+
+from ._latency import PERCENTILES, bin_of, count_bins, percentiles
 from ._stats import COUNTER_NAMES, Stats
 
 __all__ = ["Bucket", "RollingWindow"]
@@ -23,8 +26,8 @@ class Bucket:
     """Counters of one bucket interval, plus its latencies.
 
     Attributes:
-        ok: latencies of successful calls not yet folded; each one is a
-            success and a latency sample.
+        ok: latencies of successful calls not yet folded (an ``array('d')``);
+            each one is a success and a latency sample.
         histogram: folded latency samples by bin (see ``_latency``).
         latency_total: sum of the folded latency samples (seconds).
     """
@@ -33,7 +36,7 @@ class Bucket:
 
     def __init__(self) -> None:
         self.seq = 0  # which bucket interval this is, counted from the window's start
-        self.ok: list[float] = []
+        self.ok = array("d")
         self.histogram: dict[int, int] = {}
         self.clear()
 
@@ -52,7 +55,7 @@ class Bucket:
         self.coalesce_cache_misses = 0
         self.latency_total = 0.0
         if self.ok:
-            self.ok = []
+            self.ok = array("d")
         if self.histogram:
             self.histogram = {}
 
@@ -67,14 +70,13 @@ class Bucket:
         ok = self.ok
         if not ok:
             return
-        self.ok = []
+        self.ok = array("d")
         self.successes += len(ok)
         if histograms:
             self.latency_total += sum(ok)
             histogram = self.histogram
-            for latency in ok:
-                index = bin_of(latency)
-                histogram[index] = histogram.get(index, 0) + 1
+            for index, count in count_bins(ok).items():
+                histogram[index] = histogram.get(index, 0) + count
 
     @property
     def latency_count(self) -> int:

@@ -293,7 +293,7 @@ class Cluster:
             timeout=timeout,
             what="first sync of every pod",
         )
-        names = {p.instance for p in self.pods}
+        names = {str(p.client.connection_pool.connection_kwargs["client_name"]) for p in self.pods}
         deadline = time.monotonic() + timeout
         while await pattern_subscribers(admin, names) != names:
             assert time.monotonic() < deadline, "pods did not subscribe in time"

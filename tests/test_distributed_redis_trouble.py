@@ -23,6 +23,8 @@ from distributed_support import (
     pattern_subscribers,
     stays,
 )
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis_server import RedisServer
 
 import distributed_opossum
@@ -39,8 +41,12 @@ FAST = {
 
 @asynccontextmanager
 async def admin_of(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A client for the test's own reads and writes on ``server``."""
-    admin = aioredis.Redis.from_url(server.url)
+    """A client for the test's own reads and writes on ``server`` (reconnects after a restart)."""
+    admin = aioredis.Redis.from_url(
+        server.url,
+        retry=Retry(NoBackoff(), 3),
+        retry_on_error=[redis.exceptions.ConnectionError],
+    )
     try:
         yield admin
     finally:

@@ -27,7 +27,7 @@ def test_new_bucket_is_empty() -> None:
     """Every counter starts at zero with no latencies."""
     bucket = Bucket()
     assert all(getattr(bucket, name) == 0 for name in COUNTER_NAMES)
-    assert bucket.ok == []
+    assert len(bucket.ok) == 0
     assert bucket.histogram == {}
     assert bucket.latency_total == 0.0
     assert bucket.latency_count == 0
@@ -42,7 +42,7 @@ def test_bucket_clear_zeroes_everything() -> None:
     bucket.record_latency(0.2)
     bucket.clear()
     assert all(getattr(bucket, name) == 0 for name in COUNTER_NAMES)
-    assert bucket.ok == []
+    assert len(bucket.ok) == 0
     assert bucket.histogram == {}
     assert bucket.latency_total == 0.0
 
@@ -64,7 +64,7 @@ def test_fold_turns_ok_latencies_into_successes_and_samples() -> None:
     bucket.ok.extend([0.1, 0.2, 0.2, 0.0])
     assert bucket.latency_count == 4
     bucket.fold(True)
-    assert bucket.ok == []
+    assert len(bucket.ok) == 0
     assert bucket.successes == 4
     assert bucket.histogram == {bin_of(0.1): 1, bin_of(0.2): 2, 0: 1}
     assert bucket.latency_total == pytest.approx(0.5)
@@ -173,7 +173,7 @@ def test_rotation_folds_the_old_head() -> None:
     old = w.roll(T0)
     old.ok.extend([0.1, 0.3])
     w.roll(T0 + 1.0)
-    assert old.ok == []
+    assert len(old.ok) == 0
     assert old.successes == 2
     assert old.latency_count == 2
 

@@ -1,0 +1,126 @@
+"""A pod in a process of its own, for the multi-process tests.
+
+Builds one distributed breaker and prints its state changes as JSON lines on
+stdout; takes commands, one per line, on stdin:
+
+``trip``
+    fail calls until the breaker opens; prints ``{"event": "tripped", ...}``
+``call``
+    one successful call; prints ``{"event": "call", "outcome": ...}``
+``quit``
+    shut down and exit
+
+Prints ``{"event": "ready"}`` once the first sync with Redis is done.
+
+Usage::
+
+    python distributed_pod_process.py URL NAME INSTANCE PREFIX RESET_TIMEOUT SYNC_INTERVAL
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from distributed_opossum import CircuitBreaker, OpenCircuitError
+
+EVENTS = ("open", "close", "half_open", "registry_down", "registry_up")
+
+
+class Downstream:
+    """Fails while ``failing`` is set, else succeeds."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.calls = 0
+
+    async def action(self) -> str:
+        """The guarded call."""
+        self.calls += 1
+        if self.failing:
+            raise RuntimeError("downstream failed")
+        return "ok"
+
+
+def say(event: str, **fields: Any) -> None:
+    """Print one JSON line and flush it."""
+    print(json.dumps({"event": event, "t": time.time(), **fields}), flush=True)
+
+
+async def outcome_of(breaker: CircuitBreaker[[], str]) -> str:
+    """``"ok"``, ``"rejected"`` or ``"failed"``."""
+    try:
+        await breaker.fire()
+    except OpenCircuitError:
+        return "rejected"
+    except RuntimeError:
+        return "failed"
+    return "ok"
+
+
+async def main(argv: list[str]) -> int:
+    """Run the pod until ``quit`` or end of input."""
+    url, name, instance, prefix, reset_timeout, sync_interval = argv
+    client = aioredis.Redis.from_url(url, client_name=instance)
+    downstream = Downstream()
+    breaker: CircuitBreaker[[], str] = CircuitBreaker(
+        downstream.action,
+        name=name,
+        reset_timeout=float(reset_timeout),
+        rolling_count_timeout=1.0,
+        distributed={
+            "client": client,
+            "instance_id": instance,
+            "prefix": prefix,
+            "sync_interval": float(sync_interval),
+        },
+    )
+    for event in EVENTS:
+        breaker.on(
+            event,
+            lambda *args, event=event: say(
+                event, cause=str(args[0]) if args else "", state=breaker.state.value
+            ),
+        )
+    link = breaker._link
+    assert link is not None
+    async with asyncio.timeout(10.0):
+        while link.gen is None:
+            await asyncio.sleep(0.005)
+    say("ready")
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := (await reader.readline()).decode().strip():
+        if line == "trip":
+            downstream.failing = True
+            calls = 0
+            while not breaker.opened and calls < 1000:
+                await outcome_of(breaker)
+                calls += 1
+            say("tripped", calls=calls, state=breaker.state.value)
+        elif line == "call":
+            downstream.failing = False
+            say("call", outcome=await outcome_of(breaker), state=breaker.state.value)
+        elif line == "quit":
+            break
+        else:
+            say("error", message=f"unknown command {line!r}")
+    coordinator = link.coordinator
+    await breaker.shutdown()
+    async with asyncio.timeout(5.0):  # the coordinator closes in the background
+        while coordinator is not None and not coordinator.closed:
+            await asyncio.sleep(0.005)
+    await client.aclose()
+    say("bye")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))
