@@ -548,12 +548,26 @@ class CircuitBreaker(Generic[P, R]):
             self._link.reapply()
 
     async def force_open(self) -> None:
-        """Hold the breaker open, with no trial calls, until :meth:`reset`."""
+        """Hold the breaker open, with no trial calls, until :meth:`reset`.
+
+        Distributed, this holds every pod's breaker of this name open. When
+        Redis cannot be reached it raises ``RegistryError`` within 5 s and
+        changes nothing, locally included.
+        """
+        if self._attach():
+            await self._link.force_open()  # type: ignore[union-attr]
         self._core.force_open(self._monotonic(), Cause.MANUAL)
         self._announce()
 
     async def reset(self) -> None:
-        """Close the breaker and clear its backoff attempts (also ends a forced open)."""
+        """Close the breaker and clear its backoff attempts (also ends a forced open).
+
+        Distributed, this closes every pod's breaker of this name (a pod that
+        is still sick trips again on its own); ``RegistryError`` as
+        :meth:`force_open`.
+        """
+        if self._attach():
+            await self._link.reset()  # type: ignore[union-attr]
         self._core.close(self._monotonic(), Cause.MANUAL)
         self._announce()
 

@@ -45,6 +45,7 @@ ROUND_TRIP_LIMIT = 2.0
 RECONNECT_MIN = 0.05
 RECONNECT_MAX = 5.0
 LISTEN_POLL = 1.0
+CLOSE_WAIT = 2.0
 
 _coordinators: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Coordinator]] = (
     weakref.WeakKeyDictionary()
@@ -146,12 +147,16 @@ class Coordinator:
         if self.closed:
             return
         self.closed = True
+        self._wake.set()
         current = asyncio.current_task()
         tasks = [t for t in (self._ticker, self._listener, *self._tasks) if t is not None]
         tasks = [t for t in tasks if t is not current]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Bounded: a Redis client stuck on a frozen server must not hang shutdown
+            # (the loops also stop on ``closed`` should a client swallow the cancel).
+            await asyncio.wait(tasks, timeout=CLOSE_WAIT)
         await self._close_pubsub()
         per_loop = _coordinators.get(self.loop)
         if per_loop is not None and per_loop.get(id(self.client)) is self:
@@ -183,7 +188,7 @@ class Coordinator:
     # -- the ticker --------------------------------------------------------------------------
 
     async def _tick_forever(self) -> None:
-        while True:
+        while not self.closed:
             try:
                 await self._tick()
             except asyncio.CancelledError:
@@ -203,6 +208,8 @@ class Coordinator:
             if self.down is not None:
                 delay = max(delay, RECONNECT_MIN)
         self._wake.clear()
+        if self.closed:
+            return
         try:
             async with asyncio.timeout(delay):
                 await self._wake.wait()
@@ -254,7 +261,7 @@ class Coordinator:
     async def _listen_forever(self) -> None:
         backoff = RECONNECT_MIN
         connected_before = False
-        while True:
+        while not self.closed:
             try:
                 pubsub = self._pubsub = self.client.pubsub()
                 if self.patterns:
@@ -263,7 +270,7 @@ class Coordinator:
                     self._resync()  # messages may have been lost while away
                 connected_before = True
                 backoff = RECONNECT_MIN
-                while True:
+                while not self.closed:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=LISTEN_POLL
                     )
