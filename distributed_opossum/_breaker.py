@@ -736,12 +736,11 @@ class CircuitBreaker(Generic[P, R]):
         attempts: int,
         new_opening: bool,
         same_gen: bool,
-        decided_here: bool,
+        cause: Cause,
     ) -> None:
         """Mirror the cluster's state (called by the link, never on the call path)."""
         core = self._core
         now = self._monotonic()
-        cause = Cause.CLUSTER if decided_here else Cause.REMOTE
         if state in ("open", "half_open"):
             if state == "half_open":
                 deadline = min(deadline, now)

@@ -41,7 +41,10 @@ REDIS_ERRORS: tuple[type[Exception], ...] = (
 """Errors that mean "Redis cannot be reached" (as opposed to a bad reply)."""
 
 ROUND_TRIP_LIMIT = 2.0
-"""A tick's round trip taking longer than this counts as Redis being down."""
+"""A round trip taking longer than this counts as Redis being down."""
+BATCH_SIZE = 1000
+"""Reports per pipelined round trip: large enough for one round trip per tick in
+most processes, small enough that a round trip stays far below ROUND_TRIP_LIMIT."""
 RECONNECT_MIN = 0.05
 RECONNECT_MAX = 5.0
 LISTEN_POLL = 1.0
@@ -217,15 +220,24 @@ class Coordinator:
             pass
 
     async def _tick(self) -> None:
-        """One round trip: every due breaker's report, pipelined."""
+        """Every due breaker's report, pipelined: one round trip per ``BATCH_SIZE`` breakers."""
         now = self.loop.time()
         due = [link for link in list(self.links) if link.next_due <= now]
         if not due:
             return
         self.stats["ticks"] += 1
+        for link in due:
+            # On a grid of the interval, so breakers made at different times
+            # still share their ticks (and round trips).
+            link.next_due = (now // link.interval + 1) * link.interval
+        for start in range(0, len(due), BATCH_SIZE):
+            if not await self._report(due[start : start + BATCH_SIZE]):
+                return  # Redis is down: the rest would only time out too
+
+    async def _report(self, due: list[SharedLink]) -> bool:
+        """One pipelined round trip for ``due``; False when Redis could not be reached."""
         batch = scripts_for(self.client).batch()
         for link in due:
-            link.next_due = now + link.interval
             batch.report_window(
                 link.keys,
                 link.take_report(link.breaker._monotonic()),
@@ -241,7 +253,7 @@ class Coordinator:
             # Nothing is buffered: what happened meanwhile stays local history.
             self.stats["tick_errors"] += 1
             self.mark_down(error)
-            return
+            return False
         self.stats["round_trips"] += 1
         self.stats["reports"] += len(due)
         self.mark_up()
@@ -255,6 +267,7 @@ class Coordinator:
                 )
                 continue
             link.apply(result, own=True)
+        return True
 
     # -- the listener ------------------------------------------------------------------------
 
@@ -269,11 +282,13 @@ class Coordinator:
                 if connected_before:
                     self._resync()  # messages may have been lost while away
                 connected_before = True
-                backoff = RECONNECT_MIN
                 while not self.closed:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=LISTEN_POLL
                     )
+                    # Only a working subscription resets the backoff: a refused
+                    # one (ACL) fails here, after psubscribe seemed to succeed.
+                    backoff = RECONNECT_MIN
                     if message is not None:
                         self._on_message(message)
             except asyncio.CancelledError:

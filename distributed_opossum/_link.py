@@ -32,6 +32,7 @@ from ._scripts import (
     WindowReport,
     scripts_for,
 )
+from ._state import Cause
 
 if TYPE_CHECKING:
     from ._breaker import CircuitBreaker
@@ -113,7 +114,8 @@ class SharedLink:
         self._reported_seq = -1
         self._vote = False
         self._holders: dict[int, tuple[str, int]] = {}  # local permit -> (holder, epoch)
-        self._open_until_ms = self._now_ms = self._attempts = 0
+        self._deadline = 0.0  # local monotonic end of the shared open period
+        self._attempts = 0
         self._holder_ids = itertools.count(1)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -170,11 +172,14 @@ class SharedLink:
         j = self.jitter_fraction
         return random.uniform(1.0 - j, 1.0 + j) if j else 1.0
 
-    def apply(self, state: SharedState | Broadcast, *, own: bool) -> None:
+    def apply(
+        self, state: SharedState | Broadcast, *, own: bool, cause: Cause | None = None
+    ) -> None:
         """Follow a shared state if it is newer than what this pod knows.
 
         ``own`` is True for the reply to this pod's own call: a change it
         reports was decided here (cause ``cluster``), else by another pod.
+        ``cause`` overrides both (``manual`` for this pod's force_open/reset).
         """
         if isinstance(state, SharedState):
             if not state.exists:
@@ -187,29 +192,27 @@ class SharedLink:
             return  # an older message overtaken by what we already know
         new_opening = not same_gen or state.epoch > self.epoch
         self.gen, self.epoch, self.shared = state.gen, state.epoch, state.state
-        self._open_until_ms, self._now_ms, self._attempts = (
-            state.open_until_ms,
-            state.now_ms,
-            state.attempts,
-        )
-        self._follow(new_opening=new_opening, same_gen=same_gen, decided_here=changed_here)
+        self._attempts = state.attempts
+        # Redis' clock never meets ours: only the time left travels.
+        remaining = max(0, state.open_until_ms - state.now_ms) / 1000.0
+        self._deadline = self.breaker._monotonic() + remaining
+        if cause is None:
+            cause = Cause.CLUSTER if changed_here else Cause.REMOTE
+        self._follow(new_opening=new_opening, same_gen=same_gen, cause=cause)
 
     def reapply(self) -> None:
         """Follow the last known shared state again (after a local ``close()``)."""
         if self.gen is not None:
-            self._follow(new_opening=True, same_gen=False, decided_here=False)
+            self._follow(new_opening=True, same_gen=False, cause=Cause.REMOTE)
 
-    def _follow(self, *, new_opening: bool, same_gen: bool, decided_here: bool) -> None:
-        breaker = self.breaker
-        now = breaker._monotonic()
-        deadline = now + max(0, self._open_until_ms - self._now_ms) / 1000.0
-        breaker._follow_shared(
+    def _follow(self, *, new_opening: bool, same_gen: bool, cause: Cause) -> None:
+        self.breaker._follow_shared(
             self.shared,
-            deadline=deadline,
+            deadline=self._deadline,
             attempts=self._attempts,
             new_opening=new_opening,
             same_gen=same_gen,
-            decided_here=decided_here,
+            cause=cause,
         )
 
     def emit(self, event: str, *args: Any) -> None:
@@ -285,7 +288,7 @@ class SharedLink:
         """Force the cluster open; raises ``RegistryError`` (changing nothing) on failure."""
         scripts = scripts_for(self.client)
         state = await self._command(scripts.force_open(self.keys, instance=self.instance))
-        self.apply(state, own=True)
+        self.apply(state, own=True, cause=Cause.MANUAL)
 
     async def reset(self) -> None:
         """Close the cluster; raises ``RegistryError`` (changing nothing) on failure."""
@@ -294,7 +297,7 @@ class SharedLink:
             self.keys, instance=self.instance, key_ttl_ms=self.params.key_ttl_ms
         )
         state = await self._command(command)
-        self.apply(state, own=True)
+        self.apply(state, own=True, cause=Cause.MANUAL)
 
     async def _command(self, command: Any) -> SharedState:
         try:
