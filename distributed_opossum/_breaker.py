@@ -366,19 +366,23 @@ class CircuitBreaker(Generic[P, R]):
         ran: bool = True,
     ) -> None:
         window = self._window
-        bucket = window.roll(end)
         latency = end - start
         events = self._events
-        if expired:
-            bucket.timeouts += 1
-        bucket.failures += 1
-        if ran and window.percentiles_enabled:
-            bucket.record_latency(latency)
+        core = self._core
+        if not core.started_before_change(start):
+            # A call from before the latest state change counts nowhere: the
+            # window (local, and the cluster's through the reports) belongs to
+            # the new state, which a late result must never flip.
+            bucket = window.roll(end)
+            if expired:
+                bucket.timeouts += 1
+            bucket.failures += 1
+            if ran and window.percentiles_enabled:
+                bucket.record_latency(latency)
         if events.call_listened:
             if expired:
                 events.emit("timeout", error, latency, args)
             events.emit("failure", error, latency, args)
-        core = self._core
         if permit:
             if self._link is not None:
                 self._link.trial_finished(permit, success=False)

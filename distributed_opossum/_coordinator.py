@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._keys import events_pattern
-from ._scripts import parse_broadcast, scripts_for
+from ._scripts import SharedState, WindowReport, parse_broadcast, scripts_for
 
 if TYPE_CHECKING:
     from ._link import SharedLink
@@ -102,6 +102,10 @@ class Coordinator:
         """Start serving ``link`` (and the background tasks, on the first one)."""
         self.links.add(link)
         self.by_channel.setdefault(link.keys.events, weakref.WeakSet()).add(link)
+        if self.down is not None:
+            # It joins an outage in progress: tell it once its owner had a chance
+            # to listen (breakers register from their constructor).
+            self.loop.call_soon(self._tell_down, link)
         link.next_due = self.loop.time()  # first sync at once: learn an open cluster
         pattern = events_pattern(link.prefix)
         if pattern not in self.patterns:
@@ -176,6 +180,10 @@ class Coordinator:
         for link in list(self.links):
             link.emit("registry_down", error)
 
+    def _tell_down(self, link: SharedLink) -> None:
+        if self.down is not None and link in self.links:
+            link.emit("registry_down", self.down)
+
     def mark_up(self) -> None:
         """Redis answers again: announce ``registry_up`` and reconcile every breaker."""
         if self.down is None:
@@ -236,22 +244,24 @@ class Coordinator:
 
     async def _report(self, due: list[SharedLink]) -> bool:
         """One pipelined round trip for ``due``; False when Redis could not be reached."""
-        batch = scripts_for(self.client).batch()
-        for link in due:
-            batch.report_window(
-                link.keys,
-                link.take_report(link.breaker._monotonic()),
-                instance=link.instance,
-                known_epoch=max(link.epoch, 0),
-                params=link.params,
-                jitter=link.jitter(),
-            )
+        reports = [link.take_report(link.breaker._monotonic()) for link in due]
         try:
-            async with asyncio.timeout(ROUND_TRIP_LIMIT):
-                results = await batch.execute()
+            try:
+                results = await self._send_reports(due, reports)
+            except RedisConnectionError:
+                if self.down is not None:
+                    raise
+                # A pooled connection left over from before a Redis restart fails
+                # once; the pipeline was not taken, so one retry on a fresh
+                # connection tells a dead Redis from a dead connection.
+                results = await self._send_reports(due, reports)
         except REDIS_ERRORS as error:  # asyncio's TimeoutError is an OSError
-            # Nothing is buffered: what happened meanwhile stays local history.
+            # Nothing is buffered: what happened meanwhile stays local history,
+            # but a trip vote is kept for the next report.
             self.stats["tick_errors"] += 1
+            for link, report in zip(due, reports, strict=True):
+                if report.local_open:
+                    link.keep_vote()
             self.mark_down(error)
             return False
         self.stats["round_trips"] += 1
@@ -268,6 +278,22 @@ class Coordinator:
                 continue
             link.apply(result, own=True)
         return True
+
+    async def _send_reports(
+        self, due: list[SharedLink], reports: list[WindowReport]
+    ) -> list[SharedState | Exception]:
+        batch = scripts_for(self.client).batch()
+        for link, report in zip(due, reports, strict=True):
+            batch.report_window(
+                link.keys,
+                report,
+                instance=link.instance,
+                known_epoch=max(link.epoch, 0),
+                params=link.params,
+                jitter=link.jitter(),
+            )
+        async with asyncio.timeout(ROUND_TRIP_LIMIT):
+            return await batch.execute()
 
     # -- the listener ------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
+
 from ._coordinator import REDIS_ERRORS, coordinator_for
 from ._errors import RegistryError
 from ._keys import BreakerKeys
@@ -32,7 +34,7 @@ from ._scripts import (
     WindowReport,
     scripts_for,
 )
-from ._state import Cause
+from ._state import Cause, State
 
 if TYPE_CHECKING:
     from ._breaker import CircuitBreaker
@@ -46,6 +48,8 @@ LEASE_WAIT = 0.5
 """Longest a caller waits for a cluster trial lease (or ``timeout``, if shorter)."""
 COMMAND_WAIT = 5.0
 """Longest ``force_open()``/``reset()`` wait for Redis before raising."""
+COMMAND_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, RedisError)
+"""Anything Redis answers instead of the new state (refused rights included)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,12 +156,18 @@ class SharedLink:
         if self.coordinator is not None:
             self.coordinator.report_soon(self)
 
+    def keep_vote(self) -> None:
+        """A report carrying this pod's trip vote was lost: send the vote again next time."""
+        self._vote = True
+
     def take_report(self, now: float) -> WindowReport:
         """The finished buckets not reported yet, summed, plus a pending trip vote."""
         window = self.breaker._window
         finished = window.finished_since(self._reported_seq, now)
         self._reported_seq = window.head_seq - 1
-        vote, self._vote = self._vote, False
+        # A kept vote is void once this pod has closed again.
+        vote = self._vote and self.breaker._core.state is not State.CLOSED
+        self._vote = False
         return WindowReport(
             fires=sum(b.fires for b in finished),
             successes=sum(b.successes for b in finished),
@@ -303,7 +313,7 @@ class SharedLink:
         try:
             async with asyncio.timeout(COMMAND_WAIT):
                 state: SharedState = await command
-        except REDIS_ERRORS as error:  # asyncio's TimeoutError is an OSError
+        except COMMAND_ERRORS as error:  # asyncio's TimeoutError is an OSError
             raise RegistryError(
                 f"breaker {self.keys.name!r}: Redis did not take the command ({error!r}); "
                 "nothing was changed",

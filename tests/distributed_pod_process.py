@@ -89,9 +89,12 @@ async def main(argv: list[str]) -> int:
         )
     link = breaker._link
     assert link is not None
-    async with asyncio.timeout(10.0):
-        while link.gen is None:
-            await asyncio.sleep(0.005)
+    for _ in range(2000):  # the first sync, within 10 s
+        if link.gen is not None:
+            break
+        await asyncio.sleep(0.005)
+    else:
+        raise SystemExit("no first sync with Redis within 10 s")
     say("ready")
 
     loop = asyncio.get_running_loop()
@@ -114,9 +117,10 @@ async def main(argv: list[str]) -> int:
             say("error", message=f"unknown command {line!r}")
     coordinator = link.coordinator
     await breaker.shutdown()
-    async with asyncio.timeout(5.0):  # the coordinator closes in the background
-        while coordinator is not None and not coordinator.closed:
-            await asyncio.sleep(0.005)
+    for _ in range(1000):  # the coordinator closes in the background, within 5 s
+        if coordinator is None or coordinator.closed:
+            break
+        await asyncio.sleep(0.005)
     await client.aclose()
     say("bye")
     return 0

@@ -9,7 +9,7 @@ Example::
 
     async with Cluster(server.url, "payments", reset_timeout=0.3) as cluster:
         pod0, pod1 = cluster.pod("pod0"), cluster.pod("pod1")
-        await cluster.ready()
+        await cluster.ready(admin)
         await pod0.trip()
         await eventually(lambda: pod1.breaker.opened)
 """
@@ -35,14 +35,20 @@ from distributed_opossum._link import SharedLink
 __all__ = [
     "PREFIX",
     "RECORDED_EVENTS",
+    "Boom",
     "Cluster",
     "Downstream",
     "Pod",
+    "coordinator_idle",
     "dead_port_url",
     "eventually",
     "eventually_async",
+    "gather_calls",
     "pattern_subscribers",
     "redis_now_ms",
+    "stays",
+    "stop",
+    "text",
 ]
 
 PREFIX = "dtest"
@@ -68,16 +74,16 @@ class Boom(Exception):
 async def eventually(
     predicate: Callable[[], bool],
     *,
-    timeout: float = 1.0,
+    within: float = 1.0,
     interval: float = 0.002,
     what: str = "condition",
 ) -> float:
-    """Poll ``predicate`` until it holds; fail after ``timeout`` s. Returns the wait."""
+    """Poll ``predicate`` until it holds; fail after ``within`` s. Returns the wait."""
     start = time.monotonic()
-    deadline = start + timeout
+    deadline = start + within
     while not predicate():
         if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} did not hold within {timeout:.3f} s")
+            raise AssertionError(f"{what} did not hold within {within:.3f} s")
         await asyncio.sleep(interval)
     return time.monotonic() - start
 
@@ -85,16 +91,16 @@ async def eventually(
 async def eventually_async(
     predicate: Callable[[], Awaitable[bool]],
     *,
-    timeout: float = 1.0,
+    within: float = 1.0,
     interval: float = 0.01,
     what: str = "condition",
 ) -> float:
     """Like :func:`eventually` for a predicate that must be awaited (a Redis read)."""
     start = time.monotonic()
-    deadline = start + timeout
+    deadline = start + within
     while not await predicate():
         if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} did not hold within {timeout:.3f} s")
+            raise AssertionError(f"{what} did not hold within {within:.3f} s")
         await asyncio.sleep(interval)
     return time.monotonic() - start
 
@@ -116,6 +122,11 @@ def dead_port_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return f"redis://127.0.0.1:{port}/0"
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def redis_now_ms(client: aioredis.Redis) -> int:
@@ -250,7 +261,8 @@ class Cluster:
         self.name = name
         self.defaults = defaults
         self.pods: list[Pod] = []
-        self.keys = BreakerKeys.for_breaker(PREFIX, name)
+        prefix = defaults.get("distributed", {}).get("prefix", PREFIX)
+        self.keys = BreakerKeys.for_breaker(prefix, name)
         self._clients: list[aioredis.Redis] = []
 
     def client(self, instance: str, url: str | None = None) -> aioredis.Redis:
@@ -286,15 +298,15 @@ class Cluster:
         self.pods.append(pod)
         return pod
 
-    async def ready(self, admin: aioredis.Redis, *, timeout: float = 2.0) -> None:
+    async def ready(self, admin: aioredis.Redis, *, within: float = 2.0) -> None:
         """Wait until every pod has synced once and listens on the events channel."""
         await eventually(
             lambda: all(p.link.gen is not None for p in self.pods),
-            timeout=timeout,
+            within=within,
             what="first sync of every pod",
         )
         names = {str(p.client.connection_pool.connection_kwargs["client_name"]) for p in self.pods}
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while await pattern_subscribers(admin, names) != names:
             assert time.monotonic() < deadline, "pods did not subscribe in time"
             await asyncio.sleep(0.005)
@@ -306,7 +318,7 @@ class Cluster:
     async def state_hash(self, admin: aioredis.Redis) -> dict[str, str]:
         """The shared state hash, decoded."""
         raw = await admin.hgetall(self.keys.state)
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {text(k): text(v) for k, v in raw.items()}
 
     async def aclose(self) -> None:
         """Shut every pod down, stop the coordinators, close the clients."""
@@ -340,7 +352,7 @@ async def stop(coordinator: Coordinator) -> None:
         await coordinator.close()
     await eventually(
         lambda: coordinator.closed and coordinator_idle(coordinator),
-        timeout=5.0,
+        within=5.0,
         what="coordinator closed",
     )
 

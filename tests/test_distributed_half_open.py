@@ -11,6 +11,7 @@ from distributed_support import (
     Cluster,
     Downstream,
     eventually,
+    eventually_async,
     gather_calls,
     redis_now_ms,
     stays,
@@ -38,14 +39,14 @@ async def test_exactly_half_open_max_calls_reach_the_action_across_pods(
         pods = [cluster.pod(f"pod{i}", downstream=shared) for i in range(3)]
         await cluster.ready(redis_client)
         await pods[0].trip()
-        await eventually(lambda: all(p.breaker.opened for p in pods), timeout=0.5)
+        await eventually(lambda: all(p.breaker.opened for p in pods), within=0.5)
         await eventually(
-            lambda: all(p.count("half_open") == 1 for p in pods), timeout=1.0, what="half_open"
+            lambda: all(p.count("half_open") == 1 for p in pods), within=1.0, what="half_open"
         )
         before = shared.calls
         shared.mode = "hang"
         calls = asyncio.gather(*(p.call() for p in pods for _ in range(10)))
-        await eventually(lambda: shared.running == 2, timeout=1.0, what="two trials running")
+        await eventually(lambda: shared.running == 2, within=1.0, what="two trials running")
         await asyncio.sleep(0.1)  # every other call has had time to be admitted, or not
         assert shared.calls - before == 2
         assert shared.running == 2
@@ -54,7 +55,7 @@ async def test_exactly_half_open_max_calls_reach_the_action_across_pods(
         assert sorted(outcomes).count("ok") == 2
         assert sorted(outcomes).count("rejected") == 28
         await eventually(
-            lambda: all(p.breaker.closed for p in pods), timeout=0.5, what="every pod closed"
+            lambda: all(p.breaker.closed for p in pods), within=0.5, what="every pod closed"
         )
         state = await cluster.state_hash(redis_client)
         assert state["state"] == "closed"
@@ -64,7 +65,7 @@ async def test_exactly_half_open_max_calls_reach_the_action_across_pods(
 async def test_trial_failure_reopens_every_pod_with_doubled_period(
     redis_server_session: RedisServer, redis_client: aioredis.Redis
 ) -> None:
-    """A failed trial re-opens all pods; with multiplier 2 the second open period is twice the first."""
+    """A failed trial re-opens all pods; with multiplier 2 the next open period is twice as long."""
     async with Cluster(
         redis_server_session.url,
         reset_timeout=0.3,
@@ -76,13 +77,13 @@ async def test_trial_failure_reopens_every_pod_with_doubled_period(
         await cluster.ready(redis_client)
         await pods[0].trip()
         await eventually(
-            lambda: all(p.count("half_open") == 1 for p in pods), timeout=1.0, what="half_open"
+            lambda: all(p.count("half_open") == 1 for p in pods), within=1.0, what="half_open"
         )
         pods[1].downstream.mode = "fail"
         assert await pods[1].call() == "failed"
         await eventually(
             lambda: all(p.breaker.state is State.OPEN for p in pods),
-            timeout=0.3,
+            within=0.3,
             what="every pod re-opened",
         )
         assert pods[1].causes("open")[-1] == "trial"
@@ -97,7 +98,7 @@ async def test_trial_failure_reopens_every_pod_with_doubled_period(
         assert 400 < remaining_ms <= 600
 
         await eventually(
-            lambda: all(p.count("half_open") == 2 for p in pods), timeout=1.5, what="half_open"
+            lambda: all(p.count("half_open") == 2 for p in pods), within=1.5, what="half_open"
         )
         second_ends = []
         for pod in pods:
@@ -114,7 +115,7 @@ async def test_trial_failure_reopens_every_pod_with_doubled_period(
 async def test_hung_trial_lease_expires_so_another_trial_goes(
     redis_server_session: RedisServer, redis_client: aioredis.Redis
 ) -> None:
-    """A trial that never returns (timeout=None) loses its lease; a trial on another pod then runs."""
+    """A trial that never returns (timeout=None) loses its lease; another pod's trial then runs."""
     async with Cluster(
         redis_server_session.url,
         timeout=None,
@@ -127,12 +128,12 @@ async def test_hung_trial_lease_expires_so_another_trial_goes(
         await stuck.trip()
         await eventually(
             lambda: stuck.count("half_open") == 1 and other.count("half_open") == 1,
-            timeout=1.0,
+            within=1.0,
             what="half_open",
         )
         stuck.downstream.mode = "hang"
         hung = asyncio.ensure_future(stuck.call())
-        await eventually(lambda: stuck.downstream.running == 1, timeout=1.0, what="trial running")
+        await eventually(lambda: stuck.downstream.running == 1, within=1.0, what="trial running")
         trial_started = time.monotonic()
 
         with pytest.raises(OpenCircuitError) as info:
@@ -155,20 +156,55 @@ async def test_hung_trial_lease_expires_so_another_trial_goes(
         assert other.downstream.calls == 1
         await eventually(
             lambda: stuck.breaker.closed and other.breaker.closed,
-            timeout=0.5,
+            within=0.5,
             what="both closed",
         )
         assert stuck.causes("close") == ["remote"]
 
-        # The hung trial's late failure belongs to an expired lease: nothing changes.
+        hung.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hung
+
+
+async def test_late_failure_of_an_expired_trial_does_not_reopen(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """A trial that fails after its lease expired and the cluster closed changes no state."""
+    async with Cluster(
+        redis_server_session.url,
+        timeout=None,
+        reset_timeout=0.3,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.3},
+    ) as cluster:
+        stuck, other = cluster.pod("stuck"), cluster.pod("other")
+        await cluster.ready(redis_client)
+        await stuck.trip()
+        await eventually(
+            lambda: stuck.breaker.half_open and other.breaker.half_open,
+            within=1.0,
+            what="half_open",
+        )
+        stuck.downstream.mode = "hang"
+        hung = asyncio.ensure_future(stuck.call())
+        await eventually(lambda: stuck.downstream.running == 1, within=1.0, what="trial running")
+        deadline = time.monotonic() + 2.5
+        while await other.call() != "ok":  # once the hung trial's lease (1.3 s) expired
+            assert time.monotonic() < deadline, "no second trial after the lease expired"
+            await asyncio.sleep(0.05)
+        await eventually(lambda: stuck.breaker.closed, within=0.5, what="stuck closed")
+
+        # The late failure belongs to an older epoch: neither the local breaker
+        # nor the cluster (through the next reports) may re-open on it.
         stuck.downstream.release("fail")
         assert await asyncio.wait_for(hung, 1.0) == "failed"
         await stays(
             lambda: stuck.breaker.closed and other.breaker.closed,
-            duration=0.3,
+            duration=0.8,  # the failure's bucket ends and is reported
             what="closed after the late failure",
         )
-        assert (await cluster.state_hash(redis_client))["state"] == "closed"
+        state = await cluster.state_hash(redis_client)
+        assert state["state"] == "closed", state
 
 
 async def test_calls_on_many_pods_before_half_open_are_all_rejected(
@@ -185,9 +221,138 @@ async def test_calls_on_many_pods_before_half_open_are_all_rejected(
         pods = [cluster.pod(f"pod{i}", downstream=shared) for i in range(3)]
         await cluster.ready(redis_client)
         await pods[0].trip()
-        await eventually(lambda: all(p.breaker.opened for p in pods), timeout=0.5)
+        await eventually(lambda: all(p.breaker.opened for p in pods), within=0.5)
         before = shared.calls
         shared.mode = "ok"
         outcomes = await gather_calls([p.call() for p in pods for _ in range(20)])
         assert set(outcomes) == {"rejected"}
         assert shared.calls == before
+
+
+async def test_cancelled_trial_gives_its_cluster_permit_back(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """A trial whose caller is cancelled frees the cluster permit at once, not at lease expiry."""
+    async with Cluster(
+        redis_server_session.url,
+        timeout=None,
+        reset_timeout=0.3,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.5},
+    ) as cluster:
+        first, second = cluster.pod("first"), cluster.pod("second")
+        await cluster.ready(redis_client)
+        await first.trip()
+        await eventually(
+            lambda: first.breaker.half_open and second.breaker.half_open,
+            within=1.0,
+            what="half_open",
+        )
+        first.downstream.mode = "hang"
+        trial = asyncio.ensure_future(first.call())
+        await eventually(lambda: first.downstream.running == 1, within=1.0, what="trial runs")
+        assert await second.call() == "rejected"
+        trial.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await trial
+        start = time.monotonic()
+
+        async def leases() -> bool:
+            state = await cluster.state_hash(redis_client)
+            return not [f for f in state if f.startswith("lease:")]
+
+        await eventually_async(leases, within=0.5, what="lease released")
+        assert await second.call() == "ok"
+        assert time.monotonic() - start < 0.5  # far less than the 1.3 s lease
+        await eventually(lambda: first.breaker.closed, within=0.5, what="first closed")
+
+
+async def test_trial_timeout_counts_as_failure_and_reopens_everywhere(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """A trial that exceeds ``timeout`` fails: every pod re-opens with the next attempt."""
+    async with Cluster(
+        redis_server_session.url,
+        timeout=0.1,
+        reset_timeout=0.3,
+        reset_timeout_multiplier=2.0,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.5},
+    ) as cluster:
+        pods = [cluster.pod(f"pod{i}") for i in range(2)]
+        await cluster.ready(redis_client)
+        await pods[0].trip()
+        await eventually(lambda: all(p.breaker.half_open for p in pods), within=1.0)
+        pods[1].downstream.mode = "hang"
+        with pytest.raises(TimeoutError):
+            await pods[1].breaker.fire()
+        await eventually(
+            lambda: all(p.breaker.state is State.OPEN for p in pods),
+            within=0.5,
+            what="every pod re-opened",
+        )
+        for pod in pods:
+            assert pod.breaker.attempts == 2
+        assert pods[0].causes("open")[-1] == "remote"
+        pods[1].downstream.release()
+
+
+async def test_two_permits_on_one_pod_close_the_cluster(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """With half_open_max_calls=2, two successful trials on one pod close every pod."""
+    async with Cluster(
+        redis_server_session.url,
+        half_open_max_calls=2,
+        reset_timeout=0.3,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.5},
+    ) as cluster:
+        busy, quiet = cluster.pod("busy"), cluster.pod("quiet")
+        await cluster.ready(redis_client)
+        await busy.trip()
+        await eventually(lambda: busy.breaker.half_open and quiet.breaker.half_open, within=1.0)
+        busy.downstream.mode = "hang"
+        trials = asyncio.gather(busy.call(), busy.call())
+        await eventually(lambda: busy.downstream.running == 2, within=1.0, what="2 trials")
+        assert await quiet.call() == "rejected"
+        busy.downstream.release("ok")
+        assert list(await asyncio.wait_for(trials, 1.0)) == ["ok", "ok"]
+        await eventually(
+            lambda: busy.breaker.closed and quiet.breaker.closed, within=0.5, what="closed"
+        )
+        assert quiet.causes("close") == ["remote"]
+
+
+async def test_force_open_during_a_running_trial_wins(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """A trial that succeeds after force_open() does not close the forced-open cluster."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=0.3,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.5},
+    ) as cluster:
+        trialist, operator = cluster.pod("trialist"), cluster.pod("operator")
+        await cluster.ready(redis_client)
+        await trialist.trip()
+        await eventually(lambda: trialist.breaker.half_open and operator.breaker.half_open)
+        trialist.downstream.mode = "hang"
+        trial = asyncio.ensure_future(trialist.call())
+        await eventually(lambda: trialist.downstream.running == 1, within=1.0, what="trial")
+        await operator.breaker.force_open()
+        await eventually(
+            lambda: trialist.breaker.state is State.FORCED_OPEN, within=0.5, what="forced"
+        )
+        trialist.downstream.release("ok")
+        assert await asyncio.wait_for(trial, 1.0) == "ok"
+        await stays(
+            lambda: (
+                trialist.breaker.state is State.FORCED_OPEN
+                and operator.breaker.state is State.FORCED_OPEN
+            ),
+            duration=0.4,
+            what="forced open after the late trial success",
+        )
+        assert (await cluster.state_hash(redis_client))["state"] == "forced_open"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.redis
 async def test_force_open_holds_every_pod_open_until_reset_on_any_pod(
     redis_server_session: RedisServer, redis_client: aioredis.Redis
 ) -> None:
-    """force_open() on one pod holds every pod open with retry_after None until reset() on another."""
+    """force_open() on one pod holds all pods open (retry_after None) until reset() on another."""
     async with Cluster(
         redis_server_session.url,
         reset_timeout=0.2,
@@ -29,14 +30,14 @@ async def test_force_open_holds_every_pod_open_until_reset_on_any_pod(
         await pods[0].breaker.force_open()
         await eventually(
             lambda: all(p.breaker.state is State.FORCED_OPEN for p in pods),
-            timeout=0.5,
+            within=0.5,
             what="every pod forced open",
         )
 
         async def forced_in_redis() -> bool:
             return (await cluster.state_hash(redis_client)).get("state") == "forced_open"
 
-        await eventually_async(forced_in_redis, timeout=0.5, what="forced_open in the state hash")
+        await eventually_async(forced_in_redis, within=0.5, what="forced_open in the state hash")
         # Three reset_timeouts later nothing has half-opened and nothing got through.
         await stays(
             lambda: all(p.breaker.state is State.FORCED_OPEN for p in pods),
@@ -54,7 +55,7 @@ async def test_force_open_holds_every_pod_open_until_reset_on_any_pod(
 
         await pods[2].breaker.reset()
         await eventually(
-            lambda: all(p.breaker.closed for p in pods), timeout=0.5, what="every pod closed"
+            lambda: all(p.breaker.closed for p in pods), within=0.5, what="every pod closed"
         )
         for pod in pods:
             assert await pod.call() == "ok"
@@ -68,7 +69,7 @@ async def test_force_open_holds_every_pod_open_until_reset_on_any_pod(
 async def test_local_close_does_not_override_an_open_cluster(
     redis_server_session: RedisServer, redis_client: aioredis.Redis
 ) -> None:
-    """close() on one pod while the cluster is open lets no call through: the pod follows the cluster."""
+    """close() on one pod of an open cluster lets no call through: the pod follows the cluster."""
     async with Cluster(
         redis_server_session.url,
         reset_timeout=2.0,
@@ -78,9 +79,9 @@ async def test_local_close_does_not_override_an_open_cluster(
         pod0, pod1 = cluster.pod("pod0"), cluster.pod("pod1")
         await cluster.ready(redis_client)
         await pod0.trip()
-        await eventually(lambda: pod1.breaker.opened, timeout=0.5, what="pod1 open")
+        await eventually(lambda: pod1.breaker.opened, within=0.5, what="pod1 open")
         pod1.breaker.close()
-        await eventually(lambda: pod1.breaker.opened, timeout=0.25, what="pod1 open again")
+        await eventually(lambda: pod1.breaker.opened, within=0.25, what="pod1 open again")
         outcomes = [await pod1.call() for _ in range(5)]
         assert outcomes == ["rejected"] * 5
         assert pod1.downstream.calls == 0
@@ -135,12 +136,12 @@ async def test_manual_commands_raise_registry_error_when_redis_is_dead(
             assert await pod.call() == "ok"
 
             await pod.trip()
-            assert pod.breaker.state is State.OPEN
+            assert State(pod.breaker.state) is State.OPEN
             start = time.monotonic()
             with pytest.raises(RegistryError):
                 await pod.breaker.reset()
             assert time.monotonic() - start < 5.5
-            assert pod.breaker.state is State.OPEN
+            assert State(pod.breaker.state) is State.OPEN
             assert pod.breaker.attempts == 1
             assert pod.count("close") == 0
     finally:
@@ -176,3 +177,110 @@ async def test_force_open_raises_registry_error_within_5s_when_redis_hangs(
             assert state.get("state") != "forced_open"
     finally:
         await admin.aclose()
+
+
+async def test_manual_commands_announce_manual_cause_on_the_calling_pod(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """The pod where force_open()/reset() is called says ``manual``; the others say ``remote``."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=1.0,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.5},
+    ) as cluster:
+        operator, other = cluster.pod("operator"), cluster.pod("other")
+        await cluster.ready(redis_client)
+        await operator.breaker.force_open()
+        await eventually(lambda: other.breaker.state is State.FORCED_OPEN, within=0.5)
+        await operator.breaker.reset()
+        await eventually(lambda: other.breaker.closed, within=0.5)
+        assert other.causes("open") == ["remote"]
+        assert other.causes("close") == ["remote"]
+        assert operator.causes("open") == ["manual"]
+        assert operator.causes("close") == ["manual"]
+
+
+async def test_local_close_keeps_the_clusters_deadline(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """After close() on a pod of an open cluster, the pod re-opens until the cluster's deadline."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=1.2,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 2.0},
+    ) as cluster:
+        pod0, pod1 = cluster.pod("pod0"), cluster.pod("pod1")
+        await cluster.ready(redis_client)
+        await pod0.trip()
+        await eventually(lambda: pod1.breaker.opened, within=0.5)
+        await asyncio.sleep(0.7)
+        pod1.breaker.close()
+        assert pod1.breaker.opened
+        left0, left1 = pod0.breaker.retry_after, pod1.breaker.retry_after
+        assert left0 is not None
+        assert left1 is not None
+        assert left1 == pytest.approx(left0, abs=0.1)
+        await eventually(
+            lambda: pod0.breaker.half_open and pod1.breaker.half_open,
+            within=1.0,
+            what="both half_open at the cluster's deadline",
+        )
+        ends = [pod0.times("half_open")[0], pod1.times("half_open")[0]]
+        assert abs(ends[0] - ends[1]) < 0.1
+
+
+async def test_local_close_during_forced_open_stays_forced(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """close() on one pod does not end a cluster-wide forced open."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=0.2,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.2},
+    ) as cluster:
+        pod0, pod1 = cluster.pod("pod0"), cluster.pod("pod1")
+        await cluster.ready(redis_client)
+        await pod0.breaker.force_open()
+        await eventually(lambda: pod1.breaker.state is State.FORCED_OPEN, within=0.5)
+        pod1.breaker.close()
+        assert pod1.breaker.state is State.FORCED_OPEN
+        assert await pod1.call() == "rejected"
+        await stays(lambda: pod1.breaker.state is State.FORCED_OPEN, duration=0.5)
+        assert pod1.downstream.calls == 0
+
+
+async def test_reset_clears_backoff_on_every_pod(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """After failed trials doubled the period, reset() makes the next opening a first attempt."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=0.2,
+        reset_timeout_multiplier=2.0,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 0.5},
+    ) as cluster:
+        pod0, pod1 = cluster.pod("pod0"), cluster.pod("pod1")
+        await cluster.ready(redis_client)
+        await pod0.trip()
+        await eventually(lambda: pod1.breaker.half_open, within=1.0)
+        pod1.downstream.mode = "fail"
+        assert await pod1.call() == "failed"
+        await eventually(lambda: pod0.breaker.attempts == 2, within=0.5, what="attempt 2")
+        await pod0.breaker.reset()
+        await eventually(lambda: pod1.breaker.closed, within=0.5, what="pod1 closed")
+        assert pod0.breaker.attempts == pod1.breaker.attempts == 0
+        state = await cluster.state_hash(redis_client)
+        assert state["state"] == "closed"
+        assert int(state["attempts"]) == 0
+        assert state["reason"] == "reset"
+
+        await pod1.trip()
+        await eventually(lambda: pod0.breaker.opened, within=0.5, what="pod0 open")
+        assert pod0.breaker.attempts == pod1.breaker.attempts == 1
+        left = pod0.breaker.retry_after
+        assert left is not None
+        assert left <= 0.2

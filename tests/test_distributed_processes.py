@@ -46,15 +46,15 @@ class PodProcess:
         )
         return cls(process, instance)
 
-    async def expect(self, event: str, timeout: float = 1.0, **fields: Any) -> dict[str, Any]:
-        """The next line reporting ``event`` (with ``fields``); fails after ``timeout`` s."""
+    async def expect(self, event: str, within: float = 1.0, **fields: Any) -> dict[str, Any]:
+        """The next line reporting ``event`` (with ``fields``); fails after ``within`` s."""
         for line in self.lines:
             if line["event"] == event and all(line.get(k) == v for k, v in fields.items()):
                 self.lines.remove(line)
                 return line
         stdout = self.process.stdout
         assert stdout is not None
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while True:
                 raw = await stdout.readline()
                 assert raw, f"{self.instance} exited (code {self.process.returncode})"
@@ -105,7 +105,7 @@ async def test_trip_in_one_process_opens_the_others(
         ) as cluster:
             here = cluster.pod("here")
             await asyncio.gather(a.expect("ready", 15.0), b.expect("ready", 15.0))
-            await cluster.ready(redis_client, timeout=5.0)
+            await cluster.ready(redis_client, within=5.0)
             everyone = {"proc-a", "proc-b", "here"}
             deadline = time.monotonic() + 5.0
             while await pattern_subscribers(redis_client, everyone) != everyone:
@@ -119,7 +119,7 @@ async def test_trip_in_one_process_opens_the_others(
             opened = await b.expect("open", 0.5)
             assert opened["cause"] == "remote"
             assert opened["t"] - tripped["t"] < 0.5
-            await eventually(lambda: here.breaker.opened, timeout=0.5, what="in-process pod open")
+            await eventually(lambda: here.breaker.opened, within=0.5, what="in-process pod open")
             assert here.causes("open") == ["remote"]
 
             await b.send("call")
@@ -130,7 +130,7 @@ async def test_trip_in_one_process_opens_the_others(
             assert (await b.expect("call"))["outcome"] == "ok"
             closed = await a.expect("close", 1.0)
             assert closed["cause"] == "remote"
-            await eventually(lambda: here.breaker.closed, timeout=0.5, what="in-process closed")
+            await eventually(lambda: here.breaker.closed, within=0.5, what="in-process closed")
     finally:
         codes = await asyncio.gather(a.finish(), b.finish())
-    assert codes == [0, 0]
+    assert list(codes) == [0, 0]

@@ -21,10 +21,12 @@ from distributed_support import (
     eventually_async,
     redis_now_ms,
     stays,
+    text,
 )
 from redis_server import RedisServer
 
 from distributed_opossum import OpenCircuitError, State
+from distributed_opossum._keys import encode_name
 
 pytestmark = pytest.mark.redis
 
@@ -69,7 +71,7 @@ async def test_local_trip_opens_every_pod_within_bound(
         await pods[0].trip()
         waited = await eventually(
             lambda: all(p.breaker.state is State.OPEN for p in pods),
-            timeout=0.3,
+            within=0.3,
             what="every pod open",
         )
         assert waited < 0.3
@@ -89,7 +91,7 @@ async def test_local_trip_opens_every_pod_within_bound(
 async def test_stats_list_state_hash_and_broadcast_layout(
     redis_server_session: RedisServer, redis_client: aioredis.Redis
 ) -> None:
-    """Keys are hash-tagged; stats entries, the state hash and broadcasts hold ARCHITECTURE §5 fields."""
+    """Keys are hash-tagged; stats entries, state hash and broadcasts hold the §5 fields."""
     name = "pay:ments v2"
     async with Cluster(
         redis_server_session.url,
@@ -109,9 +111,9 @@ async def test_stats_list_state_hash_and_broadcast_layout(
 
         async def pod0_reported() -> bool:
             entries = await cluster.stats_entries(redis_client)
-            return sum(e["successes"] for e in entries if e["instance"] == "pod0") == 3
+            return sum(int(e["successes"]) for e in entries if e["instance"] == "pod0") == 3
 
-        await eventually_async(pod0_reported, timeout=1.5, what="pod0's calls in the stats list")
+        await eventually_async(pod0_reported, within=1.5, what="pod0's calls in the stats list")
 
         pubsub = redis_client.pubsub()
         await pubsub.subscribe(cluster.keys.events)
@@ -141,11 +143,13 @@ async def test_stats_list_state_hash_and_broadcast_layout(
         assert before <= broadcast["now"] <= after
         assert broadcast["open_until"] - broadcast["now"] == pytest.approx(5000, abs=1)
 
-        keys = sorted(k.decode() for k in await redis_client.keys(f"{PREFIX}:*"))
-        assert keys == sorted([cluster.keys.stats, cluster.keys.state])
+        keys = {text(k) for k in await redis_client.keys(f"{PREFIX}:*")}
+        assert {cluster.keys.stats, cluster.keys.state} <= keys
+        tag = f"{PREFIX}:{{pay%3Aments%20v2}}:"
         for key in keys:
+            assert key.startswith(tag), f"{key} is not under the breaker's hash tag"
             ttl = await redis_client.pttl(key)
-            assert ttl > 0, f"{key} has no TTL"
+            assert 0 < ttl <= 60_000 + 5_000, f"{key} has TTL {ttl} ms"
 
         state = await cluster.state_hash(redis_client)
         assert re.fullmatch(r"[0-9a-f]{8,}", state["gen"]), state
@@ -166,7 +170,8 @@ async def test_stats_list_state_hash_and_broadcast_layout(
             assert entry["instance"] in {"pod0", "pod1"}
             assert now - 2000 < entry["timestamp"] <= now
             for counter in ("fires", "successes", "failures", "timeouts", "rejects"):
-                assert isinstance(entry[counter], int) and entry[counter] >= 0
+                assert isinstance(entry[counter], int)
+                assert entry[counter] >= 0
             assert isinstance(entry["local_open"], bool)
         timestamps = [e["timestamp"] for e in entries]
         assert timestamps == sorted(timestamps)
@@ -188,16 +193,16 @@ async def test_half_open_and_trial_close_propagate(
         pods = [cluster.pod(f"pod{i}") for i in range(3)]
         await cluster.ready(redis_client)
         await pods[0].trip()
-        await eventually(lambda: all(p.breaker.opened for p in pods), timeout=0.5)
+        await eventually(lambda: all(p.breaker.opened for p in pods), within=0.5)
         await eventually(
-            lambda: all(p.count("half_open") == 1 for p in pods), timeout=1.0, what="half_open"
+            lambda: all(p.count("half_open") == 1 for p in pods), within=1.0, what="half_open"
         )
         for pod in pods:
             assert pod.causes("half_open") == ["timer"]
             opened, half_opened = pod.times("open")[0], pod.times("half_open")[0]
             assert 0.2 < half_opened - opened < 0.5, pod.instance
         assert await pods[1].call() == "ok"
-        await eventually(lambda: all(p.breaker.closed for p in pods), timeout=0.5, what="closed")
+        await eventually(lambda: all(p.breaker.closed for p in pods), within=0.5, what="closed")
         assert pods[1].causes("close") == ["trial"]
         assert pods[0].causes("close") == ["remote"]
         assert pods[2].causes("close") == ["remote"]
@@ -223,7 +228,7 @@ async def test_half_open_and_trial_close_propagate(
 async def test_pooled_rate_trips_pods_that_each_see_too_few_calls(
     redis_server_session: RedisServer, redis_client: aioredis.Redis
 ) -> None:
-    """Without quorum, pods below volume_threshold each trip together once the pooled volume is enough."""
+    """Without quorum, pods each below volume_threshold trip together on the pooled volume."""
     async with Cluster(
         redis_server_session.url,
         volume_threshold=9,
@@ -242,9 +247,9 @@ async def test_pooled_rate_trips_pods_that_each_see_too_few_calls(
 
         async def eight_failures_reported() -> bool:
             entries = await cluster.stats_entries(redis_client)
-            return sum(e["failures"] for e in entries) == 8
+            return sum(int(e["failures"]) for e in entries) == 8
 
-        await eventually_async(eight_failures_reported, timeout=1.5, what="8 failures reported")
+        await eventually_async(eight_failures_reported, within=1.5, what="8 failures reported")
         # 8 pooled calls < 9: two more report ticks change nothing.
         await stays(lambda: all(p.breaker.closed for p in pods), duration=0.45, what="closed")
 
@@ -253,7 +258,7 @@ async def test_pooled_rate_trips_pods_that_each_see_too_few_calls(
             assert await pods[2].call() == "failed"
         assert pods[2].breaker.closed
         await eventually(
-            lambda: all(p.breaker.opened for p in pods), timeout=1.0, what="pooled open"
+            lambda: all(p.breaker.opened for p in pods), within=1.0, what="pooled open"
         )
         causes = sorted(c for p in pods for c in p.causes("open"))
         assert causes == ["cluster", "remote", "remote"]
@@ -265,7 +270,7 @@ async def test_pooled_rate_trips_pods_that_each_see_too_few_calls(
 async def test_pod_created_while_cluster_open_learns_at_first_sync(
     redis_server_session: RedisServer, redis_client: aioredis.Redis
 ) -> None:
-    """A pod built while the cluster is open is open after its first sync, before any report tick."""
+    """A pod built while the cluster is open is open after its first sync, before any tick."""
     async with Cluster(
         redis_server_session.url,
         reset_timeout=5.0,
@@ -279,10 +284,10 @@ async def test_pod_created_while_cluster_open_learns_at_first_sync(
         async def shared_open() -> bool:
             return (await cluster.state_hash(redis_client)).get("state") == "open"
 
-        await eventually_async(shared_open, timeout=0.5, what="shared state open")
+        await eventually_async(shared_open, within=0.5, what="shared state open")
 
         late = cluster.pod("late")
-        waited = await eventually(lambda: late.breaker.opened, timeout=0.5, what="late pod open")
+        waited = await eventually(lambda: late.breaker.opened, within=0.5, what="late pod open")
         assert waited < 0.5
         assert late.causes("open") == ["remote"]
         with pytest.raises(OpenCircuitError) as info:
@@ -290,6 +295,226 @@ async def test_pod_created_while_cluster_open_learns_at_first_sync(
         assert late.downstream.calls == 0
         late_retry = info.value.retry_after
         first_retry = pod0.breaker.retry_after
-        assert late_retry is not None and first_retry is not None
+        assert late_retry is not None
+        assert first_retry is not None
         assert late_retry == pytest.approx(first_retry, abs=0.15)
         assert late.breaker.attempts == 1
+
+
+async def test_healthy_start_emits_no_registry_events(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """The first connect is not a recovery: no registry_down and no registry_up."""
+    async with Cluster(
+        redis_server_session.url, rolling_count_timeout=1.0, distributed={"sync_interval": 0.05}
+    ) as cluster:
+        pods = [cluster.pod(f"pod{i}") for i in range(2)]
+        await cluster.ready(redis_client)
+        await eventually(
+            lambda: all(p.coordinator.stats["round_trips"] >= 3 for p in pods), within=1.0
+        )
+        for pod in pods:
+            assert pod.count("registry_down") == 0
+            assert pod.count("registry_up") == 0
+
+
+async def test_other_names_and_prefixes_are_isolated(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """A trip opens pods of its own name and prefix only, not look-alike names or other prefixes."""
+    options = {"reset_timeout": 2.0, "rolling_count_timeout": 1.0}
+    async with (
+        Cluster(redis_server_session.url, "a*", **options) as star,
+        Cluster(redis_server_session.url, "ab", **options) as plain,
+        Cluster(redis_server_session.url, "payments", **options) as payments,
+    ):
+        tripping, twin = star.pod("s0"), star.pod("s1")
+        lookalike = plain.pod("p0")
+        other_prefix = payments.pod("o0", distributed={"prefix": "elsewhere"})
+        same_prefix_other_name = payments.pod("o1")
+        for cluster in (star, plain, payments):
+            await cluster.ready(redis_client)
+        await tripping.trip()
+        await eventually(lambda: twin.breaker.opened, within=0.5, what="same-name pod open")
+        await stays(
+            lambda: (
+                lookalike.breaker.closed
+                and other_prefix.breaker.closed
+                and same_prefix_other_name.breaker.closed
+            ),
+            duration=0.3,
+            what="other breakers closed",
+        )
+
+
+async def test_stale_and_echoed_broadcasts_are_ignored(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """A broadcast of an older epoch, or an echo of the current one, changes no pod."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=0.3,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 2.0},
+    ) as cluster:
+        pod0, pod1 = cluster.pod("pod0"), cluster.pod("pod1")
+        await cluster.ready(redis_client)
+        pubsub = redis_client.pubsub()
+        await pubsub.subscribe(cluster.keys.events)
+        try:
+            async with asyncio.timeout(2.0):
+                while (await pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
+                    pass
+            await pod0.trip()
+            async with asyncio.timeout(2.0):
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        break
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        opening = json.loads(message["data"])
+        await eventually(lambda: pod1.breaker.opened, within=0.5)
+
+        # An older epoch saying "closed" does not close the open pods.
+        stale = {**opening, "epoch": opening["epoch"] - 1, "state": "closed", "origin": "old"}
+        await redis_client.publish(cluster.keys.events, json.dumps(stale))
+        await stays(lambda: pod1.breaker.opened and pod0.breaker.opened, duration=0.15)
+
+        # After the open period, the same opening broadcast again re-opens nobody.
+        await eventually(
+            lambda: pod0.breaker.half_open and pod1.breaker.half_open, within=1.0, what="half"
+        )
+        await redis_client.publish(cluster.keys.events, json.dumps(opening))
+        await stays(
+            lambda: pod0.breaker.half_open and pod1.breaker.half_open,
+            duration=0.15,
+            what="half_open after the echo",
+        )
+        assert pod0.count("open") == pod1.count("open") == 1
+
+
+async def test_jittered_open_period_is_the_same_on_every_pod(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """With reset_timeout_jitter every pod half-opens at the cluster's one deadline."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=0.4,
+        reset_timeout_jitter=0.5,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 2.0},
+    ) as cluster:
+        pods = [cluster.pod(f"pod{i}") for i in range(4)]
+        await cluster.ready(redis_client)
+        await pods[0].trip()
+        await eventually(
+            lambda: all(p.count("half_open") == 1 for p in pods), within=1.5, what="half_open"
+        )
+        ends = [p.times("half_open")[0] for p in pods]
+        assert max(ends) - min(ends) < 0.05, ends
+        period = ends[1] - pods[1].times("open")[0]
+        assert 0.15 < period < 0.65
+
+
+async def test_pod_built_outside_a_loop_joins_on_first_use(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """A pod constructed where no loop runs syncs on its first call and then follows the cluster."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=5.0,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 3.0},
+    ) as cluster:
+        pod0 = cluster.pod("pod0")
+        await cluster.ready(redis_client)
+        await pod0.trip()
+
+        async def shared_open() -> bool:
+            return (await cluster.state_hash(redis_client)).get("state") == "open"
+
+        await eventually_async(shared_open, within=0.5, what="shared state open")
+        client = cluster.client("threaded")
+        late = await asyncio.to_thread(cluster.pod, "threaded", client=client)
+        assert late.link.coordinator is None  # nothing could attach without a loop
+        # Calls before the first sync are judged locally (documented).
+        await late.call()
+        waited = await eventually(lambda: late.breaker.opened, within=0.5, what="late pod open")
+        assert waited < 0.5
+        calls = late.downstream.calls
+        assert await late.call() == "rejected"
+        assert late.downstream.calls == calls
+        assert late.causes("open") == ["remote"]
+
+
+async def test_pod_created_while_forced_open_is_forced_open(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """A pod built while the cluster is forced open is forced open at its first sync."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=0.2,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 3.0},
+    ) as cluster:
+        pod0 = cluster.pod("pod0")
+        await cluster.ready(redis_client)
+        await pod0.breaker.force_open()
+        late = cluster.pod("late")
+        await eventually(
+            lambda: late.breaker.state is State.FORCED_OPEN, within=0.5, what="late forced"
+        )
+        with pytest.raises(OpenCircuitError) as info:
+            await late.breaker.fire()
+        assert info.value.retry_after is None
+        await stays(lambda: late.breaker.state is State.FORCED_OPEN, duration=0.4)
+        assert late.downstream.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("prefix", "name", "other_prefix", "other_name"),
+    [
+        ("dtest", "支付 {v2}:*", "dtest", "支付 {v2}:x"),
+        ("my*app[1]", "payments", "myXapp1", "payments"),
+    ],
+)
+async def test_awkward_names_and_prefixes_propagate(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    prefix: str,
+    name: str,
+    other_prefix: str,
+    other_name: str,
+) -> None:
+    """Unicode, braces and glob characters in a name or prefix still share one breaker."""
+    async with (
+        Cluster(
+            redis_server_session.url,
+            name,
+            reset_timeout=2.0,
+            rolling_count_timeout=1.0,
+            distributed={"prefix": prefix, "sync_interval": 2.0},
+        ) as cluster,
+        Cluster(
+            redis_server_session.url,
+            other_name,
+            reset_timeout=2.0,
+            rolling_count_timeout=1.0,
+            distributed={"prefix": other_prefix},
+        ) as lookalike,
+    ):
+        pod0, pod1 = cluster.pod("pod0"), cluster.pod("pod1")
+        other = lookalike.pod("other")
+        await cluster.ready(redis_client)
+        await lookalike.ready(redis_client)
+        await pod0.trip()
+        await eventually(lambda: pod1.breaker.opened, within=0.5, what="pod1 open")
+        assert pod1.causes("open") == ["remote"]
+        keys = (cluster.keys.stats, cluster.keys.state)
+        assert await redis_client.exists(*keys) == 2
+        # Redis Cluster hashes the text between the first "{" and the next "}":
+        # both keys must yield the same, whole, encoded name.
+        tags = {key[key.index("{") + 1 : key.index("}")] for key in keys}
+        assert tags == {encode_name(name)}
+        await stays(lambda: other.breaker.closed, duration=0.2, what="look-alike closed")

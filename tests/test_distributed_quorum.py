@@ -26,13 +26,13 @@ async def entry_of(cluster: Cluster, admin: aioredis.Redis, instance: str, *, vo
         entries = await cluster.stats_entries(admin)
         return any(e["instance"] == instance and (e["local_open"] or not vote) for e in entries)
 
-    await eventually_async(present, timeout=1.5, what=f"{instance}'s entry in the stats list")
+    await eventually_async(present, within=1.5, what=f"{instance}'s entry in the stats list")
 
 
 async def test_quorum_count_one_sick_pod_opens_only_locally(
     redis_server_session: RedisServer, redis_client: aioredis.Redis
 ) -> None:
-    """With quorum=2 one pod's trip opens it alone (cause local); a second trip opens the cluster."""
+    """With quorum=2 one trip opens its pod alone (cause local); a second opens the cluster."""
     async with Cluster(
         redis_server_session.url,
         **QUORUM_OPTIONS,
@@ -57,7 +57,7 @@ async def test_quorum_count_one_sick_pod_opens_only_locally(
 
         await pods[1].trip()
         assert pods[1].causes("open") == ["local"]
-        await eventually(lambda: pods[2].breaker.opened, timeout=1.0, what="pod2 open")
+        await eventually(lambda: pods[2].breaker.opened, within=1.0, what="pod2 open")
         assert pods[2].causes("open") == ["remote"]
         # The sick pods were open already: no second open event.
         assert pods[0].causes("open") == ["local"]
@@ -85,9 +85,9 @@ async def test_quorum_pooled_rate_alone_never_opens(
 
         async def all_reported() -> bool:
             entries = await cluster.stats_entries(redis_client)
-            return sum(e["failures"] for e in entries) == 9
+            return sum(int(e["failures"]) for e in entries) == 9
 
-        await eventually_async(all_reported, timeout=1.5, what="9 failures reported")
+        await eventually_async(all_reported, within=1.5, what="9 failures reported")
         await stays(
             lambda: all(p.breaker.closed for p in pods), duration=0.5, what="every pod closed"
         )
@@ -124,10 +124,63 @@ async def test_quorum_fraction_ignores_idle_pods(
 
         # Two votes of two reporting pods open it; the idle pod would make it 3 needed.
         await busy.trip()
-        await eventually(lambda: idle.breaker.opened, timeout=1.0, what="idle pod open")
+        await eventually(lambda: idle.breaker.opened, within=1.0, what="idle pod open")
         assert idle.causes("open") == ["remote"]
         assert all(p.breaker.opened for p in pods)
         state = await cluster.state_hash(redis_client)
         assert state["reason"] == "quorum"
         entries = await cluster.stats_entries(redis_client)
         assert not any(e["instance"] == "idle" for e in entries)
+
+
+async def test_quorum_votes_by_pod_rate_without_local_trips(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """A pod with min_pod_volume calls failing above the threshold votes without tripping."""
+    async with Cluster(
+        redis_server_session.url,
+        **{**QUORUM_OPTIONS, "volume_threshold": 100},
+        distributed={"quorum": 2, "min_pod_volume": 3, "sync_interval": 0.2},
+    ) as cluster:
+        pods = [cluster.pod(f"pod{i}") for i in range(3)]
+        await cluster.ready(redis_client)
+        pods[0].downstream.mode = "fail"
+        for _ in range(4):
+            assert await pods[0].call() == "failed"
+        await entry_of(cluster, redis_client, "pod0", vote=False)
+        await stays(lambda: all(p.breaker.closed for p in pods), duration=0.45, what="closed")
+
+        pods[1].downstream.mode = "fail"
+        for _ in range(4):
+            assert await pods[1].call() == "failed"
+        assert all(p.count("open") == 0 for p in pods)  # nobody tripped locally
+        await eventually(
+            lambda: all(p.breaker.opened for p in pods), within=1.0, what="quorum open"
+        )
+        causes = sorted(c for p in pods for c in p.causes("open"))
+        assert causes in (["cluster", "remote", "remote"], ["remote", "remote", "remote"])
+        assert "local" not in causes
+        assert (await cluster.state_hash(redis_client))["reason"] == "quorum"
+
+
+async def test_reset_closes_pods_open_on_their_own_vote(
+    redis_server_session: RedisServer, redis_client: aioredis.Redis
+) -> None:
+    """Under quorum, reset() on a healthy pod also closes a pod that is open on its own trip."""
+    async with Cluster(
+        redis_server_session.url,
+        **QUORUM_OPTIONS,
+        distributed={"quorum": 2, "sync_interval": 0.2},
+    ) as cluster:
+        sick, healthy = cluster.pod("sick"), cluster.pod("healthy")
+        await cluster.ready(redis_client)
+        await sick.trip()
+        await entry_of(cluster, redis_client, "sick", vote=True)
+        assert sick.breaker.opened
+        assert healthy.breaker.closed
+        await healthy.breaker.reset()
+        await eventually(lambda: sick.breaker.closed, within=0.5, what="sick pod closed")
+        assert sick.causes("close") == ["remote"]
+        assert sick.breaker.attempts == 0
+        sick.downstream.mode = "ok"
+        assert await sick.call() == "ok"
