@@ -181,9 +181,9 @@ class CircuitBreaker(Generic[P, R]):
                     if inspect.isawaitable(result):
                         result = await result
             except Exception as error:
-                return await self._failed(  # type: ignore[no-any-return]
-                    error, args, kwargs, now, monotonic(), 0, expired=False
-                )
+                if self._failure(error, args, kwargs, now, monotonic(), 0, expired=False):
+                    return await self._run_fallback(error, args, kwargs)  # type: ignore[no-any-return]
+                raise  # here rather than in a helper: one coroutine hop less per failure
         else:
             task = _task_of(_running_loop())
             entry = [now + deadlines.timeout, task, 0]  # DeadlineQueue.push, inlined
@@ -208,9 +208,9 @@ class CircuitBreaker(Generic[P, R]):
                 if entry[2] and timed_out(entry, task):  # type: ignore[arg-type]
                     # The action turned our cancellation into an error of its own.
                     return await self._timed_out(args, kwargs, now, 0)  # type: ignore[no-any-return]
-                return await self._failed(  # type: ignore[no-any-return]
-                    error, args, kwargs, now, monotonic(), 0, expired=False
-                )
+                if self._failure(error, args, kwargs, now, monotonic(), 0, expired=False):
+                    return await self._run_fallback(error, args, kwargs)  # type: ignore[no-any-return]
+                raise
             entry[1] = None  # DeadlineQueue.pop, inlined for the usual, in-order case
             if entries and entries[0] is entry:
                 entries.popleft()
@@ -346,13 +346,31 @@ class CircuitBreaker(Generic[P, R]):
         ran: bool = True,
     ) -> Any:
         """Record a failure, judge the window, then fall back or raise."""
-        latency = end - start
+        if self._failure(error, args, kwargs, start, end, permit, expired=expired, ran=ran):
+            return await self._run_fallback(error, args, kwargs)
+        if isinstance(error, CircuitTimeoutError):
+            raise error from None
+        raise error
+
+    def _failure(
+        self,
+        error: BaseException,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        start: float,
+        end: float,
+        permit: int,
+        *,
+        expired: bool,
+        ran: bool = True,
+    ) -> bool:
+        """Record a failure (or a filtered error as a success); True when the fallback runs."""
         error_filter = self._options.error_filter
         if error_filter is not None and error_filter(error, *args, **kwargs):
-            self._succeeded(error, latency, end, permit)
-            raise error
+            self._succeeded(error, end - start, end, permit)
+            return False
         self._record_failure(error, start, end, permit, args, expired=expired, ran=ran)
-        return await self._fallback_or_raise(error, args, kwargs)
+        return self._fallback is not None
 
     def _record_failure(
         self,
@@ -369,16 +387,18 @@ class CircuitBreaker(Generic[P, R]):
         latency = end - start
         events = self._events
         core = self._core
-        if not core.started_before_change(start):
-            # A call from before the latest state change counts nowhere: the
-            # window (local, and the cluster's through the reports) belongs to
-            # the new state, which a late result must never flip.
-            bucket = window.roll(end)
-            if expired:
-                bucket.timeouts += 1
-            bucket.failures += 1
-            if ran and window.percentiles_enabled:
-                bucket.record_latency(latency)
+        bucket = window.roll(end)
+        if expired:
+            bucket.timeouts += 1
+        bucket.failures += 1
+        late = core.started_before_change(start)
+        if late:
+            # The call began before the latest state change: a fact for the
+            # stats, but the window's decision (local, and the cluster's through
+            # the reports) belongs to the new state, which it must never flip.
+            bucket.late_failures += 1
+        if ran and window.percentiles_enabled:
+            bucket.record_latency(latency)
         if events.call_listened:
             if expired:
                 events.emit("timeout", error, latency, args)
@@ -389,7 +409,7 @@ class CircuitBreaker(Generic[P, R]):
             core.trial_failed(end, permit)
         elif (
             core.state is _CLOSED
-            and not core.started_before_change(start)
+            and not late
             and end >= self._warm_up_until
             and exceeds_threshold(
                 *window.totals(end),
@@ -404,12 +424,15 @@ class CircuitBreaker(Generic[P, R]):
     async def _fallback_or_raise(
         self, error: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        fallback = self._fallback
-        if fallback is None:
-            if isinstance(error, CircuitTimeoutError):
-                raise error from None
+        if self._fallback is None:
             raise error
-        result = fallback(*args, error, **kwargs)
+        return await self._run_fallback(error, args, kwargs)
+
+    async def _run_fallback(
+        self, error: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """``fallback(*args, error, **kwargs)``, counted and announced."""
+        result = self._fallback(*args, error, **kwargs)  # type: ignore[misc]
         if inspect.isawaitable(result):
             result = await result
         self._window.roll(self._monotonic()).fallbacks += 1

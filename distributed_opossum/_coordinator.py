@@ -177,6 +177,11 @@ class Coordinator:
             return
         self.down = error
         logger.warning("distributed_opossum: Redis unreachable (%r); deciding locally", error)
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            # Drop the idle connections now, so that none left over from before a
+            # Redis restart fails the first calls after it (a false second outage).
+            self.spawn(pool.disconnect(inuse_connections=False), "reset connections")
         for link in list(self.links):
             link.emit("registry_down", error)
 

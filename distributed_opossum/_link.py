@@ -171,7 +171,7 @@ class SharedLink:
         return WindowReport(
             fires=sum(b.fires for b in finished),
             successes=sum(b.successes for b in finished),
-            failures=sum(b.failures for b in finished),
+            failures=sum(b.failures - b.late_failures for b in finished),
             timeouts=sum(b.timeouts for b in finished),
             rejects=sum(b.rejects for b in finished),
             local_open=vote,

@@ -32,7 +32,7 @@ class Bucket:
         latency_total: sum of the folded latency samples (seconds).
     """
 
-    __slots__ = (*COUNTER_NAMES, "histogram", "latency_total", "ok", "seq")
+    __slots__ = (*COUNTER_NAMES, "histogram", "late_failures", "latency_total", "ok", "seq")
 
     def __init__(self) -> None:
         self.seq = 0  # which bucket interval this is, counted from the window's start
@@ -53,6 +53,9 @@ class Bucket:
         self.cache_misses = 0
         self.coalesce_cache_hits = 0
         self.coalesce_cache_misses = 0
+        # Failures of calls that started before the latest state change: in the
+        # stats, but never in the open decision (nor in the cluster's reports).
+        self.late_failures = 0
         self.latency_total = 0.0
         if self.ok:
             self.ok = array("d")
@@ -95,6 +98,8 @@ class RollingWindow:
         "_buckets",
         "_index",
         "bucket_end",
+        "earlier_failures",
+        "earlier_successes",
         "head",
         "head_seq",
         "interval",
@@ -113,6 +118,10 @@ class RollingWindow:
         self.head = self._buckets[0]
         self.head_seq = 0
         self.bucket_end = now + self.interval
+        # Successes and failures of the buckets before the head: only the head
+        # changes between rotations, so the open decision reads O(1) totals.
+        self.earlier_successes = 0
+        self.earlier_failures = 0
 
     def roll(self, now: float) -> Bucket:
         """Advance to the bucket that holds ``now`` and return it."""
@@ -121,7 +130,10 @@ class RollingWindow:
         return self.head
 
     def _advance(self, now: float) -> None:
-        self.head.fold(self.percentiles_enabled)
+        head = self.head
+        head.fold(self.percentiles_enabled)
+        self.earlier_successes += head.successes
+        self.earlier_failures += head.failures - head.late_failures
         steps = int((now - self.bucket_end) // self.interval) + 1
         buckets = self._buckets
         count = len(buckets)
@@ -130,6 +142,8 @@ class RollingWindow:
         for offset in range(cleared):
             self._index = (self._index + 1) % count
             bucket = buckets[self._index]
+            self.earlier_successes -= bucket.successes
+            self.earlier_failures -= bucket.failures - bucket.late_failures
             bucket.clear()
             bucket.seq = self.head_seq - (cleared - 1 - offset)
         self.head = buckets[self._index]
@@ -145,17 +159,17 @@ class RollingWindow:
 
     def totals(self, now: float) -> tuple[int, int]:
         """``(successes, failures)`` over the window: what the open decision reads."""
-        self.roll(now)
-        successes = failures = 0
-        for bucket in self._buckets:
-            successes += bucket.successes + len(bucket.ok)
-            failures += bucket.failures
-        return successes, failures
+        head = self.roll(now)
+        return (
+            self.earlier_successes + head.successes + len(head.ok),
+            self.earlier_failures + head.failures - head.late_failures,
+        )
 
     def clear(self, now: float) -> None:
         """Forget everything (a close starts a fresh window)."""
         for bucket in self._buckets:
             bucket.clear()
+        self.earlier_successes = self.earlier_failures = 0
         self.bucket_end = now + self.interval
 
     def buckets(self, now: float) -> list[Bucket]:
