@@ -2,7 +2,9 @@
 
 Wires the pure core (state machine, rolling window, backoff) to a clock, the
 event emitter, the per-breaker timeout queue and the optional features (cache,
-coalescing, capacity, health checks, snapshots).
+coalescing, capacity, health checks, snapshots). ``async with breaker:`` lives
+in ``_guard.py``, the health-check task in ``_health.py`` and the JSON export
+and ``state=`` import in ``_persist.py``.
 
 The call path is written for speed: while nothing unusual is configured (no
 listeners, cache, coalescing; enabled, closed) ``fire()`` costs two clock
@@ -17,9 +19,9 @@ import math
 import random
 import sys
 from collections.abc import Awaitable, Callable
-from types import BuiltinFunctionType, TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from . import _guard, _health, _persist
 from ._backoff import open_period
 from ._cache import MemoryCache, call_key, maybe_await
 from ._clock import TimerHandle
@@ -36,6 +38,8 @@ from ._link import SharedLink
 from ._options import BreakerOptions, parse_options
 from ._state import Cause, State, StateMachine, Transition, exceeds_threshold
 from ._stats import Stats
+from ._tasks import running_loop as _running_loop
+from ._tasks import task_of as _task_of
 from ._window import RollingWindow
 
 __all__ = ["CircuitBreaker"]
@@ -44,16 +48,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _CLOSED = State.CLOSED
-_running_loop = asyncio.get_running_loop
-# ``asyncio.current_task`` is a Python function before 3.12 and costs more than a
-# whole plain call there; the task registry it reads is a dict keyed by loop.
-_tasks_by_loop = getattr(asyncio.tasks, "_current_tasks", None)
-_task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
-    _tasks_by_loop.get
-    if isinstance(_tasks_by_loop, dict)
-    and not isinstance(asyncio.current_task, BuiltinFunctionType)
-    else asyncio.current_task
-)
 _frexp = math.frexp
 _STATE_EVENTS = {
     State.OPEN: "open",
@@ -134,10 +128,10 @@ class CircuitBreaker(Generic[P, R]):
         self._half_open_timer: TimerHandle | None = None
         self._snapshot_timer: TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._guards: dict[asyncio.Task[Any] | None, list[_Guard]] = {}
+        self._guards: dict[asyncio.Task[Any] | None, list[_guard.Guard]] = {}
         self._gate = False
         if opts.state is not None:
-            self._restore(opts.state, now)
+            _persist.restore(self, opts.state, now)
         self._link = (
             SharedLink(self, opts, opts.distributed) if opts.distributed is not None else None
         )
@@ -482,79 +476,10 @@ class CircuitBreaker(Generic[P, R]):
 
     # -- async with ------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> CircuitBreaker[P, R]:
-        """Admit the block (or raise ``OpenCircuitError``); the breaker's timeout applies to it."""
-        if self._shutdown:
-            raise ShutdownError(breaker_name=self.name)
-        self._attach()
-        now = self._monotonic()
-        self._window.roll(now).fires += 1
-        self._events.emit("fire", ())
-        task = _task_of(_running_loop())
-        guard = _Guard(now)
-        if self._enabled:
-            core = self._core
-            permit, retry_after = await self._admit(now) if core.state is not _CLOSED else (0, None)
-            if permit < 0:
-                raise self._reject(now, retry_after)
-            if self._in_flight >= self._capacity:
-                self._release(permit)
-                error = self._semaphore_locked(now)
-                self._record_failure(error, now, now, 0, (), expired=False, ran=False)
-                raise error
-            guard.permit = permit
-            guard.active = True
-            self._in_flight += 1
-            if self._deadlines is not None and task is not None:
-                guard.entry = self._deadlines.push(task, now)
-        self._guards.setdefault(task, []).append(guard)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool:
-        """Record the block's outcome; its exception propagates (a timeout as a
-        ``CircuitTimeoutError``)."""
-        task = _task_of(_running_loop())
-        stack = self._guards[task]
-        guard = stack.pop()
-        if not stack:
-            del self._guards[task]
-        if not guard.active:
-            return False
-        self._in_flight -= 1
-        entry = guard.entry
-        if entry is not None:
-            self._deadlines.pop(entry)  # type: ignore[union-attr]
-        end = self._monotonic()
-        expired = entry is not None and bool(entry[EXPIRED]) and timed_out(entry, task)  # type: ignore[arg-type]
-        if not expired and isinstance(exc, asyncio.CancelledError):
-            self._release(guard.permit)
-            return False
-        if not expired and exc is not None and not isinstance(exc, Exception):
-            self._release(guard.permit)
-            return False
-        if expired:
-            error: BaseException = CircuitTimeoutError(
-                breaker_name=self.name,
-                timeout=self._deadlines.timeout,  # type: ignore[union-attr]
-            )
-        elif exc is None:
-            self._succeeded(None, end - guard.start, end, guard.permit)
-            return False
-        else:
-            error = exc
-        error_filter = self._options.error_filter
-        if not expired and error_filter is not None and error_filter(error):
-            self._succeeded(error, end - guard.start, end, guard.permit)
-            return False
-        self._record_failure(error, guard.start, end, guard.permit, (), expired=expired)
-        if expired:
-            raise error from None
-        return False
+    # The block's admission and outcome live in _guard.py; assigned rather than
+    # wrapped, so a block costs no extra coroutine.
+    __aenter__ = _guard.enter
+    __aexit__ = _guard.leave
 
     # -- state control ---------------------------------------------------------------------------
 
@@ -620,28 +545,7 @@ class CircuitBreaker(Generic[P, R]):
 
         Needs a running event loop. The check stops at :meth:`shutdown`.
         """
-        if not callable(fn):
-            raise TypeError(f"health_check fn must be callable, got {fn!r}")
-        if isinstance(interval, bool) or not isinstance(interval, int | float):
-            raise TypeError(f"health_check interval must be seconds, got {interval!r}")
-        if not interval > 0:
-            raise ValueError(f"health_check interval must be > 0, got {interval}")
-        if self._shutdown:
-            raise ShutdownError(breaker_name=self.name)
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(self._health_loop(fn, float(interval)))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _health_loop(self, fn: Callable[[], Any], interval: float) -> None:
-        while True:
-            try:
-                await maybe_await(fn())
-            except Exception as error:
-                self._events.emit("health_check_failed", error)
-                self._core.trip(self._monotonic(), Cause.HEALTH_CHECK)
-                self._announce()
-            await self._clock.sleep(interval)
+        _health.start(self, fn, interval)
 
     def clear_cache(self) -> None:
         """Empty the result cache and the coalescing table."""
@@ -817,51 +721,6 @@ class CircuitBreaker(Generic[P, R]):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _restore(self, data: Any, now: float) -> None:
-        """Import ``to_json()["state"]`` (partial dicts allowed)."""
-        for flag in (
-            "enabled",
-            "closed",
-            "open",
-            "half_open",
-            "forced_open",
-            "warm_up",
-            "shutdown",
-        ):
-            if flag in data and not isinstance(data[flag], bool):
-                raise TypeError(f"'state': {flag!r} must be a bool, got {data[flag]!r}")
-        if "enabled" in data:
-            self._enabled = data["enabled"]
-        attempts = data.get("attempts") or 0
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
-            raise ValueError(f"'state': 'attempts' must be an int >= 0, got {attempts!r}")
-        if data.get("forced_open"):
-            state = State.FORCED_OPEN
-        elif data.get("open"):
-            state = State.OPEN
-        elif data.get("half_open"):
-            state = State.HALF_OPEN
-        else:
-            state = State.CLOSED
-        remaining = None
-        opened_at = data.get("opened_at")
-        if state is State.OPEN and opened_at is not None:
-            if isinstance(opened_at, bool) or not isinstance(opened_at, int | float):
-                raise ValueError(f"'state': 'opened_at' must be epoch seconds, got {opened_at!r}")
-            period = open_period(
-                max(attempts, 1),
-                reset_timeout=self._options.reset_timeout,
-                multiplier=self._options.reset_timeout_multiplier,
-                max_reset_timeout=self._options.max_reset_timeout,
-            )
-            remaining = opened_at + period - self._clock.wall()
-        self._core.restore(state, now=now, attempts=attempts, remaining=remaining)
-        if state is State.OPEN:
-            self._apply_open_deadline(now)
-        if data.get("shutdown"):
-            self._shutdown = True
-            self._enabled = False
-
     # -- properties ------------------------------------------------------------------------------
 
     @property
@@ -940,37 +799,7 @@ class CircuitBreaker(Generic[P, R]):
 
     def to_json(self) -> dict[str, Any]:
         """``{"state": {...}, "status": {...}}``, JSON-serialisable; ``state`` re-imports."""
-        state = self.state
-        opened_at = self._core.opened_at
-        return {
-            "state": {
-                "name": self.name,
-                "enabled": self._enabled,
-                "closed": state is State.CLOSED,
-                "open": state is State.OPEN,
-                "half_open": state is State.HALF_OPEN,
-                "forced_open": state is State.FORCED_OPEN,
-                "warm_up": self.warm_up,
-                "shutdown": self._shutdown,
-                "opened_at": None
-                if opened_at is None
-                else self._clock.wall() - (self._monotonic() - opened_at),
-                "attempts": self._core.attempts,
-            },
-            "status": self.stats.to_dict(),
-        }
+        return _persist.to_json(self)
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self._core.state.value}>"
-
-
-class _Guard:
-    """Bookkeeping of one ``async with breaker:`` block."""
-
-    __slots__ = ("active", "entry", "permit", "start")
-
-    def __init__(self, start: float) -> None:
-        self.start = start
-        self.permit = 0
-        self.active = False
-        self.entry: list[Any] | None = None

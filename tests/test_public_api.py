@@ -323,7 +323,7 @@ def test_breaker_is_an_async_context_manager() -> None:
 def test_non_callable_action_is_refused() -> None:
     """A non-callable action raises ``TypeError``."""
     with pytest.raises(TypeError, match="callable"):
-        CircuitBreaker("not a function")  # type: ignore[arg-type]
+        CircuitBreaker("not a function")  # type: ignore[call-overload]
 
 
 async def test_sync_action_value_is_accepted() -> None:

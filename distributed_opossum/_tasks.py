@@ -1,0 +1,25 @@
+"""The running loop and its current task, found as cheaply as the Python allows.
+
+Both ``fire()`` and ``async with breaker:`` need the current task for the
+timeout queue on every call, so the lookup is resolved once, at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import BuiltinFunctionType
+from typing import Any
+
+__all__ = ["running_loop", "task_of"]
+
+running_loop = asyncio.get_running_loop
+# ``asyncio.current_task`` is a Python function before 3.12 and costs more than a
+# whole plain call there; the task registry it reads is a dict keyed by loop.
+_tasks_by_loop = getattr(asyncio.tasks, "_current_tasks", None)
+task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
+    _tasks_by_loop.get
+    if isinstance(_tasks_by_loop, dict)
+    and not isinstance(asyncio.current_task, BuiltinFunctionType)
+    else asyncio.current_task
+)
