@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import math
 import random
 import sys
 from collections.abc import Awaitable, Callable
@@ -48,7 +47,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _CLOSED = State.CLOSED
-_frexp = math.frexp
 _STATE_EVENTS = {
     State.OPEN: "open",
     State.FORCED_OPEN: "open",
