@@ -3,6 +3,7 @@
 A breaker named ``payments`` under the default prefix owns::
 
     dopossum:{payments}:distributedStats   list: one JSON entry per pod per bucket
+    dopossum:{payments}:pods               hash: running sums over that list
     dopossum:{payments}:state              hash: the cluster-wide state
     dopossum:{payments}:events             pub/sub channel: state broadcasts
 
@@ -32,6 +33,7 @@ DEFAULT_PREFIX = "dopossum"
 """Namespace of every key and channel unless the user picks another."""
 
 STATS_SUFFIX = "distributedStats"
+PODS_SUFFIX = "pods"
 STATE_SUFFIX = "state"
 EVENTS_SUFFIX = "events"
 
@@ -134,6 +136,9 @@ class BreakerKeys:
     """List of the pods' JSON stats entries, oldest first."""
     state: str
     """Hash of the shared state (see ``lua/_prelude.lua`` for its fields)."""
+    pods: str
+    """Hash of running sums over the stats list, pooled and per pod, kept by
+    ``lua/report_window.lua`` (see its header); rebuilt from the list when lost."""
     events: str
     """Pub/sub channel of state broadcasts (a channel, not a key)."""
 
@@ -151,6 +156,7 @@ class BreakerKeys:
             name=name,
             stats=base + STATS_SUFFIX,
             state=base + STATE_SUFFIX,
+            pods=base + PODS_SUFFIX,
             events=base + EVENTS_SUFFIX,
         )
 

@@ -189,7 +189,7 @@ def _report_call(
         keys.name,
         *params.to_argv(),
     )
-    return _state_call("report_window", (keys.stats, keys.state), args)
+    return _state_call("report_window", (keys.stats, keys.state, keys.pods), args)
 
 
 def _read_call(keys: BreakerKeys) -> _Call[SharedState]:

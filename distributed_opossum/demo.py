@@ -69,7 +69,11 @@ async def run(url: str | None, pods: int, duration: float, quorum: int | None) -
         print(f"{time.monotonic() - start:6.3f}s  {message}", flush=True)
 
     clients = _clients(url, pods)
-    await clients[0].delete("dopossum:{payments}:state", "dopossum:{payments}:distributedStats")
+    await clients[0].delete(
+        "dopossum:{payments}:state",
+        "dopossum:{payments}:distributedStats",
+        "dopossum:{payments}:pods",
+    )
     breakers = []
     for index, client in enumerate(clients):
         pod = f"pod-{index}"

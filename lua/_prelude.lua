@@ -136,20 +136,25 @@ local function clear_leases(key, s)
   s.leases = {}
 end
 
--- Writes the core fields and sets the key's TTL: key_ttl_ms past the end of
--- the open period or of the latest lease, so attempts survive an idle open
--- period. A forced-open breaker never expires: only reset() may end it.
-local function save_state(key, s, now, key_ttl_ms)
-  redis.call('HSET', key,
-    'gen', s.gen, 'epoch', s.epoch, 'state', s.state, 'open_until', s.open_until,
-    'attempts', s.attempts, 'closed_at', s.closed_at, 'reason', s.reason,
-    'trial_successes', s.trial_successes)
+-- Sets the state hash's TTL: key_ttl_ms past the end of the open period or of
+-- the latest lease, so attempts survive an idle open period. A forced-open
+-- breaker never expires: only reset() may end it.
+local function expire_state(key, s, now, key_ttl_ms)
   if s.state == 'forced_open' then
     redis.call('PERSIST', key)
     return
   end
   local hold = math.max(0, s.open_until - now, latest_lease(s, now) - now)
   redis.call('PEXPIRE', key, key_ttl_ms + hold)
+end
+
+-- Writes the core fields and sets the key's TTL (see expire_state).
+local function save_state(key, s, now, key_ttl_ms)
+  redis.call('HSET', key,
+    'gen', s.gen, 'epoch', s.epoch, 'state', s.state, 'open_until', s.open_until,
+    'attempts', s.attempts, 'closed_at', s.closed_at, 'reason', s.reason,
+    'trial_successes', s.trial_successes)
+  expire_state(key, s, now, key_ttl_ms)
 end
 
 -- The reply shape every state-returning script ends with; _scripts.py reads

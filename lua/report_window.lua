@@ -2,6 +2,7 @@
 --
 -- KEYS[1]  stats list (<prefix>:{<name>}:distributedStats)
 -- KEYS[2]  state hash (<prefix>:{<name>}:state)
+-- KEYS[3]  aggregates hash (<prefix>:{<name>}:pods), see "Aggregates" below
 -- ARGV[1]  instance id of the reporting pod
 -- ARGV[2]  fires        ARGV[3] successes   ARGV[4] failures
 -- ARGV[5]  timeouts     ARGV[6] rejects     (counts of the bucket)
@@ -16,11 +17,36 @@
 -- returns  the shared state (see state_reply in _prelude.lua); `changed` is 1
 --          when this report opened the breaker, which it also PUBLISHes.
 --
--- An entry (JSON) is appended unless the bucket is empty; entries are in time
--- order, so entries older than the window or than the last close are popped
--- from the head until the first young one: O(removed).
+-- An entry (JSON) is appended unless the bucket is empty. Entries are in time
+-- order, so the list is trimmed from the head: down to max_entries, then
+-- until the first young entry (older than the window or than the last close
+-- is out): O(removed). Each popped entry is decoded, so the aggregates lose
+-- exactly what the list loses.
+--
+-- Aggregates. KEYS[3] holds the sums over the entries in the list, so a
+-- report is O(1) (plus O(removed)) however many pods report:
+--   entries tail     the list length they describe and its last entry: a
+--                    list of another length or tail was written by someone else
+--   volume failures  pooled successes + failures, and failures
+--   trips            entries with local_open and an epoch equal to `epoch`
+--   epoch            the epoch trips are counted for
+--   reporting votes  pods with volume or trips; pods voting under `rule`
+--   rule             "<min_pod_volume> <error_threshold_percentage>" (ARGV)
+--   unsorted         entries to pop from the head before the timestamps of
+--                    the rest are in order again (Redis' clock stepped back)
+--   latest           no entry in the list has a later timestamp
+--   pod:<instance>   "<volume> <failures> <trips>" of a reporting pod (the
+--                    others have none: HLEN tells a field gone or added)
+-- Unparsable entries count nowhere. The aggregates are rebuilt from the list
+-- (one LRANGE) when they cannot be trusted: missing or unparsable, another
+-- list length or tail (another writer, an older version of this script, the
+-- cleanup script), a pod missing or going negative, or a closed breaker whose
+-- epoch is not theirs (after a close the list holds little by then: the
+-- entries before closed_at were just popped). A hand-edited number that looks
+-- right is not detected: delete the key and the next report rebuilds it. The
+-- key goes when the list is empty.
 
-local stats_key, state_key = KEYS[1], KEYS[2]
+local stats_key, state_key, pods_key = KEYS[1], KEYS[2], KEYS[3]
 local instance = ARGV[1]
 local counts = {
   fires = arg_number(2, 'fires'), successes = arg_number(3, 'successes'),
@@ -37,10 +63,17 @@ local PARAM_NAMES = {
   'quorum_fraction', 'min_pod_volume', 'reset_timeout_ms', 'reset_timeout_multiplier',
   'max_reset_timeout_ms', 'half_open_max_calls', 'lease_ttl_ms', 'max_entries', 'key_ttl_ms',
 }
-local p = {}
+local p, text = {}, {}
 for i, param in ipairs(PARAM_NAMES) do
-  p[param] = arg_number(12 + i, param)
+  p[param], text[param] = arg_number(12 + i, param), ARGV[12 + i]
 end
+-- A pod's vote depends on these two only (compared as the client wrote them).
+local rule = text.min_pod_volume .. ' ' .. text.error_threshold_percentage
+
+local POD_PREFIX = 'pod:'
+local HEADER = {
+  'entries', 'volume', 'failures', 'trips', 'epoch', 'reporting', 'votes', 'unsorted', 'latest',
+}
 
 -- A stats entry as a table, or nil for anything that is not a v1 entry.
 local function parse_entry(raw)
@@ -61,103 +94,319 @@ local function is_failing(failures, volume)
   return volume > 0 and failures * 100 > p.error_threshold_percentage * volume
 end
 
--- Why the entries say the shared breaker should open, or nil.
-local function decide(entries, epoch)
-  if p.quorum_count == 0 and p.quorum_fraction == 0 then
-    local volume, failures = 0, 0
-    for _, e in ipairs(entries) do
-      -- A trip reported under an older epoch comes from a pod that has not
-      -- heard of the latest close yet: it must not re-open the new period.
-      if e.local_open and e.epoch == epoch then
-        return 'local_trip'
+-- An idle pod (no completed calls, no trip) has no say.
+local function is_reporting(pod)
+  return pod.volume > 0 or pod.trips > 0
+end
+
+local function is_voting(pod)
+  return pod.trips > 0 or (pod.volume >= p.min_pod_volume and is_failing(pod.failures, pod.volume))
+end
+
+local function fmt(n)
+  return string.format('%.0f', n) -- every digit, never 1e+15
+end
+
+-- "<volume> <failures> <trips>" as a pod, or nil for garbage.
+local function parse_pod(raw)
+  if type(raw) ~= 'string' then
+    return nil
+  end
+  local v, f, t = string.match(raw, '^(%d+) (%d+) (%d+)$')
+  v, f, t = to_count(v), to_count(f), to_count(t)
+  if v == nil or f == nil or t == nil or f > v then
+    return nil
+  end
+  return { volume = v, failures = f, trips = t }
+end
+
+-- Aggregates of an empty list, counted for `epoch`. `replace`: on save the
+-- hash is written from scratch rather than updated.
+local function empty_aggregates(epoch)
+  return {
+    entries = 0, volume = 0, failures = 0, trips = 0, epoch = epoch, reporting = 0,
+    votes = 0, unsorted = 0, latest = 0, rule = rule, tail = false, pods = {}, replace = true,
+    dirty = true,
+  }
+end
+
+-- Recounts the votes under this report's rule (another pod's options differ):
+-- O(pods), no JSON. False when the pods do not add up to the pooled sums.
+local function adopt_rule(a)
+  local raw = redis.call('HGETALL', pods_key)
+  local volume, failures, trips, reporting, votes = 0, 0, 0, 0, 0
+  for i = 1, #raw, 2 do
+    if string.sub(raw[i], 1, #POD_PREFIX) == POD_PREFIX then
+      local pod = parse_pod(raw[i + 1])
+      if pod == nil then
+        return false
       end
-      volume = volume + e.successes + e.failures
-      failures = failures + e.failures
+      volume, failures, trips = volume + pod.volume, failures + pod.failures, trips + pod.trips
+      reporting = reporting + (is_reporting(pod) and 1 or 0)
+      votes = votes + (is_voting(pod) and 1 or 0)
     end
-    if volume >= p.volume_threshold and is_failing(failures, volume) then
+  end
+  if volume ~= a.volume or failures ~= a.failures or trips ~= a.trips
+      or reporting ~= a.reporting then
+    return false
+  end
+  a.votes, a.rule, a.dirty = votes, rule, true
+  return true
+end
+
+-- The stored aggregates if they describe a list of `length` entries and can
+-- be used with state `s`; nil when they must be rebuilt.
+local function load_aggregates(s, length)
+  if length == 0 then
+    return empty_aggregates(s.epoch) -- nothing to count, whatever is stored
+  end
+  if key_type(pods_key) ~= 'hash' then
+    return nil
+  end
+  local raw = redis.call('HMGET', pods_key, 'rule', 'tail', unpack(HEADER))
+  local a = { rule = raw[1], tail = raw[2], pods = {}, replace = false, dirty = false }
+  for i, field in ipairs(HEADER) do
+    a[field] = to_count(raw[i + 2])
+    if a[field] == nil then
+      return nil
+    end
+  end
+  if type(a.rule) ~= 'string' or a.entries ~= length or a.unsorted > length
+      or a.failures > a.volume or a.trips > length or a.votes > a.reporting
+      or a.reporting > length or redis.call('LINDEX', stats_key, -1) ~= a.tail
+      or redis.call('HLEN', pods_key) ~= #HEADER + 2 + a.reporting then
+    return nil -- HLEN: one field per reporting pod, none missing, none more
+  end
+  -- Trips count for one epoch; a closed breaker decides on its own.
+  if s.state == 'closed' and a.epoch ~= s.epoch then
+    return nil
+  end
+  if a.rule ~= rule and not adopt_rule(a) then
+    return nil
+  end
+  return a
+end
+
+local function pod_of(a, inst)
+  local pod = a.pods[inst]
+  if pod == nil then
+    if a.replace then
+      pod = { volume = 0, failures = 0, trips = 0 }
+    else
+      local raw = redis.call('HMGET', pods_key, POD_PREFIX .. inst)[1]
+      if raw == false then
+        pod = { volume = 0, failures = 0, trips = 0, missing = true }
+      else
+        pod = parse_pod(raw)
+        if pod == nil then
+          return nil
+        end
+      end
+    end
+    a.pods[inst] = pod
+  end
+  return pod
+end
+
+-- Adds (sign 1) or removes (sign -1) a parsed entry; false when the result
+-- cannot be right (the aggregates were wrong before).
+local function apply(a, e, sign)
+  local volume, failures = e.successes + e.failures, e.failures
+  local trips = (e.local_open and e.epoch == a.epoch) and 1 or 0
+  if volume == 0 and trips == 0 then
+    return true -- counts nowhere (failures <= volume)
+  end
+  local pod = pod_of(a, e.instance)
+  if pod == nil or (sign < 0 and pod.missing) then
+    return false
+  end
+  local was_reporting, was_voting = is_reporting(pod), is_voting(pod)
+  pod.volume = pod.volume + sign * volume
+  pod.failures = pod.failures + sign * failures
+  pod.trips = pod.trips + sign * trips
+  pod.missing, pod.dirty = nil, true
+  a.volume = a.volume + sign * volume
+  a.failures = a.failures + sign * failures
+  a.trips = a.trips + sign * trips
+  a.reporting = a.reporting + (is_reporting(pod) and 1 or 0) - (was_reporting and 1 or 0)
+  a.votes = a.votes + (is_voting(pod) and 1 or 0) - (was_voting and 1 or 0)
+  a.dirty = true
+  return pod.failures >= 0 and pod.trips >= 0 and pod.failures <= pod.volume
+    and a.failures >= 0 and a.failures <= a.volume and a.trips >= 0 and a.reporting >= 0
+    and a.votes >= 0
+end
+
+-- Counts an entry (`raw`, parsed as `e`) just appended behind `before` others.
+local function count_appended(a, raw, e, before)
+  a.entries, a.tail, a.dirty = before + 1, raw, true
+  if e == nil then
+    return true
+  end
+  if e.timestamp < a.latest then
+    a.unsorted = before -- everything before it may be later than it
+  else
+    a.latest = e.timestamp
+  end
+  return apply(a, e, 1)
+end
+
+local function count_popped(a, e)
+  a.entries, a.dirty = a.entries - 1, true
+  a.unsorted = math.max(0, a.unsorted - 1)
+  if a.entries == 0 then
+    a.latest = 0
+  end
+  return e == nil or apply(a, e, -1)
+end
+
+-- Aggregates of `raws` (list entries, oldest first) counted for `epoch`;
+-- `keep(e)` picks the entries that count.
+local function aggregate(raws, epoch, keep)
+  local a = empty_aggregates(epoch)
+  for i, raw in ipairs(raws) do
+    local e = parse_entry(raw)
+    if e ~= nil and not keep(e) then
+      e = nil
+    end
+    count_appended(a, raw, e, i - 1)
+  end
+  return a
+end
+
+local function save_aggregates(a, ttl_ms)
+  if a.entries == 0 then
+    redis.call('DEL', pods_key)
+    return
+  end
+  if not a.dirty then
+    redis.call('PEXPIRE', pods_key, ttl_ms)
+    return
+  end
+  local fields = { 'rule', a.rule, 'tail', a.tail }
+  for _, field in ipairs(HEADER) do
+    fields[#fields + 1] = field
+    fields[#fields + 1] = fmt(a[field])
+  end
+  local gone = {}
+  for inst, pod in pairs(a.pods) do
+    if pod.dirty then
+      if pod.volume == 0 and pod.failures == 0 and pod.trips == 0 then
+        gone[#gone + 1] = POD_PREFIX .. inst
+      else
+        fields[#fields + 1] = POD_PREFIX .. inst
+        fields[#fields + 1] = fmt(pod.volume) .. ' ' .. fmt(pod.failures) .. ' ' .. fmt(pod.trips)
+      end
+    end
+  end
+  if a.replace then
+    redis.call('DEL', pods_key)
+  elseif #gone > 0 then
+    for i = 1, #gone, 1000 do
+      redis.call('HDEL', pods_key, unpack(gone, i, math.min(i + 999, #gone)))
+    end
+  end
+  -- In slices: unpack() of thousands of values would overflow Lua's C stack.
+  for i = 1, #fields, 2000 do
+    redis.call('HSET', pods_key, unpack(fields, i, math.min(i + 1999, #fields)))
+  end
+  redis.call('PEXPIRE', pods_key, ttl_ms)
+end
+
+-- Why the aggregates say the shared breaker should open, or nil.
+local function decide(a)
+  if p.quorum_count == 0 and p.quorum_fraction == 0 then
+    -- A trip reported under an older epoch comes from a pod that has not
+    -- heard of the latest close yet: it must not re-open the new period.
+    if a.trips > 0 then
+      return 'local_trip'
+    end
+    if a.volume >= p.volume_threshold and is_failing(a.failures, a.volume) then
       return 'pooled_rate'
     end
     return nil
   end
   -- Quorum: each pod votes on its own entries; the pooled rate has no say.
-  local pods = {}
-  for _, e in ipairs(entries) do
-    local pod = pods[e.instance]
-    if pod == nil then
-      pod = { volume = 0, failures = 0, tripped = false }
-      pods[e.instance] = pod
-    end
-    pod.volume = pod.volume + e.successes + e.failures
-    pod.failures = pod.failures + e.failures
-    pod.tripped = pod.tripped or (e.local_open and e.epoch == epoch)
-  end
-  local votes, reporting = 0, 0
-  for _, pod in pairs(pods) do
-    if pod.tripped or pod.volume > 0 then
-      reporting = reporting + 1 -- an idle pod has no say
-    end
-    if pod.tripped or (pod.volume >= p.min_pod_volume and is_failing(pod.failures, pod.volume)) then
-      votes = votes + 1
-    end
-  end
   local needed = p.quorum_count
   if needed == 0 then
     -- The epsilon keeps 0.28 * 25 (7.000000000000001 in doubles) at 7 votes.
-    needed = math.max(1, math.ceil(p.quorum_fraction * reporting - 1e-9))
+    needed = math.max(1, math.ceil(p.quorum_fraction * a.reporting - 1e-9))
   end
-  if votes >= needed then
+  if a.votes >= needed then
     return 'quorum'
   end
   return nil
 end
 
 local now = now_ms()
-local s = load_or_create(state_key, candidate_gen)
+local s, created = load_or_create(state_key, candidate_gen)
 
 if key_type(stats_key) ~= 'list' then
   redis.call('DEL', stats_key) -- missing, or something that is not ours
 end
+local length = redis.call('LLEN', stats_key)
+local a = load_aggregates(s, length) -- nil: rebuilt below, once the list is trimmed
+
 local nonempty = local_open
 for _, n in pairs(counts) do
   nonempty = nonempty or n ~= 0
 end
 if nonempty then
-  redis.call('RPUSH', stats_key, cjson.encode({
+  local raw = cjson.encode({
     v = 1, timestamp = now, instance = instance,
     fires = counts.fires, successes = counts.successes, failures = counts.failures,
     timeouts = counts.timeouts, rejects = counts.rejects,
     local_open = local_open, epoch = known_epoch,
-  }))
+  })
+  redis.call('RPUSH', stats_key, raw)
+  -- Counted as it reads back, so adding and removing it agree to the digit.
+  if a ~= nil and not count_appended(a, raw, parse_entry(raw), length) then
+    a = nil
+  end
+  length = length + 1
 end
 
+-- The cap first, then the age: the head left is young, so when the entries
+-- are in time order every entry left is young.
+while length > p.max_entries do
+  local e = parse_entry(redis.call('LPOP', stats_key))
+  length = length - 1
+  if a ~= nil and not count_popped(a, e) then
+    a = nil
+  end
+end
 -- Entries at or before the cutoff are out: older than the window, or from
 -- before the last close (the window is cleared on close).
 local cutoff = math.max(now - p.window_ms, s.closed_at)
-while true do
-  local head = redis.call('LINDEX', stats_key, 0)
-  if not head then
-    break
-  end
-  local e = parse_entry(head)
+while length > 0 do
+  local e = parse_entry(redis.call('LINDEX', stats_key, 0))
   if e ~= nil and e.timestamp > cutoff then
     break
   end
   redis.call('LPOP', stats_key)
+  length = length - 1
+  if a ~= nil and not count_popped(a, e) then
+    a = nil
+  end
 end
-redis.call('LTRIM', stats_key, -p.max_entries, -1)
 
--- Only a closed breaker can be opened, so only then are the entries read.
+if a == nil then
+  a = aggregate(redis.call('LRANGE', stats_key, 0, -1), s.epoch, function()
+    return true
+  end)
+end
+
+-- Only a closed breaker can be opened, so only then is there a decision.
 local changed = false
 if s.state == 'closed' then
-  local entries = {}
-  for _, raw in ipairs(redis.call('LRANGE', stats_key, 0, -1)) do
-    local e = parse_entry(raw)
-    -- Old entries behind a young head (a clock step back) are skipped, not trusted.
-    if e ~= nil and e.timestamp > cutoff then
-      entries[#entries + 1] = e
-    end
+  local judged = a
+  if a.unsorted > 0 then
+    -- Old entries behind a young head (a clock step back) are skipped, not
+    -- trusted: count the young ones alone, until the old have been popped.
+    judged = aggregate(redis.call('LRANGE', stats_key, 0, -1), s.epoch, function(e)
+      return e.timestamp > cutoff
+    end)
   end
-  local reason = decide(entries, s.epoch)
+  local reason = decide(judged)
   if reason ~= nil then
     open_state(state_key, s, now, reason, p.reset_timeout_ms, p.reset_timeout_multiplier,
       p.max_reset_timeout_ms, jitter)
@@ -165,8 +414,14 @@ if s.state == 'closed' then
   end
 end
 
-save_state(state_key, s, now, p.key_ttl_ms)
+-- An idle tick changes nothing in the state hash: only its TTL is renewed.
+if created or changed then
+  save_state(state_key, s, now, p.key_ttl_ms)
+else
+  expire_state(state_key, s, now, p.key_ttl_ms)
+end
 redis.call('PEXPIRE', stats_key, p.key_ttl_ms)
+save_aggregates(a, p.key_ttl_ms)
 if changed then
   publish(channel, name, instance, s, now)
 end

@@ -78,9 +78,10 @@ def test_decode_name_accepts_only_canonical_encodings(bad: str) -> None:
 
 
 def test_breaker_keys_layout() -> None:
-    """Three names under one hash tag, as ARCHITECTURE.md §5 lays them out."""
+    """Every name under one hash tag, as ARCHITECTURE.md §5 lays them out."""
     keys = BreakerKeys.for_breaker(DEFAULT_PREFIX, "payments")
     assert keys.stats == "dopossum:{payments}:distributedStats"
+    assert keys.pods == "dopossum:{payments}:pods"
     assert keys.state == "dopossum:{payments}:state"
     assert keys.events == "dopossum:{payments}:events"
     assert (keys.prefix, keys.name) == ("dopossum", "payments")
@@ -91,9 +92,9 @@ def test_breaker_keys_layout() -> None:
 def test_hash_tag_cannot_be_broken(prefix: str, name: str) -> None:
     """Whatever the name, the tag is its encoding and every key lands on one slot."""
     keys = BreakerKeys.for_breaker(prefix, name)
-    for key in (keys.stats, keys.state, keys.events):
+    for key in (keys.stats, keys.state, keys.pods, keys.events):
         assert redis_hash_tag(key) == encode_name(name)
-    slots = {key_slot(k.encode()) for k in (keys.stats, keys.state, keys.events)}
+    slots = {key_slot(k.encode()) for k in (keys.stats, keys.state, keys.pods, keys.events)}
     assert slots == {key_slot(encode_name(name).encode())}
 
 
@@ -101,7 +102,7 @@ def test_lookalike_names_do_not_collide() -> None:
     """Names that would collide under naive joining get distinct keys."""
     names = ["a:b", "a%3Ab", "a", "a:b}:state", "a}:state", "A:b", "a:b "]
     keys = [BreakerKeys.for_breaker("p", n) for n in names]
-    all_keys = [k for b in keys for k in (b.stats, b.state, b.events)]
+    all_keys = [k for b in keys for k in (b.stats, b.state, b.pods, b.events)]
     assert len(set(all_keys)) == len(all_keys)
 
 

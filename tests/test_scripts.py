@@ -227,7 +227,7 @@ async def test_script_rejects_bad_argv_loudly(any_redis_client: Client) -> None:
     args: list[str | int | float] = ["pod", "x", 0, 0, 0, 0, 0, 0, 1.0, "g", "ch", "n"]
     args += PARAMS.to_argv()
     with pytest.raises(ResponseError, match="fires"):
-        await any_redis_client.evalsha(sha, 2, KEYS.stats, KEYS.state, *args)
+        await any_redis_client.evalsha(sha, 3, KEYS.stats, KEYS.state, KEYS.pods, *args)
 
 
 # --------------------------------------------------------------------------- NOSCRIPT
@@ -338,7 +338,7 @@ async def test_batch_errors_stay_with_their_call(any_redis_client: Client) -> No
     batch._calls.append(
         _scripts._Call(
             scripts_by_name["report_window"],
-            (KEYS.stats, KEYS.state),
+            (KEYS.stats, KEYS.state, KEYS.pods),
             ("pod", "not-a-number"),
             batch._calls[0].parse,
         )
