@@ -21,6 +21,7 @@ from typing import Any
 
 from ._breaker import CircuitBreaker
 from ._errors import OpenCircuitError
+from ._keys import DEFAULT_PREFIX, BreakerKeys
 
 __all__ = ["main"]
 
@@ -69,11 +70,8 @@ async def run(url: str | None, pods: int, duration: float, quorum: int | None) -
         print(f"{time.monotonic() - start:6.3f}s  {message}", flush=True)
 
     clients = _clients(url, pods)
-    await clients[0].delete(
-        "dopossum:{payments}:state",
-        "dopossum:{payments}:distributedStats",
-        "dopossum:{payments}:pods",
-    )
+    keys = BreakerKeys.for_breaker(DEFAULT_PREFIX, "payments")
+    await clients[0].delete(keys.state, keys.stats, keys.pods)  # a fresh start on a real Redis
     breakers = []
     for index, client in enumerate(clients):
         pod = f"pod-{index}"
