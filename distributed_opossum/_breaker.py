@@ -128,6 +128,7 @@ class CircuitBreaker(Generic[P, R]):
         self._background: set[asyncio.Task[None]] = set()
         self._guards: dict[asyncio.Task[Any] | None, list[_guard.Guard]] = {}
         self._gate = False
+        self._timers_missed = False  # a timer wanted while no event loop ran
         if opts.state is not None:
             _persist.restore(self, opts.state, now)
         self._link = (
@@ -590,8 +591,8 @@ class CircuitBreaker(Generic[P, R]):
         self._events.off(event, handler)
 
     def _listeners_changed(self) -> None:
+        self._refresh_snapshots()  # first: it may find no loop to arm a timer on
         self._refresh_gate()
-        self._refresh_snapshots()
 
     def _refresh_gate(self) -> None:
         self._gate = (
@@ -603,6 +604,7 @@ class CircuitBreaker(Generic[P, R]):
             or self._capacity != sys.maxsize
             or self._core.state is not _CLOSED
             or (self._link is not None and self._link.coordinator is None)
+            or self._timers_missed
         )
 
     def _refresh_snapshots(self) -> None:
@@ -649,7 +651,17 @@ class CircuitBreaker(Generic[P, R]):
             self._events.emit(_STATE_EVENTS[transition.state], transition.cause)
 
     def _attach(self) -> bool:
-        """Join the coordinator if distributed and not yet joined; True when joined."""
+        """Start what needed a running loop (timers, the coordinator); True when joined.
+
+        A breaker made, given a snapshot listener or restored open outside an
+        event loop could not arm its timers then; its first call does.
+        """
+        if self._timers_missed:
+            self._timers_missed = False
+            self._refresh_snapshots()
+            if self._core.state is State.OPEN and self._half_open_timer is None:
+                self._apply_open_deadline(self._monotonic())
+            self._refresh_gate()
         link = self._link
         if link is None:
             return False
@@ -712,6 +724,7 @@ class CircuitBreaker(Generic[P, R]):
         try:
             return self._clock.call_later(delay, callback)
         except RuntimeError:
+            self._timers_missed = True  # armed by the first call, through the gate
             return None
 
     def _spawn(self, coroutine: Any) -> None:
