@@ -151,11 +151,6 @@ class EventEmitter:
 
         task.add_done_callback(report)
 
-    async def drain(self) -> None:
-        """Wait for the async handlers still running (used by ``shutdown()`` and tests)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
     def _changed(self) -> None:
         self.call_listened = any(name in self._handlers for name in CALL_EVENTS)
         if self._on_change is not None:

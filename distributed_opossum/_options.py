@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
+from ._checks import check_int
 from ._clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["BreakerOptions", "DistributedOptions", "parse_options"]
@@ -69,7 +70,7 @@ class DistributedOptions:
                     f"distributed: 'quorum' as a fraction must be in (0, 1], got {quorum}"
                 )
         if self.min_pod_volume is not None:
-            _check_int("distributed: 'min_pod_volume'", self.min_pod_volume, minimum=0)
+            check_int("distributed: 'min_pod_volume'", self.min_pod_volume, minimum=0)
         if self.sync_interval is not None:
             object.__setattr__(
                 self,
@@ -197,10 +198,10 @@ def parse_options(action: Callable[..., Any], given: Mapping[str, Any]) -> Break
         ("rolling_count_buckets", 1),
     ):
         if key in raw:
-            values[key] = _check_int(f"'{key}'", raw.pop(key), minimum=minimum)
+            values[key] = check_int(f"'{key}'", raw.pop(key), minimum=minimum)
     for key in ("capacity", "cache_size", "coalesce_size"):
         if key in raw and raw[key] is not None:
-            values[key] = _check_int(f"'{key}'", raw.pop(key), minimum=1)
+            values[key] = check_int(f"'{key}'", raw.pop(key), minimum=1)
         raw.pop(key, None)
     for key in (
         "rolling_percentiles_enabled",
@@ -263,14 +264,6 @@ def _number(label: str, value: object) -> float:
     if math.isnan(value) or math.isinf(value):
         raise ValueError(f"{label} must be finite, got {value!r}")
     return float(value)
-
-
-def _check_int(label: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{label} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{label} must be >= {minimum}, got {value}")
-    return value
 
 
 def _duration(label: str, value: object, *, positive: bool) -> float:

@@ -103,14 +103,12 @@ class RollingWindow:
         "head",
         "head_seq",
         "interval",
-        "length",
         "percentiles_enabled",
     )
 
     def __init__(
         self, length: float, bucket_count: int, now: float, *, percentiles_enabled: bool = True
     ) -> None:
-        self.length = length
         self.interval = length / bucket_count
         self.percentiles_enabled = percentiles_enabled
         self._buckets = [Bucket() for _ in range(bucket_count)]
