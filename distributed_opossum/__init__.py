@@ -16,6 +16,7 @@ from ._errors import (
     ShutdownError,
 )
 from ._options import BreakerOptions, DistributedOptions
+from ._registry import ShutdownAll, breakers, shutdown_all
 from ._state import Cause, State
 from ._stats import Stats
 
@@ -29,8 +30,11 @@ __all__ = [
     "OpenCircuitError",
     "RegistryError",
     "SemaphoreLockedError",
+    "ShutdownAll",
     "ShutdownError",
     "State",
     "Stats",
+    "breakers",
     "circuit_breaker",
+    "shutdown_all",
 ]

@@ -14,13 +14,14 @@ reads, a few counter increments and the one timeout-queue entry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import random
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from . import _guard, _health, _persist
+from . import _guard, _health, _persist, _registry
 from ._backoff import open_period
 from ._cache import MemoryCache, call_key, maybe_await
 from ._clock import TimerHandle
@@ -33,6 +34,7 @@ from ._errors import (
     ShutdownError,
 )
 from ._events import EventEmitter, Handler
+from ._fallback import check_fallback
 from ._link import SharedLink
 from ._options import BreakerOptions, parse_options
 from ._state import Cause, State, StateMachine, Transition, exceeds_threshold
@@ -53,6 +55,11 @@ _STATE_EVENTS = {
     State.HALF_OPEN: "half_open",
     State.CLOSED: "close",
 }
+
+
+def _no_action(*args: Any, **kwargs: Any) -> Any:
+    """The action of a breaker made without one (never called: the gate stops fire())."""
+    raise AssertionError("unreachable: a breaker without an action is always gated")
 
 
 class CircuitBreaker(Generic[P, R]):
@@ -78,12 +85,17 @@ class CircuitBreaker(Generic[P, R]):
     @overload
     def __init__(self, action: Callable[P, R], **options: Any) -> None: ...
 
-    def __init__(self, action: Callable[P, Any], **options: Any) -> None:
-        if not callable(action):
+    @overload
+    def __init__(self: CircuitBreaker[..., None], action: None = None, **options: Any) -> None: ...
+
+    def __init__(self, action: Callable[P, Any] | None = None, **options: Any) -> None:
+        if action is not None and not callable(action):
             raise TypeError(f"action must be callable, got {action!r}")
         opts = parse_options(action, options)
         self._options = opts
-        self._action: Callable[..., Any] = action
+        # Without one, the breaker only guards ``async with`` blocks; the gate
+        # keeps fire() off the plain path, and _fire_gated() says why.
+        self._action: Callable[..., Any] = action if action is not None else _no_action
         self._action_is_async = inspect.iscoroutinefunction(action)
         self._clock = opts.clock
         self._monotonic = opts.clock.monotonic
@@ -129,6 +141,10 @@ class CircuitBreaker(Generic[P, R]):
         self._guards: dict[asyncio.Task[Any] | None, list[_guard.Guard]] = {}
         self._gate = False
         self._timers_missed = False  # a timer wanted while no event loop ran
+        # The loop this breaker's timers and coordinator belong to; the first
+        # call on another loop re-arms them there (see _rebind).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_bound = False  # holds something of a loop even on the plain path
         if opts.state is not None:
             _persist.restore(self, opts.state, now)
         self._link = (
@@ -138,6 +154,9 @@ class CircuitBreaker(Generic[P, R]):
             # With a running loop the first sync starts now (an open cluster is
             # learnt before the first call, nearly always); else on first use.
             self._link.attach()
+        _registry.track(self)
+        with contextlib.suppress(RuntimeError):  # no loop runs: the first call binds one
+            self._loop = _running_loop()  # what __init__ armed, it armed on this loop
         self._refresh_gate()
 
     # -- calling ---------------------------------------------------------------------------------
@@ -160,12 +179,16 @@ class CircuitBreaker(Generic[P, R]):
         # The plain path: closed, enabled, nobody listening, no cache, coalescing
         # or capacity. It is _execute() inlined, minus what cannot happen here;
         # every nanosecond counts (see BENCHMARKS.md), so no helper calls.
+        # A call on another loop than the breaker's goes the gated way once,
+        # which re-arms the breaker's timers and coordinator on that loop.
         monotonic = self._monotonic
-        now = monotonic()
         window = self._window
-        (window.head if now < window.bucket_end else window.roll(now)).fires += 1
         deadlines = self._deadlines
         if deadlines is None:
+            if self._loop_bound and _running_loop() is not self._loop:
+                return await self._fire_gated(args, kwargs)  # type: ignore[no-any-return]
+            now = monotonic()
+            (window.head if now < window.bucket_end else window.roll(now)).fires += 1
             try:
                 if self._action_is_async:
                     result = await self._action(*args, **kwargs)
@@ -178,7 +201,12 @@ class CircuitBreaker(Generic[P, R]):
                     return await self._run_fallback(error, args, kwargs)  # type: ignore[no-any-return]
                 raise  # here rather than in a helper: one coroutine hop less per failure
         else:
-            task = _task_of(_running_loop())
+            loop = _running_loop()
+            if loop is not self._loop:
+                return await self._fire_gated(args, kwargs)  # type: ignore[no-any-return]
+            now = monotonic()
+            (window.head if now < window.bucket_end else window.roll(now)).fires += 1
+            task = _task_of(loop)
             entry = [now + deadlines.timeout, task, 0]  # DeadlineQueue.push, inlined
             entries = deadlines.entries
             entries.append(entry)
@@ -220,16 +248,23 @@ class CircuitBreaker(Generic[P, R]):
         """``fire()`` when anything beyond the plain closed path is configured."""
         if self._shutdown:
             raise ShutdownError(breaker_name=self.name)
+        action = self._action
+        if action is _no_action:
+            raise TypeError(
+                f"breaker {self.name!r} has no action to fire: guard a block with "
+                "'async with breaker:', or pass an action to CircuitBreaker()"
+            )
         self._attach()
+        key: Any = None
+        if self._enabled and (self._cache is not None or self._coalesce is not None):
+            # Before the call is counted: a key that cannot be made is the caller's error.
+            key = self._key(*args, **kwargs) if self._key is not None else call_key(args, kwargs)
         now = self._monotonic()
         self._window.roll(now).fires += 1
         self._events.emit("fire", args)
         if not self._enabled:
-            result = self._action(*args, **kwargs)
+            result = action(*args, **kwargs)
             return await result if inspect.isawaitable(result) else result
-        key: Any = None
-        if self._cache is not None or self._coalesce is not None:
-            key = self._key(*args, **kwargs) if self._key is not None else call_key(args, kwargs)
         if self._cache is not None:
             cached = await maybe_await(self._cache.get(key))
             bucket = self._window.roll(self._monotonic())
@@ -424,10 +459,19 @@ class CircuitBreaker(Generic[P, R]):
     async def _run_fallback(
         self, error: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        """``fallback(*args, error, **kwargs)``, counted and announced."""
-        result = self._fallback(*args, error, **kwargs)  # type: ignore[misc]
-        if inspect.isawaitable(result):
-            result = await result
+        """``fallback(*args, error, **kwargs)``, counted and announced.
+
+        A fallback that raises keeps ``error`` reachable as its ``__context__``,
+        wherever this runs (inside the ``except`` that caught it, or not).
+        """
+        try:
+            result = self._fallback(*args, error, **kwargs)  # type: ignore[misc]
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as fallback_error:
+            if fallback_error is not error and fallback_error.__context__ is None:
+                fallback_error.__context__ = error
+            raise
         self._window.roll(self._monotonic()).fallbacks += 1
         self._events.emit("fallback", result, error)
         return result
@@ -533,9 +577,13 @@ class CircuitBreaker(Generic[P, R]):
         self._refresh_gate()
 
     def fallback(self, fn: Callable[..., Any]) -> CircuitBreaker[P, R]:
-        """Use ``fn(*args, error, **kwargs)`` (sync or async) when a call fails or is rejected."""
-        if not callable(fn):
-            raise TypeError(f"fallback must be callable, got {fn!r}")
+        """Use ``fn(*args, error, **kwargs)`` (sync or async) when a call fails or is rejected.
+
+        Raises:
+            TypeError: ``fn`` is not callable, or cannot take the action's
+                required positional arguments followed by the error.
+        """
+        check_fallback(fn, None if self._action is _no_action else self._action)
         self._fallback = fn
         return self
 
@@ -577,7 +625,7 @@ class CircuitBreaker(Generic[P, R]):
         if self._coalesce is not None:
             self._coalesce.clear()
         if self._link is not None:
-            self._link.detach()
+            await self._link.detach()
         self._events.emit("shutdown")
 
     # -- events ----------------------------------------------------------------------------------
@@ -595,17 +643,20 @@ class CircuitBreaker(Generic[P, R]):
         self._refresh_gate()
 
     def _refresh_gate(self) -> None:
+        link = self._link
         self._gate = (
             self._shutdown
+            or self._action is _no_action
             or not self._enabled
             or self._events.call_listened
             or self._cache is not None
             or self._coalesce is not None
             or self._capacity != sys.maxsize
             or self._core.state is not _CLOSED
-            or (self._link is not None and self._link.coordinator is None)
+            or (link is not None and link.coordinator is None and not link.client_closed)
             or self._timers_missed
         )
+        self._loop_bound = link is not None or self._snapshot_timer is not None
 
     def _refresh_snapshots(self) -> None:
         wanted = (
@@ -651,12 +702,16 @@ class CircuitBreaker(Generic[P, R]):
             self._events.emit(_STATE_EVENTS[transition.state], transition.cause)
 
     def _attach(self) -> bool:
-        """Start what needed a running loop (timers, the coordinator); True when joined.
+        """Start what needs the running loop (timers, the coordinator); True when joined.
 
         A breaker made, given a snapshot listener or restored open outside an
-        event loop could not arm its timers then; its first call does.
+        event loop could not arm its timers then; its first call does. A
+        breaker used on a new loop re-arms there what its old loop held.
         """
-        if self._timers_missed:
+        loop = _running_loop()
+        if loop is not self._loop:
+            self._rebind(loop)
+        elif self._timers_missed:
             self._timers_missed = False
             self._refresh_snapshots()
             if self._core.state is State.OPEN and self._half_open_timer is None:
@@ -665,9 +720,31 @@ class CircuitBreaker(Generic[P, R]):
         link = self._link
         if link is None:
             return False
-        if link.coordinator is None and link.attach():
+        if link.coordinator is None and link.attach(loop):
             self._refresh_gate()
         return link.coordinator is not None
+
+    def _rebind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Move every timer and the coordinator to ``loop``.
+
+        A timer of a loop that has ended never fires: a timeout that is never
+        armed again, an open period that never ends with ``half_open``,
+        snapshots that stop. Nothing of the old loop is kept: a breaker is
+        used from one loop at a time (one after another is fine).
+        """
+        self._loop = loop
+        self._timers_missed = False
+        if self._deadlines is not None:
+            self._deadlines.close()  # armed again by the next call, on this loop
+        if self._snapshot_timer is not None:
+            self._snapshot_timer.cancel()
+            self._snapshot_timer = None
+        self._refresh_snapshots()
+        if self._core.state is State.OPEN:
+            self._apply_open_deadline(self._monotonic())
+        if self._link is not None:
+            self._link.attach(loop)
+        self._refresh_gate()
 
     def _follow_shared(
         self,

@@ -8,11 +8,22 @@ and one view of Redis' health (``registry_down`` / ``registry_up``).
 Both tasks are supervised: they re-raise cancellation, log and count every
 other error, reconnect with capped, jittered backoff, and never die silently.
 Nothing here is on a breaker's call path.
+
+Lifecycle. A coordinator belongs to one loop. It closes when its last breaker
+leaves (and that breaker's ``shutdown()`` waits for it), when the application
+closes the client (``_redis_client.watch_close``), or when its loop ends: the
+loop's teardown (``asyncio.run``, pytest-asyncio, ``TestClient``) cancels its
+tasks, and a coordinator cancelled by anyone but itself *retires*: it closes its
+pub/sub connection while the loop still runs, and tells its breakers, which
+join a new coordinator on the loop of their next call. A closing coordinator is
+never handed out again, so a breaker made right after another one's shutdown
+gets a fresh one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import weakref
@@ -24,12 +35,13 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._keys import events_pattern
+from ._redis_client import is_closed, watch_close
 from ._scripts import SharedState, WindowReport, parse_broadcast, scripts_for
 
 if TYPE_CHECKING:
     from ._link import SharedLink
 
-__all__ = ["REDIS_ERRORS", "Coordinator", "coordinator_for"]
+__all__ = ["REDIS_ERRORS", "Coordinator", "coordinator_for", "live_coordinators"]
 
 logger = logging.getLogger("distributed_opossum")
 
@@ -55,13 +67,27 @@ _coordinators: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Co
 )
 
 
-def coordinator_for(client: Any, loop: asyncio.AbstractEventLoop) -> Coordinator:
-    """The coordinator of ``client`` on ``loop``, created on first use."""
+def coordinator_for(client: Any, loop: asyncio.AbstractEventLoop) -> Coordinator | None:
+    """The coordinator of ``client`` on ``loop``, created on first use; None once the
+    application closed the client."""
+    if is_closed(client):
+        return None
     per_loop = _coordinators.setdefault(loop, {})
     coordinator = per_loop.get(id(client))
     if coordinator is None or coordinator.client is not client or coordinator.closed:
         coordinator = per_loop[id(client)] = Coordinator(client, loop)
+        watch_close(client, coordinator)
     return coordinator
+
+
+def live_coordinators(client: Any = None) -> list[Coordinator]:
+    """Every coordinator not closing yet (of ``client`` only, when given), on any loop."""
+    return [
+        coordinator
+        for per_loop in list(_coordinators.values())
+        for coordinator in list(per_loop.values())
+        if not coordinator.closed and (client is None or coordinator.client is client)
+    ]
 
 
 class Coordinator:
@@ -80,6 +106,7 @@ class Coordinator:
         self.patterns: set[str] = set()
         self.down: BaseException | None = None
         self.closed = False
+        """True from the moment closing begins: never handed out again, loops stop."""
         self.stats: dict[str, int] = {
             "ticks": 0,
             "round_trips": 0,
@@ -95,6 +122,7 @@ class Coordinator:
         self._ticker: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._pubsub: Any = None
+        self._closing: asyncio.Task[None] | None = None
 
     # -- membership --------------------------------------------------------------------------
 
@@ -117,16 +145,29 @@ class Coordinator:
             self._listener = self.loop.create_task(self._listen_forever(), name="dopossum-listener")
         self._wake.set()
 
-    def unregister(self, link: SharedLink) -> None:
-        """Stop serving ``link``; the last one out stops the background tasks."""
+    def unregister(self, link: SharedLink) -> bool:
+        """Stop serving ``link``; True when it was the last one (then :meth:`close` it)."""
         self.links.discard(link)
         members = self.by_channel.get(link.keys.events)
         if members is not None:
             members.discard(link)
             if not members:
                 del self.by_channel[link.keys.events]
-        if not self.links:
-            self.spawn(self.close(), "close coordinator")
+        if self.links or self.closed:
+            return False
+        self._begin_close()
+        return True
+
+    @property
+    def serving(self) -> bool:
+        """True while breakers use the client through this coordinator."""
+        return not self.closed and bool(self.links)
+
+    async def client_closed(self) -> None:
+        """The application closed the client: stop before its connections go."""
+        for link in list(self.links):
+            link.coordinator_lost(self, client_closed=True)
+        await self.close()
 
     def report_soon(self, link: SharedLink) -> None:
         """Make ``link`` due now (a local trip is reported at once)."""
@@ -150,14 +191,60 @@ class Coordinator:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Stop the ticker and the listener and close the pub/sub connection."""
+        """Stop the ticker and the listener and close the pub/sub connection.
+
+        Every caller waits until that is done; called from another loop than
+        the coordinator's, it only starts the close there (or gives the
+        coordinator up, when that loop is closed).
+        """
+        self._begin_close()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self.loop:
+            self._close_elsewhere()
+            return
+        if self._closing is None:
+            self._closing = self.loop.create_task(self._finish_close())
+        await asyncio.shield(self._closing)
+
+    def spawn_close(self) -> None:
+        """Start closing without waiting for it (from any loop)."""
+        self._begin_close()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self._start_close()
+        else:
+            self._close_elsewhere()
+
+    def _begin_close(self) -> None:
+        """From now on nobody is handed this coordinator, and its loops stop."""
         if self.closed:
             return
         self.closed = True
         self._wake.set()
+        per_loop = _coordinators.get(self.loop)
+        if per_loop is not None and per_loop.get(id(self.client)) is self:
+            del per_loop[id(self.client)]
+
+    def _close_elsewhere(self) -> None:
+        if self.loop.is_closed():
+            return  # its tasks died with the loop; nothing left to await
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self.loop.call_soon_threadsafe(self._start_close)
+
+    def _start_close(self) -> None:
+        if self._closing is None:
+            self._closing = self.loop.create_task(self._finish_close())
+
+    async def _finish_close(self) -> None:
         current = asyncio.current_task()
         tasks = [t for t in (self._ticker, self._listener, *self._tasks) if t is not None]
-        tasks = [t for t in tasks if t is not current]
+        tasks = [t for t in tasks if t is not current and not t.done()]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -165,15 +252,42 @@ class Coordinator:
             # (the loops also stop on ``closed`` should a client swallow the cancel).
             await asyncio.wait(tasks, timeout=CLOSE_WAIT)
         await self._close_pubsub()
-        per_loop = _coordinators.get(self.loop)
-        if per_loop is not None and per_loop.get(id(self.client)) is self:
-            del per_loop[id(self.client)]
+
+    def _retire(self) -> None:
+        """Cancelled by someone else (the loop is ending): let the breakers go.
+
+        Each breaker joins a new coordinator on the loop of its next call.
+        """
+        if self.closed:
+            return
+        self._begin_close()
+        for link in list(self.links):
+            link.coordinator_lost(self)
+
+    async def _release_connections(self) -> None:
+        """Close what this loop opened on the client while the loop still runs.
+
+        The other tasks were cancelled with this one: once they are done, the
+        connections they used are back in the pool and can be closed too, so
+        that none bound to this loop is handed out on the next one.
+        """
+        current = asyncio.current_task()
+        others = [t for t in (self._ticker, *self._tasks) if t is not None and t is not current]
+        if others:
+            await asyncio.wait(others, timeout=CLOSE_WAIT)
+        await self._close_pubsub()
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            try:
+                await pool.disconnect(inuse_connections=False)
+            except Exception:  # a broken connection may fail to close; nothing to do
+                logger.debug("distributed_opossum: dropping idle connections failed", exc_info=True)
 
     # -- health ------------------------------------------------------------------------------
 
     def mark_down(self, error: BaseException) -> None:
         """Redis cannot be reached: announce ``registry_down`` once per outage."""
-        if self.down is not None:
+        if self.down is not None or self.closed:
             return
         self.down = error
         logger.warning("distributed_opossum: Redis unreachable (%r); deciding locally", error)
@@ -191,7 +305,7 @@ class Coordinator:
 
     def mark_up(self) -> None:
         """Redis answers again: announce ``registry_up`` and reconcile every breaker."""
-        if self.down is None:
+        if self.down is None or self.closed:
             return
         self.down = None
         logger.info("distributed_opossum: Redis reachable again")
@@ -208,12 +322,17 @@ class Coordinator:
             try:
                 await self._tick()
             except asyncio.CancelledError:
+                self._retire()
                 raise
             except Exception:
                 self.stats["tick_errors"] += 1
                 logger.exception("distributed_opossum: report tick failed")
                 await asyncio.sleep(RECONNECT_MIN)
-            await self._sleep_until_due()
+            try:
+                await self._sleep_until_due()
+            except asyncio.CancelledError:
+                self._retire()
+                raise
 
     async def _sleep_until_due(self) -> None:
         links = list(self.links)
@@ -323,14 +442,23 @@ class Coordinator:
                     if message is not None:
                         self._on_message(message)
             except asyncio.CancelledError:
+                if self._closing is None:  # not our close: the loop is ending
+                    self._retire()
+                    await self._release_connections()
                 raise
             except REDIS_ERRORS as error:
+                if self.closed:
+                    break  # closing (the client was closed, say): not an outage
                 self.stats["listener_errors"] += 1
                 self.mark_down(error)
             except (RedisError, RuntimeError):
+                if self.closed:
+                    break
                 self.stats["listener_errors"] += 1
                 logger.exception("distributed_opossum: pub/sub listener error")
             await self._close_pubsub()
+            if self.closed:
+                break
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, RECONNECT_MAX)
 

@@ -48,7 +48,10 @@ def circuit_breaker(
     """Decorate a coroutine function so every call goes through a :class:`CircuitBreaker`.
 
     The options are those of ``CircuitBreaker``; ``name`` defaults to the
-    function's ``__qualname__``. The breaker is reachable as ``.breaker``.
+    function's ``__qualname__`` (``distributed`` needs an explicit one). The
+    breaker is reachable as ``.breaker``. Plain functions, methods, and
+    ``classmethod``/``staticmethod`` objects on either side of this
+    decorator work; one breaker guards a method for every instance.
 
     Example::
 
@@ -60,6 +63,17 @@ def circuit_breaker(
     """
 
     def decorate(fn: Callable[P, Awaitable[R]]) -> BreakerFunction[P, R]:
+        if isinstance(fn, classmethod | staticmethod):
+            # Guard the function inside, then wrap it again the same way.
+            inner = decorate(fn.__func__)
+            rewrapped: Any = type(fn)(inner)
+            rewrapped.breaker = inner.breaker
+            return rewrapped  # type: ignore[no-any-return]  # a descriptor, typed as its function
+        if not callable(fn):
+            raise TypeError(
+                f"circuit_breaker() decorates functions and methods, got {type(fn).__name__} "
+                f"{fn!r:.80}"
+            )
         breaker: CircuitBreaker[P, R] = CircuitBreaker(fn, **options)
 
         @functools.wraps(fn)

@@ -107,7 +107,7 @@ class SharedLink:
         self.prefix = distributed.prefix
         self.instance = distributed.instance_id
         self.params = decision_params(options, distributed)
-        self.interval = distributed.sync_interval or options.bucket_interval
+        self.interval = options.report_interval
         self.jitter_fraction = options.reset_timeout_jitter
         self.lease_wait = min(LEASE_WAIT, options.timeout or LEASE_WAIT)
         self.next_due = 0.0
@@ -115,6 +115,8 @@ class SharedLink:
         self.epoch = -1
         self.shared = "closed"
         self.coordinator: Coordinator | None = None
+        self.client_closed = False
+        """True once the application closed the client: the breaker stays local."""
         self._reported_seq = -1
         self._vote = False
         self._holders: dict[int, tuple[str, int]] = {}  # local permit -> (holder, epoch)
@@ -124,24 +126,53 @@ class SharedLink:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def attach(self) -> bool:
-        """Join this event loop's coordinator for the client (False when no loop runs)."""
-        if self.coordinator is not None:
-            return True
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+    def attach(self, loop: asyncio.AbstractEventLoop | None = None) -> bool:
+        """Join the coordinator of the client on ``loop`` (the running one by default).
+
+        False when no loop runs or the client was closed. A coordinator of
+        another loop, or one that is closing, is left first.
+        """
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return False
+        current = self.coordinator
+        if current is not None:
+            if current.loop is loop and not current.closed:
+                return True
+            self._leave(current)
+        if self.client_closed:
+            return False
+        coordinator = coordinator_for(self.client, loop)
+        if coordinator is None:
+            self.client_closed = True
             return False
         self._reported_seq = self.breaker._window.head_seq - 1
-        self.coordinator = coordinator_for(self.client, loop)
-        self.coordinator.register(self)
+        self.coordinator = coordinator
+        coordinator.register(self)
         return True
 
-    def detach(self) -> None:
-        """Leave the coordinator (at shutdown)."""
-        if self.coordinator is not None:
-            self.coordinator.unregister(self)
+    async def detach(self) -> None:
+        """Leave the coordinator (at shutdown); the last one out waits for its close."""
+        coordinator = self.coordinator
+        if coordinator is not None:
             self.coordinator = None
+            if coordinator.unregister(self):
+                await coordinator.close()
+
+    def _leave(self, coordinator: Coordinator) -> None:
+        """Leave a coordinator of another loop, or a closing one, without waiting."""
+        self.coordinator = None
+        if coordinator.unregister(self):
+            coordinator.spawn_close()
+
+    def coordinator_lost(self, coordinator: Coordinator, *, client_closed: bool = False) -> None:
+        """``coordinator`` stopped serving (its loop ended, or the client was closed)."""
+        if self.coordinator is coordinator:
+            self.coordinator = None
+        self.client_closed = self.client_closed or client_closed
+        self.breaker._refresh_gate()
 
     @property
     def registry_down(self) -> bool:

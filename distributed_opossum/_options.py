@@ -19,10 +19,29 @@ from typing import Any
 
 from ._checks import check_int
 from ._clock import SYSTEM_CLOCK, Clock
+from ._names import MAX_NAME_LENGTH, check_name, default_name
+from ._redis_client import check_client
 
-__all__ = ["BreakerOptions", "DistributedOptions", "parse_options"]
+__all__ = [
+    "MAX_INSTANCE_ID_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_ROLLING_COUNT_BUCKETS",
+    "MIN_SYNC_INTERVAL",
+    "BreakerOptions",
+    "DistributedOptions",
+    "parse_options",
+]
 
 COALESCE_OUTCOMES = frozenset({"error", "success", "timeout"})
+
+MAX_ROLLING_COUNT_BUCKETS = 1000
+"""Most buckets in a window: each bucket is an object with its own counters and
+latency samples, so a window of 10**9 buckets would exhaust memory."""
+MIN_SYNC_INTERVAL = 0.01
+"""Shortest report interval of a distributed breaker, in seconds: every report is
+a script call on Redis. A shorter bucket interval still reports this often."""
+MAX_INSTANCE_ID_LENGTH = 200
+"""Longest ``instance_id``: it travels in every report and broadcast."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,8 +68,7 @@ class DistributedOptions:
     sync_interval: float | None = None
 
     def __post_init__(self) -> None:
-        if self.client is None:
-            raise ValueError("distributed: 'client' is required (a redis.asyncio client)")
+        check_client("distributed: 'client'", self.client)
         if not isinstance(self.prefix, str) or not self.prefix:
             raise ValueError(f"distributed: 'prefix' must be a non-empty str, got {self.prefix!r}")
         if "{" in self.prefix or "}" in self.prefix:
@@ -58,6 +76,11 @@ class DistributedOptions:
         if not isinstance(self.instance_id, str) or not self.instance_id:
             raise ValueError(
                 f"distributed: 'instance_id' must be a non-empty str, got {self.instance_id!r}"
+            )
+        if len(self.instance_id) > MAX_INSTANCE_ID_LENGTH:
+            raise ValueError(
+                f"distributed: 'instance_id' must be at most {MAX_INSTANCE_ID_LENGTH} "
+                f"characters, got {len(self.instance_id)}"
             )
         quorum = self.quorum
         if quorum is not None:
@@ -72,11 +95,13 @@ class DistributedOptions:
         if self.min_pod_volume is not None:
             check_int("distributed: 'min_pod_volume'", self.min_pod_volume, minimum=0)
         if self.sync_interval is not None:
-            object.__setattr__(
-                self,
-                "sync_interval",
-                _duration("distributed: 'sync_interval'", self.sync_interval, positive=True),
-            )
+            interval = _duration("distributed: 'sync_interval'", self.sync_interval, positive=True)
+            if interval < MIN_SYNC_INTERVAL:
+                raise ValueError(
+                    f"distributed: 'sync_interval' must be >= {MIN_SYNC_INTERVAL} seconds "
+                    f"(every report is a Redis call), got {interval}"
+                )
+            object.__setattr__(self, "sync_interval", interval)
 
     @classmethod
     def parse(cls, value: object) -> DistributedOptions:
@@ -138,6 +163,12 @@ class BreakerOptions:
         return self.rolling_count_timeout / self.rolling_count_buckets
 
     @property
+    def report_interval(self) -> float:
+        """Seconds between a distributed breaker's reports (never below MIN_SYNC_INTERVAL)."""
+        given = self.distributed.sync_interval if self.distributed is not None else None
+        return max(given or self.bucket_interval, MIN_SYNC_INTERVAL)
+
+    @property
     def trial_lease(self) -> float:
         """How long a trial permit lives before it expires (a hung trial ends)."""
         return max(self.timeout or 0.0, self.reset_timeout)
@@ -146,7 +177,7 @@ class BreakerOptions:
 _OPTION_NAMES = frozenset(f.name for f in fields(BreakerOptions))
 
 
-def parse_options(action: Callable[..., Any], given: Mapping[str, Any]) -> BreakerOptions:
+def parse_options(action: Callable[..., Any] | None, given: Mapping[str, Any]) -> BreakerOptions:
     """Validate the keyword options of ``CircuitBreaker(action, **given)``.
 
     Raises:
@@ -157,13 +188,17 @@ def parse_options(action: Callable[..., Any], given: Mapping[str, Any]) -> Break
     raw = dict(given)  # a copy: the caller's dict is never touched
     name = raw.pop("name", None)
     if name is None:
-        name = getattr(action, "__qualname__", None) or getattr(action, "__name__", None)
-        name = name or type(action).__name__
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"'name' must be a non-empty str, got {name!r}")
-    group = raw.pop("group", None) or name
-    if not isinstance(group, str):
-        raise TypeError(f"'group' must be a str, got {group!r}")
+        if raw.get("distributed") is not None:
+            raise TypeError(
+                "'name' is required with 'distributed': breakers of one name share their "
+                "state across pods, and a default taken from the callable could merge "
+                "unrelated downstreams"
+            )
+        if action is None:
+            raise TypeError("'name' is required for a breaker without an action")
+        name = default_name(action)
+    name = check_name("'name'", name)
+    group = check_name("'group'", raw.pop("group", None) or name)
     values: dict[str, Any] = {"name": name, "group": group}
 
     if "timeout" in raw:
@@ -199,6 +234,11 @@ def parse_options(action: Callable[..., Any], given: Mapping[str, Any]) -> Break
     ):
         if key in raw:
             values[key] = check_int(f"'{key}'", raw.pop(key), minimum=minimum)
+    if values.get("rolling_count_buckets", 0) > MAX_ROLLING_COUNT_BUCKETS:
+        raise ValueError(
+            f"'rolling_count_buckets' must be <= {MAX_ROLLING_COUNT_BUCKETS}, "
+            f"got {values['rolling_count_buckets']}"
+        )
     for key in ("capacity", "cache_size", "coalesce_size"):
         if key in raw and raw[key] is not None:
             values[key] = check_int(f"'{key}'", raw.pop(key), minimum=1)

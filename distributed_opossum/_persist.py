@@ -6,6 +6,7 @@ are monotonic, so both directions convert through the breaker's clock.
 
 from __future__ import annotations
 
+import difflib
 from typing import TYPE_CHECKING, Any
 
 from ._backoff import open_period
@@ -14,7 +15,23 @@ from ._state import State
 if TYPE_CHECKING:
     from ._breaker import CircuitBreaker
 
-__all__ = ["restore", "to_json"]
+__all__ = ["STATE_KEYS", "restore", "to_json"]
+
+STATE_KEYS = frozenset(
+    {
+        "name",
+        "enabled",
+        "closed",
+        "open",
+        "half_open",
+        "forced_open",
+        "warm_up",
+        "shutdown",
+        "opened_at",
+        "attempts",
+    }
+)
+"""The keys of ``to_json()["state"]``: the only ones ``state=`` accepts."""
 
 
 def to_json(breaker: CircuitBreaker[Any, Any]) -> dict[str, Any]:
@@ -41,7 +58,15 @@ def to_json(breaker: CircuitBreaker[Any, Any]) -> dict[str, Any]:
 
 
 def restore(breaker: CircuitBreaker[Any, Any], data: Any, now: float) -> None:
-    """Import ``to_json()["state"]`` (partial dicts allowed)."""
+    """Import ``to_json()["state"]`` (partial dicts allowed, unknown keys refused)."""
+    for key in data:
+        if key not in STATE_KEYS:
+            close = difflib.get_close_matches(str(key), sorted(STATE_KEYS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"'state': unknown key {key!r}{hint} (it takes to_json()['state'], "
+                f"keys {', '.join(sorted(STATE_KEYS))})"
+            )
     for flag in (
         "enabled",
         "closed",

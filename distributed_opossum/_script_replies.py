@@ -35,8 +35,11 @@ logger = logging.getLogger(__name__)
 SharedStateName = Literal["closed", "open", "half_open", "forced_open"]
 SHARED_STATES: frozenset[str] = frozenset({"closed", "open", "half_open", "forced_open"})
 
-MAX_BROADCAST_BYTES = 4096
-"""Broadcasts longer than this are dropped unread (ours are ~250 bytes)."""
+MAX_BROADCAST_BYTES = 8192
+"""Broadcasts longer than this are dropped unread. Ours are ~250 bytes plus the
+name and the instance id, which are bounded (``_names.MAX_NAME_LENGTH``
+characters, up to 4 bytes each in UTF-8, and ``MAX_INSTANCE_ID_LENGTH``), so
+every name a breaker may have is broadcast."""
 
 _STATE_REPLY_LEN = 11
 # Scripts keep every number an exact integer in a Lua double; a broadcast

@@ -31,6 +31,8 @@ class Service:
 def build(**options: Any) -> CircuitBreaker[[], str]:
     """A breaker around ``call_service`` on a fake clock."""
     options.setdefault("clock", FakeClock())
+    if "distributed" in options:
+        options.setdefault("name", "svc")  # a distributed breaker needs one
     return CircuitBreaker(call_service, **options)
 
 
@@ -75,16 +77,19 @@ def test_default_name_is_the_qualname() -> None:
 
 
 def test_default_name_of_a_nested_function_and_a_method() -> None:
-    """Nested functions and methods are named by their ``__qualname__``."""
+    """Nested functions and bound methods are named by their ``__qualname__`` plus a
+    suffix unique in the process: another call of the enclosing function, or
+    another instance, may stand for another downstream."""
 
     async def inner() -> None:
         return None
 
     nested: CircuitBreaker[[], None] = CircuitBreaker(inner)
+    again: CircuitBreaker[[], None] = CircuitBreaker(inner)
     method: CircuitBreaker[[], str] = CircuitBreaker(Service().call)
-    assert nested.name == inner.__qualname__
-    assert "<locals>" in nested.name
-    assert method.name == "Service.call"
+    assert nested.name.startswith(f"{inner.__qualname__}#")
+    assert again.name != nested.name
+    assert method.name.startswith("Service.call#")
 
 
 def test_group_defaults_to_an_explicit_name() -> None:
@@ -161,7 +166,7 @@ BAD_VALUES: list[tuple[str, Any, type[Exception]]] = [
     ("state", "open", TypeError),
     ("clock", object(), TypeError),
     ("name", 5, TypeError),
-    ("name", "", TypeError),
+    ("name", "", ValueError),
 ]
 
 
@@ -299,7 +304,7 @@ def test_distributed_missing_client_is_refused() -> None:
 
 def test_distributed_none_client_is_refused() -> None:
     """``client: None`` is refused, naming ``distributed`` and ``client``."""
-    with pytest.raises(ValueError, match=r"distributed.*client"):
+    with pytest.raises(TypeError, match=r"distributed.*client"):
         build(distributed={"client": None})
 
 

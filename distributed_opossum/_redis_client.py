@@ -1,0 +1,106 @@
+"""The Redis client a distributed breaker is given: what is accepted, and noticing its close.
+
+Only asyncio clients are accepted: a synchronous ``redis.Redis`` would block the
+event loop on every report, and anything else would fail on every tick. The
+check happens at construction, so the mistake is an error, not a log line a
+second, forever.
+
+redis-py keeps no "closed" flag: a closed client silently opens new connections
+when used again. So the first coordinator on a client wraps that client's
+``aclose()`` (on the instance only): when the application closes the client,
+every coordinator on it stops before its connections go, the breakers keep
+deciding locally, and this is logged once. Without it, the listener would see
+its connection drop, announce a false ``registry_down``, reconnect on the
+closed client (``registry_up``) and leak that socket at exit.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from typing import Any, Protocol
+
+import redis
+import redis.asyncio
+
+__all__ = ["CloseWatcher", "check_client", "is_closed", "watch_close"]
+
+logger = logging.getLogger("distributed_opossum")
+
+_ASYNC_CLIENTS = (redis.asyncio.Redis, redis.asyncio.RedisCluster)
+_closed: weakref.WeakSet[Any] = weakref.WeakSet()
+_watchers: weakref.WeakKeyDictionary[Any, weakref.WeakSet[CloseWatcher]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def check_client(label: str, client: object) -> object:
+    """``client`` if it is an asyncio Redis client, else a TypeError saying what to pass."""
+    if isinstance(client, _ASYNC_CLIENTS):
+        return client
+    expected = "a redis.asyncio.Redis, RedisCluster or Sentinel-managed client"
+    if isinstance(client, str):
+        raise TypeError(
+            f"{label} must be {expected}, got the string {client!r:.80}; "
+            "make one with redis.asyncio.Redis.from_url(url)"
+        )
+    if isinstance(client, redis.Redis | redis.RedisCluster):
+        raise TypeError(
+            f"{label} must be {expected}; the synchronous {type(client).__name__} "
+            "blocks the event loop on every call: use redis.asyncio instead"
+        )
+    raise TypeError(f"{label} must be {expected}, got {type(client).__name__} {client!r:.80}")
+
+
+class CloseWatcher(Protocol):
+    """What :func:`watch_close` calls when the application closes the client."""
+
+    @property
+    def serving(self) -> bool:
+        """True while breakers use the client through this watcher."""
+
+    async def client_closed(self) -> None:
+        """Stop using the client (before its connections go)."""
+
+
+def is_closed(client: Any) -> bool:
+    """True once the application closed ``client`` (seen through :func:`watch_close`)."""
+    return client in _closed
+
+
+def watch_close(client: Any, watcher: CloseWatcher) -> None:
+    """Call ``watcher.client_closed()`` when the application closes ``client``, before it closes.
+
+    Watchers are held weakly: one that is gone needs no unregistering.
+    """
+    watchers = _watchers.get(client)
+    if watchers is None:
+        watchers = _watchers[client] = weakref.WeakSet()
+        _wrap_aclose(client)
+    watchers.add(watcher)
+
+
+def _wrap_aclose(client: Any) -> None:
+    original = client.aclose
+
+    @functools.wraps(original)
+    async def aclose(*args: Any, **kwargs: Any) -> None:
+        if client not in _closed:
+            _closed.add(client)
+            watchers = list(_watchers.pop(client, ()))
+            if any(watcher.serving for watcher in watchers):
+                logger.warning(
+                    "distributed_opossum: the Redis client %r was closed while breakers use "
+                    "it; they decide locally from now on (shut breakers down before closing "
+                    "their client)",
+                    client,
+                )
+            for watcher in watchers:
+                try:
+                    await watcher.client_closed()
+                except Exception:  # the client's own close must still happen
+                    logger.exception("distributed_opossum: stopping a coordinator failed")
+        await original(*args, **kwargs)
+
+    client.aclose = aclose
