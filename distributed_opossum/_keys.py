@@ -20,12 +20,15 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "BREAKER_KEY_SUFFIXES",
     "DEFAULT_PREFIX",
     "BreakerKeys",
     "breaker_name_from_channel",
+    "breaker_name_from_key",
     "decode_name",
     "encode_name",
     "events_pattern",
+    "keys_pattern",
     "validate_prefix",
 ]
 
@@ -36,6 +39,8 @@ STATS_SUFFIX = "distributedStats"
 PODS_SUFFIX = "pods"
 STATE_SUFFIX = "state"
 EVENTS_SUFFIX = "events"
+BREAKER_KEY_SUFFIXES = (STATE_SUFFIX, STATS_SUFFIX, PODS_SUFFIX)
+"""The suffixes of a breaker's keys (its events channel is no key)."""
 
 _SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 # Precomputed so encoding a name is one lookup per byte.
@@ -169,6 +174,40 @@ def events_pattern(prefix: str) -> str:
     """
     escaped = _GLOB_SPECIAL.sub(r"\\\1", validate_prefix(prefix))
     return f"{escaped}:{{*}}:{EVENTS_SUFFIX}"
+
+
+def keys_pattern(prefix: str) -> str:
+    """The SCAN MATCH pattern of every key of every breaker of ``prefix``.
+
+    Glob metacharacters in the prefix are escaped, as in :func:`events_pattern`.
+    Some matches may be no breaker's key: check each with :func:`breaker_name_from_key`.
+    """
+    escaped = _GLOB_SPECIAL.sub(r"\\\1", validate_prefix(prefix))
+    return f"{escaped}:{{*}}:*"
+
+
+def breaker_name_from_key(prefix: str, key: str | bytes) -> str | None:
+    """The breaker name a key of ``prefix`` belongs to, or None.
+
+    Returns None for any key this module would not have built (another
+    suffix, a name that is not canonically encoded, bytes that are not UTF-8).
+    """
+    if isinstance(key, bytes):
+        try:
+            key = key.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    head = f"{prefix}:{{"
+    if not key.startswith(head):
+        return None
+    # An encoded name holds no brace, so the tag ends at the first "}:".
+    encoded, found, suffix = key[len(head) :].partition("}:")
+    if not found or suffix not in BREAKER_KEY_SUFFIXES:
+        return None
+    try:
+        return decode_name(encoded)
+    except ValueError:
+        return None
 
 
 def breaker_name_from_channel(prefix: str, channel: str | bytes) -> str | None:

@@ -15,9 +15,11 @@ from distributed_opossum._keys import (
     DEFAULT_PREFIX,
     BreakerKeys,
     breaker_name_from_channel,
+    breaker_name_from_key,
     decode_name,
     encode_name,
     events_pattern,
+    keys_pattern,
     validate_prefix,
 )
 
@@ -172,3 +174,38 @@ def test_breaker_name_from_channel_round_trips(name: str) -> None:
 def test_breaker_name_from_foreign_channel_is_none(channel: str | bytes) -> None:
     """Channels this module would not have built name no breaker."""
     assert breaker_name_from_channel("pre", channel) is None
+
+
+def test_keys_pattern_escapes_glob_characters() -> None:
+    """The SCAN pattern of a prefix: its glob characters match only themselves."""
+    assert keys_pattern("dopossum") == "dopossum:{*}:*"
+    assert keys_pattern("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\:{*}:*"
+
+
+@pytest.mark.parametrize("name", NASTY_NAMES)
+def test_breaker_name_from_key_round_trips(name: str) -> None:
+    """Every key of a breaker (str or bytes) names that breaker; its channel does not."""
+    keys = BreakerKeys.for_breaker("pre:fix", name)
+    for key in (keys.state, keys.stats, keys.pods):
+        assert breaker_name_from_key("pre:fix", key) == name
+        assert breaker_name_from_key("pre:fix", key.encode()) == name
+    assert breaker_name_from_key("pre:fix", keys.events) is None
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "other:{a}:state",
+        "pre:{a}:other",
+        "pre:{}:state",
+        "pre:{a b}:state",
+        "pre:{%zz}:state",
+        "pre:{a%41}:state",
+        b"pre:{\xff}:state",
+        "pre:{a}:state:extra",
+        "pre:{a}state",
+    ],
+)
+def test_breaker_name_from_foreign_key_is_none(key: str | bytes) -> None:
+    """Keys this module would not have built name no breaker."""
+    assert breaker_name_from_key("pre", key) is None

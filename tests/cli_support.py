@@ -1,0 +1,172 @@
+"""Helpers for the CLI tests: run the CLI, and make breakers that have reported.
+
+:func:`run_cli` drives ``main(argv)`` in-process (in a thread: it runs its own
+event loop) and returns what it printed; :func:`run_process` runs it as an
+operator would, in a subprocess. :func:`reported_breakers` builds real
+distributed breakers on several "pods" (a client each), fires calls and waits
+until Redis holds their reports.
+
+Example::
+
+    async with reported_breakers(url, {"payments": (0, 4)}) as pods:
+        ran = await run_cli(capsys, "--url", url, "status")
+        assert ran.code == 0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from distributed_support import Boom, eventually_async
+
+from distributed_opossum import CircuitBreaker
+from distributed_opossum._keys import DEFAULT_PREFIX, BreakerKeys
+from distributed_opossum.cli import main
+
+__all__ = [
+    "ROOT",
+    "Ran",
+    "console_script",
+    "readme_acl_rule",
+    "reported_breakers",
+    "run_cli",
+    "run_process",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository (where the README is, and the working directory of subprocesses)."""
+
+BREAKER_OPTIONS: dict[str, Any] = {
+    "reset_timeout": 30.0,
+    "volume_threshold": 5,
+    "error_threshold_percentage": 50,
+    # 0.2 s buckets, reported as they finish; a 10 s window keeps the entries
+    # (and the sums) in place for the length of a test.
+    "rolling_count_timeout": 10.0,
+    "rolling_count_buckets": 50,
+}
+"""Options of the breakers :func:`reported_breakers` makes."""
+
+
+@dataclass(frozen=True)
+class Ran:
+    """What one run of the CLI returned and printed."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        """stdout as one JSON document."""
+        return json.loads(self.out)
+
+
+async def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Ran:
+    """``main(argv)`` in-process; ``asyncio.run`` needs a thread of its own."""
+    capsys.readouterr()  # drop what came before
+    code = await asyncio.to_thread(main, list(argv))
+    out, err = capsys.readouterr()
+    return Ran(code, out, err)
+
+
+def console_script() -> Path:
+    """The ``dopossum`` script installed beside this interpreter."""
+    script = Path(sys.executable).parent / "dopossum"
+    assert script.is_file(), f"{script} missing: reinstall the package (pip install -e .)"
+    return script
+
+
+def run_process(*command: str | Path, env: Mapping[str, str] | None = None) -> Ran:
+    """Run a command as an operator's shell would (REDIS_URL unset unless given)."""
+    environment = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    done = subprocess.run(
+        [str(c) for c in command],
+        cwd=ROOT,
+        env=environment | dict(env or {}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return Ran(done.returncode, done.stdout, done.stderr)
+
+
+def readme_acl_rule(user: str) -> list[str]:
+    """The README's ``ACL SETUSER <user>`` arguments (after ``ACL SETUSER``)."""
+    readme = (ROOT / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith(f"ACL SETUSER {user} "))
+    return line.split()[2:]
+
+
+async def _fire(breaker: CircuitBreaker[Any, Any], successes: int, failures: int) -> None:
+    for _ in range(successes):
+        await breaker.fire(True)
+    for _ in range(failures):
+        with suppress(Boom):
+            await breaker.fire(False)
+
+
+async def _action(ok: bool) -> str:
+    if not ok:
+        raise Boom
+    return "ok"
+
+
+@asynccontextmanager
+async def reported_breakers(
+    url: str,
+    calls: Mapping[str, tuple[int, int]],
+    *,
+    pods: int = 2,
+    prefix: str = DEFAULT_PREFIX,
+) -> AsyncIterator[list[CircuitBreaker[Any, Any]]]:
+    """Breakers of each name on ``pods`` pods, each of which fired ``(successes, failures)``.
+
+    Yields every breaker, still running (so they follow a force-open), once
+    Redis holds all their reports; shuts them down on exit.
+    """
+    clients = [aioredis.Redis.from_url(url) for _ in range(pods)]
+    breakers: list[CircuitBreaker[Any, Any]] = []
+    admin = aioredis.Redis.from_url(url)
+    try:
+        for i, client in enumerate(clients):
+            for name in calls:
+                distributed = {
+                    "client": client,
+                    "sync_interval": 0.05,
+                    "instance_id": f"pod-{i}",
+                    "prefix": prefix,
+                }
+                breakers.append(
+                    CircuitBreaker(_action, name=name, distributed=distributed, **BREAKER_OPTIONS)
+                )
+        for breaker in breakers:
+            successes, failures = calls[breaker.name]
+            await _fire(breaker, successes, failures)
+
+        async def all_reported() -> bool:
+            for name, (successes, failures) in calls.items():
+                volume = await admin.hget(BreakerKeys.for_breaker(prefix, name).pods, "volume")
+                if volume is None or int(volume) != pods * (successes + failures):
+                    return False
+            return True
+
+        await eventually_async(all_reported, within=5.0, what="every pod's report in Redis")
+        yield breakers
+    finally:
+        for breaker in breakers:
+            await breaker.shutdown()
+        for client in clients:
+            await client.aclose()
+        await admin.aclose()

@@ -1,0 +1,319 @@
+"""The operator CLI on breakers that really reported: status, watch, force-open, reset, cleanup."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from cli_support import reported_breakers, run_cli
+from distributed_support import eventually, redis_now_ms
+from redis_server import RedisServer
+
+from distributed_opossum import State
+from distributed_opossum._keys import BreakerKeys
+
+pytestmark = pytest.mark.redis
+
+ODD = "eu/west: payments {v2} é"
+"""A name with a slash, a colon, spaces, braces and a non-ASCII letter."""
+CALLS = {"payments": (0, 4), "search": (3, 0), ODD: (1, 1)}
+"""(successes, failures) each of two pods fired: payments opens on the pooled rate."""
+
+BREAKER_FIELDS = {
+    "name", "state", "exists", "epoch", "attempts", "reason", "now_ms", "open_until_ms",
+    "retry_in_ms", "closed_at_ms", "lease_expires_ms", "window", "pods", "problems",
+}  # fmt: skip
+WINDOW_FIELDS = {
+    "volume", "failures", "failure_rate", "trips", "reporting", "votes", "entries", "latest_ms",
+    "min_pod_volume", "error_threshold_percentage",
+}  # fmt: skip
+
+
+def rows(table: str) -> dict[str, list[str]]:
+    """The rows of a status table by name (cells are at least two spaces apart)."""
+    lines = table.splitlines()
+    assert lines[0].split() == [
+        "NAME", "STATE", "EPOCH", "RETRY", "IN", "ATTEMPTS", "PODS", "VOLUME", "FAILURES",
+        "RATE", "VOTES",
+    ]  # fmt: skip
+    cells = [re.split(r"\s{2,}", line.strip()) for line in lines[1:] if "  " in line]
+    return {row[0]: row for row in cells}
+
+
+def seconds(text: str) -> float:
+    """A "12.3s" cell as seconds."""
+    assert text.endswith("s"), text
+    return float(text[:-1])
+
+
+async def test_status_lists_every_breaker_that_reported(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """status prints one row per breaker: the open one with its retry time, pods and pooled sums."""
+    url = redis_server_session.url
+    async with reported_breakers(url, CALLS):
+        ran = await run_cli(capsys, "--url", url, "status")
+    assert (ran.code, ran.err) == (0, "")
+    table = rows(ran.out)
+    assert sorted(table) == sorted(CALLS)
+    payments = table["payments"]
+    assert payments[1:3] == ["open", "1"]
+    assert 25.0 < seconds(payments[3]) <= 30.0
+    assert payments[4:] == ["1", "2", "8", "8", "100.0%", "0/2"]
+    assert table["search"][1:] == ["closed", "0", "-", "0", "2", "6", "0", "0.0%", "0/2"]
+    assert table[ODD][1:] == ["closed", "0", "-", "0", "2", "4", "2", "50.0%", "0/2"]
+
+
+async def test_status_json_has_the_documented_shape(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """status --json is one document: v, prefix and every breaker with the documented fields."""
+    url = redis_server_session.url
+    async with reported_breakers(url, CALLS):
+        ran = await run_cli(capsys, "--url", url, "--json", "status")
+        now = await redis_now_ms(redis_client)
+    assert (ran.code, ran.err) == (0, "")
+    assert len(ran.out.strip().splitlines()) == 1
+    document = ran.json()
+    assert set(document) == {"v", "prefix", "breakers"}
+    assert (document["v"], document["prefix"]) == (1, "dopossum")
+    breakers: dict[str, Any] = {b["name"]: b for b in document["breakers"]}
+    assert sorted(breakers) == sorted(CALLS)
+    for breaker in breakers.values():
+        assert set(breaker) == BREAKER_FIELDS
+        assert set(breaker["window"]) == WINDOW_FIELDS
+        assert breaker["problems"] == []
+        assert [pod["instance"] for pod in breaker["pods"]] == ["pod-0", "pod-1"]
+    payments = breakers["payments"]
+    assert (payments["state"], payments["reason"], payments["attempts"]) == (
+        "open",
+        "pooled_rate",
+        1,
+    )
+    # Redis' clock: now_ms is Redis TIME, and the time left is reckoned against it.
+    assert now - 5000 < payments["now_ms"] <= now
+    assert payments["retry_in_ms"] == payments["open_until_ms"] - payments["now_ms"]
+    window = payments["window"]
+    assert (window["volume"], window["failures"], window["failure_rate"]) == (8, 8, 1.0)
+    assert (window["reporting"], window["votes"]) == (2, 0)
+    assert (window["min_pod_volume"], window["error_threshold_percentage"]) == (5, 50)
+    assert payments["pods"][0] == {"instance": "pod-0", "volume": 4, "failures": 4, "trips": 0}
+    assert breakers["search"]["retry_in_ms"] is None
+
+
+async def test_retry_time_ignores_the_local_clock(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With this machine's wall clock a day off, the retry time is still Redis' ~30 s."""
+    url = redis_server_session.url
+    async with reported_breakers(url, {"payments": (0, 4)}):
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 86_400.0)
+        ran = await run_cli(capsys, "--url", url, "status")
+        monkeypatch.undo()
+    assert ran.code == 0, ran.err
+    assert 25.0 < seconds(rows(ran.out)["payments"][3]) <= 30.0
+
+
+async def test_status_of_one_breaker_shows_its_pods(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """status NAME prints the breaker's fields, Redis' open-until time and a row per pod."""
+    url = redis_server_session.url
+    async with reported_breakers(url, CALLS):
+        ran = await run_cli(capsys, "--url", url, "status", "payments")
+        odd = await run_cli(capsys, "--url", url, "status", ODD)
+    assert (ran.code, ran.err) == (0, "")
+    assert "state       open (epoch 1, reason pooled_rate)" in ran.out
+    assert re.search(r"retry in +\S+s \(open until \d{4}-\d\d-\d\d .* UTC, Redis clock\)", ran.out)
+    assert "8 calls, 8 failures (100.0%)" in ran.out
+    assert "2 reporting, 0 voting to open" in ran.out
+    pods = ran.out.split("\n\n")[1].splitlines()
+    assert pods[0].split() == ["POD", "VOLUME", "FAILURES", "RATE", "TRIPS"]
+    assert [line.split() for line in pods[1:]] == [
+        ["pod-0", "4", "4", "100.0%", "0"],
+        ["pod-1", "4", "4", "100.0%", "0"],
+    ]
+    assert odd.code == 0, odd.err
+    assert f"breaker     {ODD} (prefix dopossum)" in odd.out
+
+
+async def test_status_of_an_unknown_breaker_fails(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """status NAME of a misspelt name: "no such breaker" on stderr, exit 1 (was: closed, exit 0)."""
+    url = redis_server_session.url
+    async with reported_breakers(url, {"payments": (1, 0)}):
+        ran = await run_cli(capsys, "--url", url, "status", "paymnets")
+        as_json = await run_cli(capsys, "--url", url, "--json", "status", "paymnets")
+    assert (ran.code, ran.out) == (1, "")
+    assert ran.err == "dopossum: no such breaker: paymnets\n"
+    assert (as_json.code, as_json.out, as_json.err) == (1, "", ran.err)
+    assert not await redis_client.exists(BreakerKeys.for_breaker("dopossum", "paymnets").state)
+
+
+async def test_force_open_holds_every_pod_open_and_status_shows_it(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """force-open NAME: every running pod goes forced open, and status says so with no retry."""
+    url = redis_server_session.url
+    async with reported_breakers(url, {"search": (3, 0)}) as breakers:
+        ran = await run_cli(capsys, "--url", url, "force-open", "search")
+        assert (ran.code, ran.err) == (0, "")
+        assert ran.out == "search: forced open on every pod until reset (epoch 1)\n"
+        await eventually(
+            lambda: all(b.state is State.FORCED_OPEN for b in breakers),
+            within=2.0,
+            what="every pod forced open",
+        )
+        again = await run_cli(capsys, "--url", url, "--json", "force-open", "search")
+        status = await run_cli(capsys, "--url", url, "status")
+    assert again.code == 0
+    assert again.json()["changed"] is False
+    assert again.json()["state"] == "forced_open"
+    assert rows(status.out)["search"][1:5] == ["forced_open", "1", "reset", "0"]
+
+
+async def test_reset_closes_every_pod_and_clears_attempts(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """reset NAME on an open breaker: closed, attempts 0, a new epoch, every pod closed."""
+    url = redis_server_session.url
+    async with reported_breakers(url, {"payments": (0, 4)}) as breakers:
+        await eventually(lambda: all(b.opened for b in breakers), within=2.0, what="pods open")
+        ran = await run_cli(capsys, "--url", url, "--json", "reset", "payments")
+        await eventually(lambda: all(b.closed for b in breakers), within=2.0, what="pods closed")
+        status = await run_cli(capsys, "--url", url, "status", "payments", "--json")
+    assert (ran.code, ran.err) == (0, "")
+    reply = ran.json()
+    assert (reply["command"], reply["name"], reply["changed"]) == ("reset", "payments", True)
+    assert (reply["state"], reply["attempts"], reply["epoch"]) == ("closed", 0, 2)
+    breaker = status.json()["breaker"]
+    assert (breaker["state"], breaker["reason"], breaker["attempts"]) == ("closed", "reset", 0)
+
+
+async def test_force_open_and_reset_refuse_unknown_names(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A misspelt force-open or reset creates nothing and exits 1; --create forces a new name."""
+    url = redis_server_session.url
+    keys = BreakerKeys.for_breaker("dopossum", "paymnets")
+    for command in ("force-open", "reset"):
+        ran = await run_cli(capsys, "--url", url, command, "paymnets")
+        assert (ran.code, ran.err) == (1, "dopossum: no such breaker: paymnets\n")
+    assert await redis_client.keys("*") == []
+    created = await run_cli(capsys, "--url", url, "force-open", "paymnets", "--create")
+    assert created.code == 0, created.err
+    assert await redis_client.hget(keys.state, "state") == b"forced_open"
+
+
+async def test_cleanup_of_one_breaker_and_of_all(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """cleanup NAME empties that stats list only; cleanup without NAME does every breaker."""
+    url = redis_server_session.url
+    async with reported_breakers(url, {"payments": (0, 4), "search": (3, 0)}):
+        pass  # shut down: nothing reports any more
+    payments = BreakerKeys.for_breaker("dopossum", "payments")
+    search = BreakerKeys.for_breaker("dopossum", "search")
+    kept = await run_cli(capsys, "--url", url, "--json", "cleanup", "payments")
+    assert kept.json() == {
+        "v": 1,
+        "removed": {"payments": 0},
+        "total": 0,
+    }  # all younger than 30 min
+    entries = await redis_client.llen(payments.stats)
+    assert entries > 0
+
+    one = await run_cli(capsys, "--url", url, "cleanup", "payments", "--max-age", "0")
+    assert (one.code, one.err) == (0, "")
+    assert one.out == f"payments: removed {entries}\nremoved {entries} stats entries in all\n"
+    assert await redis_client.llen(payments.stats) == 0
+    search_entries = await redis_client.llen(search.stats)
+    assert search_entries > 0
+    # The sums now describe entries that are gone: shown as unknown, not as 8 calls.
+    stale = await run_cli(capsys, "--url", url, "--json", "status", "payments")
+    assert stale.json()["breaker"]["window"]["volume"] is None
+    assert "out of date" in stale.json()["breaker"]["problems"][0]
+
+    every = await run_cli(capsys, "--url", url, "--json", "cleanup", "--max-age", "0")
+    assert every.code == 0, every.err
+    assert every.json()["removed"] == {"payments": 0, "search": search_entries}
+    assert await redis_client.llen(search.stats) == 0
+    unknown = await run_cli(capsys, "--url", url, "cleanup", "paymnets")
+    assert (unknown.code, unknown.err) == (1, "dopossum: no such breaker: paymnets\n")
+
+
+async def test_watch_refreshes_count_times(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """watch --count N prints N tables (N JSON lines with --json), then exits 0."""
+    url = redis_server_session.url
+    async with reported_breakers(url, {"payments": (0, 4), "search": (3, 0)}):
+        text = await run_cli(capsys, "--url", url, "watch", "--count", "3", "--interval", "0.01")
+        lines = await run_cli(
+            capsys, "--url", url, "watch", "search", "--json", "--count", "2", "--interval", "0.01"
+        )
+    assert (text.code, text.err) == (0, "")
+    frames = text.out.strip().split("\n\n")
+    assert len(frames) == 3
+    assert all(sorted(rows(frame)) == ["payments", "search"] for frame in frames)
+    assert (lines.code, lines.err) == (0, "")
+    documents = [json.loads(line) for line in lines.out.splitlines()]
+    assert [d["breaker"]["name"] for d in documents] == ["search", "search"]
+
+
+async def test_watch_of_an_unknown_breaker_fails_at_once(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """watch NAME of a misspelt name exits 1 before its first refresh."""
+    ran = await run_cli(capsys, "--url", redis_server_session.url, "watch", "nope", "--count", "5")
+    assert (ran.code, ran.out, ran.err) == (1, "", "dopossum: no such breaker: nope\n")
+
+
+async def test_prefix_and_redis_url_choose_what_is_listed(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--prefix lists that prefix only (glob characters are literal); $REDIS_URL is the default."""
+    url = redis_server_session.url
+    async with (
+        reported_breakers(url, {"a": (1, 0)}, prefix="ab", pods=1),
+        reported_breakers(url, {"b": (1, 0)}, prefix="a*", pods=1),
+    ):
+        monkeypatch.setenv("REDIS_URL", url)
+        ab = await run_cli(capsys, "--prefix", "ab", "status", "--json")
+        star = await run_cli(capsys, "status", "--prefix", "a*", "--json")
+        default = await run_cli(capsys, "status")
+    assert [b["name"] for b in ab.json()["breakers"]] == ["a"]
+    assert [b["name"] for b in star.json()["breakers"]] == ["b"]
+    assert (default.code, default.out) == (0, "no breakers under prefix 'dopossum'\n")
