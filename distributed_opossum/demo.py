@@ -1,13 +1,27 @@
-"""The multi-pod demo: several pods, one downstream outage, one breaker.
+"""The multi-pod demo: pod processes, a real HTTP downstream, one breaker through Redis.
 
-    python -m distributed_opossum.demo                         # embedded Redis (fakeredis)
-    python -m distributed_opossum.demo --redis-url redis://127.0.0.1:6379 --pods 6
+    python -m distributed_opossum demo                          # 5 pods, about half a minute
+    python -m distributed_opossum demo --pods 8 --duration 60
+    python -m distributed_opossum demo --url redis://127.0.0.1:6379 --no-picture
+    python -m distributed_opossum.demo                          # the same program
 
-Each "pod" is a breaker named ``payments`` with its own Redis connection,
-calling a simulated payments API that goes down for a few seconds. Watch one
-pod trip and every other pod open within milliseconds, one trial call go out
-cluster-wide when each open period ends (with backoff while the API is still
-down), and every pod close when a trial succeeds.
+It starts a Redis (a private ``redis-server`` if one is on PATH, else an
+embedded fakeredis server; or the one of ``--url``), a small HTTP "payments API"
+that it makes healthy, failing or slow, and N pod processes that call the API
+through one distributed breaker, ``payments``. Then five phases:
+
+1. healthy;
+2. the API goes down: one pod trips, every pod opens within milliseconds;
+3. backoff: one trial call per open period, cluster-wide, each period twice the last;
+4. the API recovers: one successful trial closes every pod;
+5. one sick pod (only its calls fail), on a second breaker with ``quorum=2``:
+   only that pod opens, the others keep serving.
+
+A live timeline says what each pod does and why; at the end, a summary of
+measured numbers (calls that reached the sick API with coordination and with
+independent local breakers fed the same traffic, propagation times, trials per
+open period) and an SVG swimlane picture of every pod's state over time.
+Ctrl-C stops every process the demo started.
 """
 
 from __future__ import annotations
@@ -15,131 +29,113 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
 
-from ._breaker import CircuitBreaker
-from ._errors import OpenCircuitError
-from ._keys import DEFAULT_PREFIX, BreakerKeys
+from ._demo.fleet import Fleet
+from ._demo.redis_target import DemoError, RedisTarget, choose_redis
+from ._demo.scenario import Stopped, run
+from ._demo.settings import DEFAULT_DURATION, Settings, new_token
 
 __all__ = ["main"]
 
-
-class PaymentsApi:
-    """A downstream that is down between ``down_at`` and ``up_at`` (seconds from start)."""
-
-    def __init__(self, start: float, down_at: float, up_at: float) -> None:
-        self.start, self.down_at, self.up_at = start, down_at, up_at
-        self.reached_while_down = 0
-        self.calls = 0
-
-    async def charge(self, pod: str) -> str:
-        """One call; raises while the API is down."""
-        self.calls += 1
-        await asyncio.sleep(0.002)
-        elapsed = time.monotonic() - self.start
-        if self.down_at <= elapsed < self.up_at:
-            self.reached_while_down += 1
-            raise ConnectionError("payments API unavailable")
-        return "charged"
+MIN_PODS, MAX_PODS = 2, 20
+MIN_DURATION, MAX_DURATION = 4.0, 600.0
 
 
-def _clients(url: str | None, pods: int) -> list[Any]:
-    if url is not None:
-        import redis.asyncio as aioredis  # noqa: PLC0415 (only with a real server)
-
-        return [aioredis.Redis.from_url(url) for _ in range(pods)]
-    try:
-        import fakeredis  # noqa: PLC0415 (the embedded default)
-    except ImportError as error:  # pragma: no cover - depends on the install
-        raise SystemExit(
-            "the embedded Redis needs fakeredis: pip install 'distributed-opossum[demo]', "
-            "or pass --redis-url"
-        ) from error
-    server = fakeredis.FakeServer()
-    return [fakeredis.FakeAsyncRedis(server=server) for _ in range(pods)]
-
-
-async def run(url: str | None, pods: int, duration: float, quorum: int | None) -> int:
-    """Run the scenario; returns the number of trial calls that met the outage."""
-    start = time.monotonic()
-    api = PaymentsApi(start, down_at=duration * 0.2, up_at=duration * 0.6)
-
-    def log(message: str) -> None:
-        print(f"{time.monotonic() - start:6.3f}s  {message}", flush=True)
-
-    clients = _clients(url, pods)
-    keys = BreakerKeys.for_breaker(DEFAULT_PREFIX, "payments")
-    await clients[0].delete(keys.state, keys.stats, keys.pods)  # a fresh start on a real Redis
-    breakers = []
-    for index, client in enumerate(clients):
-        pod = f"pod-{index}"
-        breaker = CircuitBreaker(
-            api.charge,
-            name="payments",
-            timeout=1.0,
-            error_threshold_percentage=50,
-            volume_threshold=5,
-            rolling_count_timeout=2.0,
-            rolling_count_buckets=4,
-            reset_timeout=0.5,
-            reset_timeout_multiplier=2.0,
-            max_reset_timeout=2.0,
-            distributed={"client": client, "instance_id": pod, "quorum": quorum},
-        )
-        breaker.fallback(lambda *args: "queued for later")
-        for event in ("open", "half_open", "close", "registry_down", "registry_up"):
-            breaker.on(event, lambda *args, pod=pod, event=event: log(f"{pod} {event} {args}"))
-        breakers.append(breaker)
-
-    rejected = fallbacks = 0
-
-    def count_fallback() -> None:
-        nonlocal fallbacks
-        fallbacks += 1
-
-    for breaker in breakers:
-        breaker.on("fallback", count_fallback)
-
-    async def traffic(breaker: CircuitBreaker[Any, Any], pod: str, pause: float) -> None:
-        nonlocal rejected
-        while time.monotonic() - start < duration:
-            try:
-                await breaker.fire(pod)
-            except OpenCircuitError:
-                rejected += 1
-            await asyncio.sleep(pause)
-
-    log(
-        f"{pods} pods calling the payments API; it goes down at {api.down_at:.1f}s "
-        f"and recovers at {api.up_at:.1f}s"
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m distributed_opossum demo",
+        description=(
+            "Pods in separate processes share one circuit breaker through Redis: watch an "
+            "outage open every pod at once, one trial per open period with backoff, recovery, "
+            "and quorum keeping one sick pod from opening the others."
+        ),
     )
-    # pod-0 takes the most traffic, so it usually trips first and the others follow it.
-    await asyncio.gather(*(traffic(b, f"pod-{i}", 0.01 * (1 + i)) for i, b in enumerate(breakers)))
-    log(
-        f"done: {api.calls} calls reached the API ({api.reached_while_down} while it was down), "
-        f"{fallbacks} answered by the fallback, {rejected} rejected"
+    parser.add_argument(
+        "--pods",
+        type=int,
+        default=5,
+        help=f"pod processes to start ({MIN_PODS}-{MAX_PODS}, default 5)",
     )
-    for breaker in breakers:
-        await breaker.shutdown()
-    for client in clients:
-        await client.aclose()
-    return api.reached_while_down
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=DEFAULT_DURATION,
+        help="rough length of the scenario in seconds; every phase and the breakers' open "
+        f"periods scale with it (default {DEFAULT_DURATION:g}; 8 is a quick run)",
+    )
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="a Redis to use (default: a private redis-server if one is on PATH, else an "
+        "embedded fakeredis server); the demo's keys get a prefix of their own and are "
+        "deleted at the end",
+    )
+    picture = parser.add_mutually_exclusive_group()
+    picture.add_argument(
+        "--picture",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="where to write the SVG picture (default: a file in the temporary directory)",
+    )
+    picture.add_argument("--no-picture", action="store_true", help="write no picture")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the arguments and run the demo."""
-    parser = argparse.ArgumentParser(prog="python -m distributed_opossum.demo")
-    parser.add_argument("--redis-url", default=None, help="a real Redis (default: embedded)")
-    parser.add_argument("--pods", type=int, default=4)
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds")
-    parser.add_argument("--quorum", type=int, default=None, help="pods that must vote to open")
+    """Run the demo with command-line arguments ``argv`` (default: ``sys.argv[1:]``).
+
+    Returns:
+        0 when every phase showed what it is about; 1 when one did not within its
+        bound (the output says which); 2 when the demo could not run; 130 after
+        Ctrl-C, 128 + the signal after SIGTERM or SIGHUP.
+    """
+    parser = _parser()
     args = parser.parse_args(argv)
-    if args.pods < 1 or args.duration <= 0:
-        parser.error("--pods must be >= 1 and --duration > 0")
-    asyncio.run(run(args.redis_url, args.pods, args.duration, args.quorum))
-    return 0
+    if not MIN_PODS <= args.pods <= MAX_PODS:
+        parser.error(f"--pods must be between {MIN_PODS} and {MAX_PODS}, got {args.pods}")
+    if not MIN_DURATION <= args.duration <= MAX_DURATION:
+        parser.error(
+            f"--duration must be between {MIN_DURATION:g} and {MAX_DURATION:g} seconds, "
+            f"got {args.duration:g}"
+        )
+    token = new_token()
+    picture: Path | None = None
+    if not args.no_picture:
+        picture = args.picture or Path(tempfile.gettempdir()) / f"{token}.svg"
+    settings = Settings(
+        pods=args.pods, duration=args.duration, url=args.url, picture=picture, token=token
+    )
+    fleets: list[Fleet] = []
+    target: RedisTarget | None = None
+    stopped_by = ""
+    code = 2
+    began = time.monotonic()
+    try:
+        # Before any thread exists: a private redis-server is spawned with a preexec_fn.
+        target = choose_redis(args.url, token, log=lambda text: print(text, file=sys.stderr))
+        code = asyncio.run(run(settings, target, sys.stdout, fleets))
+    except KeyboardInterrupt:
+        stopped_by, code = "Ctrl-C", 130
+    except Stopped as stop:
+        stopped_by, code = f"signal {stop.signum}", 128 + stop.signum
+    except DemoError as error:
+        print(f"demo: {error}", file=sys.stderr)
+    finally:
+        for fleet in fleets:  # if the orderly stop was cut short
+            fleet.kill_now()
+        if target is not None:
+            target.close()
+    if stopped_by:
+        print(f"\nStopped by {stopped_by}: every process the demo started is stopped.", flush=True)
+    elif code in (0, 1):
+        took = time.monotonic() - began
+        print(f"Finished in {took:.1f} s; every process it started is stopped.", flush=True)
+    return code
 
 
 if __name__ == "__main__":
