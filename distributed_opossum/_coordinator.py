@@ -70,7 +70,7 @@ _coordinators: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Co
 def coordinator_for(client: Any, loop: asyncio.AbstractEventLoop) -> Coordinator | None:
     """The coordinator of ``client`` on ``loop``, created on first use; None once the
     application closed the client."""
-    if is_closed(client):
+    if is_closed(client, loop):
         return None
     per_loop = _coordinators.setdefault(loop, {})
     coordinator = per_loop.get(id(client))

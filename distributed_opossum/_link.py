@@ -116,7 +116,8 @@ class SharedLink:
         self.shared = "closed"
         self.coordinator: Coordinator | None = None
         self.client_closed = False
-        """True once the application closed the client: the breaker stays local."""
+        """True once the application closed the client on this loop: the breaker
+        stays local until it is used on another loop."""
         self._reported_seq = -1
         self._vote = False
         self._holders: dict[int, tuple[str, int]] = {}  # local permit -> (holder, epoch)
@@ -142,11 +143,9 @@ class SharedLink:
             if current.loop is loop and not current.closed:
                 return True
             self._leave(current)
-        if self.client_closed:
-            return False
         coordinator = coordinator_for(self.client, loop)
+        self.client_closed = coordinator is None
         if coordinator is None:
-            self.client_closed = True
             return False
         self._reported_seq = self.breaker._window.head_seq - 1
         self.coordinator = coordinator

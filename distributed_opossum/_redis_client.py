@@ -12,10 +12,17 @@ every coordinator on it stops before its connections go, the breakers keep
 deciding locally, and this is logged once. Without it, the listener would see
 its connection drop, announce a false ``registry_down``, reconnect on the
 closed client (``registry_up``) and leak that socket at exit.
+
+A client counts as closed on the loop that closed it. On a later loop (the
+next ``TestClient`` block, the next test, the next ``asyncio.run``) the
+application may use it again, as redis-py allows, and so do the breakers: a
+lifespan that closes a module-level client does not cost the next lifespan
+its shared breakers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import weakref
@@ -29,7 +36,9 @@ __all__ = ["CloseWatcher", "check_client", "is_closed", "watch_close"]
 logger = logging.getLogger("distributed_opossum")
 
 _ASYNC_CLIENTS = (redis.asyncio.Redis, redis.asyncio.RedisCluster)
-_closed: weakref.WeakSet[Any] = weakref.WeakSet()
+_closed_on: weakref.WeakKeyDictionary[Any, weakref.ref[asyncio.AbstractEventLoop]] = (
+    weakref.WeakKeyDictionary()
+)
 _watchers: weakref.WeakKeyDictionary[Any, weakref.WeakSet[CloseWatcher]] = (
     weakref.WeakKeyDictionary()
 )
@@ -64,9 +73,10 @@ class CloseWatcher(Protocol):
         """Stop using the client (before its connections go)."""
 
 
-def is_closed(client: Any) -> bool:
-    """True once the application closed ``client`` (seen through :func:`watch_close`)."""
-    return client in _closed
+def is_closed(client: Any, loop: asyncio.AbstractEventLoop) -> bool:
+    """True when the application closed ``client`` on ``loop`` (seen through :func:`watch_close`)."""
+    closed_on = _closed_on.get(client)
+    return closed_on is not None and closed_on() is loop
 
 
 def watch_close(client: Any, watcher: CloseWatcher) -> None:
@@ -86,9 +96,10 @@ def _wrap_aclose(client: Any) -> None:
 
     @functools.wraps(original)
     async def aclose(*args: Any, **kwargs: Any) -> None:
-        if client not in _closed:
-            _closed.add(client)
-            watchers = list(_watchers.pop(client, ()))
+        loop = asyncio.get_running_loop()
+        if not is_closed(client, loop):
+            _closed_on[client] = weakref.ref(loop)
+            watchers = list(_watchers.get(client, ()))
             if any(watcher.serving for watcher in watchers):
                 logger.warning(
                     "distributed_opossum: the Redis client %r was closed while breakers use "
