@@ -20,12 +20,18 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis_server import RedisServer
 
 from distributed_opossum import CircuitBreaker, OpenCircuitError
 from distributed_opossum._coordinator import Coordinator
@@ -39,12 +45,15 @@ __all__ = [
     "Cluster",
     "Downstream",
     "Pod",
+    "acl_setuser",
+    "admin_of",
     "coordinator_idle",
     "dead_port_url",
     "eventually",
     "eventually_async",
     "gather_calls",
     "pattern_subscribers",
+    "readme_acl_rule",
     "redis_now_ms",
     "stays",
     "stop",
@@ -114,6 +123,33 @@ async def stays(
         assert predicate(), f"{what or 'condition'} stopped holding"
         await asyncio.sleep(interval)
     assert predicate(), f"{what or 'condition'} stopped holding"
+
+
+@asynccontextmanager
+async def admin_of(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client for the test's own reads and writes on ``server`` (reconnects after a restart)."""
+    admin = aioredis.Redis.from_url(
+        server.url,
+        retry=Retry(NoBackoff(), 3),
+        retry_on_error=[redis.exceptions.ConnectionError],
+    )
+    try:
+        yield admin
+    finally:
+        await admin.aclose()
+
+
+async def acl_setuser(admin: aioredis.Redis, *rule: str) -> None:
+    """``ACL SETUSER`` with raw rule words (redis-py leaves execute_command unannotated)."""
+    await admin.execute_command("ACL", "SETUSER", *rule)  # type: ignore[no-untyped-call]
+
+
+def readme_acl_rule(prefix: str) -> list[str]:
+    """The README's ``ACL SETUSER`` arguments, for user ``dopossum`` and ``prefix``."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("ACL SETUSER dopossum "))
+    words = line.split()[2:]
+    return [w.replace("dopossum", prefix, 1) if w.startswith(("~", "&")) else w for w in words]
 
 
 def dead_port_url() -> str:
