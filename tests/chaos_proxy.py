@@ -213,15 +213,19 @@ class ChaosProxy:
                 ready.set_exception(error)
             raise
         finally:
-            # Nothing left pending: no "task destroyed" noise, no unclosed transport.
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            if self._server is not None:
-                loop.run_until_complete(self._server.wait_closed())
+            loop.run_until_complete(self._drain())
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+
+    async def _drain(self) -> None:
+        """Cancel and await what is left: no "task destroyed" noise, no unclosed transport."""
+        pending = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
 
     def _shutdown(self) -> None:
         if self._server is not None:
