@@ -39,10 +39,19 @@ def redis_cli_binary() -> str | None:
 
 def _cluster_info(address: Address) -> dict[str, str]:
     with redis.Redis(host=address[0], port=address[1], socket_timeout=1.0) as client:
-        raw = client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+        raw = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+    if isinstance(raw, dict):  # parsed by redis-py's response callback
+        return {str(key): str(value) for key, value in raw.items()}
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
     return {key: value.strip() for key, value in pairs}
+
+
+def _replica_synced(address: Address) -> bool:
+    """True for a master, or a replica whose link to its master is up."""
+    with redis.Redis(host=address[0], port=address[1], socket_timeout=1.0) as client:
+        info = client.info("replication")
+    return info.get("role") == "master" or info.get("master_link_status") == "up"
 
 
 def _slot_owner(address: Address, slot: int) -> Address | None:
@@ -74,6 +83,9 @@ class RedisClusterTopology:
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(_NODE_TIMEOUT_MS),
             "--cluster-require-full-coverage", "no",
+            # A replica takes over however old its data (and syncs at once).
+            "--cluster-replica-validity-factor", "0",
+            "--repl-diskless-sync-delay", "0",
         )  # fmt: skip
         count = masters * (1 + replicas_per_master)
         self.nodes = [RedisServer(extra_args=args) for _ in range(count)]
@@ -96,7 +108,7 @@ class RedisClusterTopology:
         raise KeyError(address)
 
     def start(self) -> RedisClusterTopology:
-        """Start the nodes, create the cluster and wait for ``cluster_state:ok`` everywhere."""
+        """Start the nodes, create the cluster; wait for ``cluster_state:ok`` and synced replicas."""
         cli = redis_cli_binary()
         if cli is None:
             raise RedisServerError("redis-cli is not on PATH")
@@ -133,7 +145,7 @@ class RedisClusterTopology:
             and i.get("cluster_slots_assigned") == "16384"
             and int(i.get("cluster_known_nodes", 0)) == len(self.nodes)
             for i in infos
-        )
+        ) and all(_replica_synced(a) for a in self.startup_nodes)
 
     def close(self) -> None:
         """Stop every node and remove their directories."""
