@@ -60,9 +60,7 @@ def url_client(url: str, **options: Any) -> ClientSpec:
     return {"kind": "url", "url": url, "options": options}
 
 
-def sentinel_client(
-    sentinels: list[tuple[str, int]], service: str, **options: Any
-) -> ClientSpec:
+def sentinel_client(sentinels: list[tuple[str, int]], service: str, **options: Any) -> ClientSpec:
     """``Sentinel(sentinels).master_for(service, **options)``."""
     return {
         "kind": "sentinel",
@@ -115,15 +113,15 @@ class _Child:
         text = self.stderr.read_text(errors="replace") if self.stderr.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
-    async def read_reply(self, timeout: float) -> dict[str, Any]:
+    async def read_reply(self, within: float) -> dict[str, Any]:
         stdout = self.process.stdout
         assert stdout is not None
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within):
                 raw = await stdout.readline()
         except TimeoutError:
             raise AssertionError(
-                f"{self.name}: no reply within {timeout} s\n{self.stderr_tail()}"
+                f"{self.name}: no reply within {within} s\n{self.stderr_tail()}"
             ) from None
         if not raw:
             await self.process.wait()

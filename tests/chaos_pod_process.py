@@ -71,7 +71,7 @@ def make_client(spec: dict[str, Any], instance: str) -> Any:
         return aioredis.Redis.from_url(spec["url"], client_name=instance, **options)
     if kind == "sentinel":
         sentinels = [tuple(address) for address in spec["sentinels"]]
-        sentinel = Sentinel(sentinels, **spec.get("sentinel_options", {}))
+        sentinel = Sentinel(sentinels, **spec.get("sentinel_options", {}))  # type: ignore[no-untyped-call]
         return sentinel.master_for(spec["service"], client_name=instance, **options)
     raise ValueError(f"unknown client kind {kind!r}")
 
@@ -214,7 +214,10 @@ class PodProcess:
         self.max_lag = 0.0
         self.logs = LogRecorder()
         logging.getLogger("distributed_opossum").addHandler(self.logs)
-        self.pods = [Pod(self, p["instance"], make_client(p["client"], p["instance"])) for p in config["pods"]]
+        self.pods = [
+            Pod(self, p["instance"], make_client(p["client"], p["instance"]))
+            for p in config["pods"]
+        ]
         self._load: list[asyncio.Task[None]] = []
         self._monitors: list[asyncio.Task[None]] = []
 
@@ -347,9 +350,8 @@ def reply(name: str, body: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def main(argv: list[str]) -> int:
+async def main(config: dict[str, Any]) -> int:
     """Serve commands until ``quit`` or the end of input."""
-    config = json.loads(Path(argv[0]).read_text())
     process = PodProcess(config)
     process.start_monitors()
     await process.ready()
@@ -370,4 +372,6 @@ async def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1:])))
+    # Read before the loop starts: no blocking file access inside it.
+    config = json.loads(Path(sys.argv[1]).read_text())
+    sys.exit(asyncio.run(main(config)))

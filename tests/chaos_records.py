@@ -169,13 +169,13 @@ class FleetResults:
         errors: dict[str, dict[str, Any]] = {}
         for process in raw:
             for kind, entry in process["errors"].items():
-                merged = errors.setdefault(kind, {"count": 0, "redis": entry["redis"], "samples": []})
+                merged = errors.setdefault(
+                    kind, {"count": 0, "redis": entry["redis"], "samples": []}
+                )
                 merged["count"] += entry["count"]
                 merged["samples"] = (merged["samples"] + entry["samples"])[:5]
         return cls(
-            events=sorted(
-                (Event(*e) for p in raw for e in p["events"]), key=lambda event: event.t
-            ),
+            events=sorted((Event(*e) for p in raw for e in p["events"]), key=lambda event: event.t),
             trials=sorted((Trial(*t) for p in raw for t in p["trials"]), key=lambda t: t.t),
             errors=errors,
             outcomes={i: Counter(o) for p in raw for i, o in p["outcomes"].items()},
@@ -250,6 +250,4 @@ def assert_invariants(
     )
     for process, samples in results.rss.items():
         growth = rss_growth(samples, load_started + warm_up)
-        assert growth < max_rss_growth, (
-            f"{process}: RSS grew {growth / MIB:.1f} MiB during the run"
-        )
+        assert growth < max_rss_growth, f"{process}: RSS grew {growth / MIB:.1f} MiB during the run"

@@ -39,7 +39,7 @@ def redis_cli_binary() -> str | None:
 
 def _cluster_info(address: Address) -> dict[str, str]:
     with redis.Redis(host=address[0], port=address[1], socket_timeout=1.0) as client:
-        raw = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
+        raw = client.execute_command("CLUSTER INFO")
     if isinstance(raw, dict):  # parsed by redis-py's response callback
         return {str(key): str(value) for key, value in raw.items()}
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -51,13 +51,13 @@ def _replica_synced(address: Address) -> bool:
     """True for a master, or a replica whose link to its master is up."""
     with redis.Redis(host=address[0], port=address[1], socket_timeout=1.0) as client:
         info = client.info("replication")
-    return info.get("role") == "master" or info.get("master_link_status") == "up"
+    return bool(info.get("role") == "master" or info.get("master_link_status") == "up")
 
 
 def _slot_owner(address: Address, slot: int) -> Address | None:
     """Which master serves ``slot``, according to the node at ``address``."""
     with redis.Redis(host=address[0], port=address[1], socket_timeout=1.0) as client:
-        ranges = client.execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        ranges = client.execute_command("CLUSTER", "SLOTS")
     for entry in ranges:
         start, end, master = int(entry[0]), int(entry[1]), entry[2]
         if start <= slot <= end:
@@ -108,7 +108,7 @@ class RedisClusterTopology:
         raise KeyError(address)
 
     def start(self) -> RedisClusterTopology:
-        """Start the nodes, create the cluster; wait for ``cluster_state:ok`` and synced replicas."""
+        """Start the nodes, create the cluster, wait until it is ok and the replicas synced."""
         cli = redis_cli_binary()
         if cli is None:
             raise RedisServerError("redis-cli is not on PATH")
@@ -116,11 +116,14 @@ class RedisClusterTopology:
             node.start()
         created = subprocess.run(
             [
-                cli, "--cluster", "create",
+                cli,
+                "--cluster",
+                "create",
                 *(f"{host}:{port}" for host, port in self.addresses),
-                "--cluster-replicas", str(self.replicas_per_master),
+                "--cluster-replicas",
+                str(self.replicas_per_master),
                 "--cluster-yes",
-            ],  # fmt: skip
+            ],
             capture_output=True,
             text=True,
             timeout=60,

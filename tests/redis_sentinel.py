@@ -158,6 +158,8 @@ class SentinelTopology:
             reply = await client.sentinel_get_master_addr_by_name(self.service)
         finally:
             await client.aclose()
+        if not isinstance(reply, tuple | list) or len(reply) != 2:
+            raise RedisServerError(f"{sentinel.address} does not know {self.service}: {reply!r}")
         host, port = reply
         return (host.decode() if isinstance(host, bytes) else str(host)), int(port)
 

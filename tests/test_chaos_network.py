@@ -44,9 +44,7 @@ async def test_latency_of_200_ms_per_command(tmp_path: Path, redis_server: Redis
     assert len(results.trials) >= 2, results.summary()  # it did go half-open under latency
 
 
-async def test_black_hole_in_front_of_some_pods(
-    tmp_path: Path, redis_server: RedisServer
-) -> None:
+async def test_black_hole_in_front_of_some_pods(tmp_path: Path, redis_server: RedisServer) -> None:
     """A partition cuts two pods off (split brain) while the downstream fails; then it heals."""
     with ChaosProxy(redis_server.port) as proxy:
         isolated = {"proc0-pod0", "proc0-pod1"}

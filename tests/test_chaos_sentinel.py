@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.redis]
 @asynccontextmanager
 async def sentinel_admin(topology: SentinelTopology) -> AsyncIterator[aioredis.Redis]:
     """The test's own client of whichever server is master."""
-    sentinel = Sentinel(topology.sentinel_addresses, socket_timeout=1.0)
+    sentinel = Sentinel(topology.sentinel_addresses, socket_timeout=1.0)  # type: ignore[no-untyped-call]
     admin = sentinel.master_for(topology.service, socket_timeout=1.0)
     try:
         yield admin
@@ -70,9 +70,7 @@ async def _after_the_switch(run: ChaosRun) -> None:
     assert spread < CONVERGE_WITHIN, f"the trip took {spread:.3f} s to reach every pod"
 
 
-async def test_sentinel_master_killed(
-    tmp_path: Path, sentinel_topology: SentinelTopology
-) -> None:
+async def test_sentinel_master_killed(tmp_path: Path, sentinel_topology: SentinelTopology) -> None:
     """kill -9 of the master: pods follow the promoted replica within two ticks of the switch."""
     topology = sentinel_topology
     spec = sentinel_client(topology.sentinel_addresses, topology.service)

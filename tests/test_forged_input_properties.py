@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import pytest
@@ -130,18 +130,18 @@ async def two_pods(server: RedisServer, admin: aioredis.Redis) -> AsyncIterator[
 async def calls_are_clean(pod: Pod) -> None:
     """A few calls: only the breaker's own outcomes come back."""
     for _ in range(3):
-        try:
+        with suppress(OpenCircuitError, Boom):
             await pod.breaker.fire()
-        except (OpenCircuitError, Boom):
-            pass
 
 
 async def manual_control_reaches_everyone(pods: list[Pod]) -> None:
     """force_open() through pod0 reaches pod1 within two ticks; so does reset()."""
     for pod in pods:
         coordinator = pod.coordinator
-        assert coordinator._listener is not None and not coordinator._listener.done()
-        assert coordinator._ticker is not None and not coordinator._ticker.done()
+        assert coordinator._listener is not None
+        assert not coordinator._listener.done()
+        assert coordinator._ticker is not None
+        assert not coordinator._ticker.done()
     await pods[0].breaker.force_open()
     await eventually(
         lambda: all(p.breaker.state is State.FORCED_OPEN for p in pods),
@@ -159,9 +159,7 @@ async def manual_control_reaches_everyone(pods: list[Pod]) -> None:
 async def delivered(pods: list[Pod], before: list[int]) -> None:
     """Wait until every pod received one more message than ``before``."""
     await eventually(
-        lambda: all(
-            p.coordinator.stats["messages"] > b for p, b in zip(pods, before, strict=True)
-        ),
+        lambda: all(p.coordinator.stats["messages"] > b for p, b in zip(pods, before, strict=True)),
         what="the message delivered",
     )
 
@@ -171,8 +169,7 @@ async def reported(pods: list[Pod], ticks: int = 2) -> None:
     before = [p.coordinator.stats["reports"] for p in pods]
     await eventually(
         lambda: all(
-            p.coordinator.stats["reports"] >= b + ticks
-            for p, b in zip(pods, before, strict=True)
+            p.coordinator.stats["reports"] >= b + ticks for p, b in zip(pods, before, strict=True)
         ),
         within=ticks * TICK + 0.5,
         what=f"{ticks} reports of every pod",

@@ -126,7 +126,7 @@ class FlushAfterLoad(aioredis.Redis):
 
     flush_after_load = False
 
-    async def script_load(self, script: Any) -> Any:  # type: ignore[override]
+    async def script_load(self, script: Any) -> Any:
         """SCRIPT LOAD, then (when armed) SCRIPT FLUSH."""
         sha = await super().script_load(script)
         if self.flush_after_load:
@@ -148,6 +148,7 @@ async def test_script_cache_flushed_between_reload_and_retry_stays_hidden(
         ) as cluster,
     ):
         client = FlushAfterLoad.from_url(redis_server.url, client_name="pod1")
+        assert isinstance(client, FlushAfterLoad)
         pods = [cluster.pod("pod0"), cluster.pod("pod1", client=client)]
         try:
             await open_then_half_open(cluster, admin, pods)
@@ -186,11 +187,11 @@ class FailingEvalsha(aioredis.Redis):
 
     error: Exception | None = None
 
-    async def evalsha(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    async def evalsha(self, *args: Any, **kwargs: Any) -> Any:
         """EVALSHA, or the armed error."""
         if self.error is not None:
             raise self.error
-        return await super().evalsha(*args, **kwargs)  # type: ignore[misc]
+        return await super().evalsha(*args, **kwargs)
 
 
 @pytest.mark.parametrize("error_class", _every_redis_error(), ids=lambda cls: cls.__name__)
@@ -208,6 +209,7 @@ async def test_lease_request_lets_no_redis_error_through(
         distributed={"sync_interval": 2.0},
     ) as cluster:
         client = FailingEvalsha.from_url(redis_server_session.url, client_name="pod1")
+        assert isinstance(client, FailingEvalsha)
         pods = [cluster.pod("pod0"), cluster.pod("pod1", client=client)]
         try:
             await open_then_half_open(cluster, redis_client, pods)
@@ -249,7 +251,9 @@ async def test_killed_pubsub_connection_is_not_an_outage(
         outcomes = await asyncio.gather(*(outcome(p) for p in pods))
         trials = sum(p.downstream.calls for p in pods) - calls
         downs = {p.instance: p.count("registry_down") for p in pods}
-        assert trials == 1, f"{trials} trial calls in one period ({outcomes}); registry_down={downs}"
+        assert trials == 1, (
+            f"{trials} trial calls in one period ({outcomes}); registry_down={downs}"
+        )
         assert all(n == 0 for n in downs.values()), f"a lost subscription was an outage: {downs}"
 
 
