@@ -108,7 +108,17 @@ class RedisClusterTopology:
         raise KeyError(address)
 
     def start(self) -> RedisClusterTopology:
-        """Start the nodes, create the cluster, wait until it is ok and the replicas synced."""
+        """Start the nodes, create the cluster, wait until it is ok and the replicas synced.
+
+        On failure every node started so far is stopped before the error propagates.
+        """
+        try:
+            return self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> RedisClusterTopology:
         cli = redis_cli_binary()
         if cli is None:
             raise RedisServerError("redis-cli is not on PATH")

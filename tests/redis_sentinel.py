@@ -84,7 +84,17 @@ class SentinelTopology:
         raise KeyError(address)
 
     def start(self) -> SentinelTopology:
-        """Start master, replica and sentinels; wait until every sentinel sees all of them."""
+        """Start master, replica and sentinels; wait until every sentinel sees all of them.
+
+        On failure every process started so far is stopped before the error propagates.
+        """
+        try:
+            return self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> SentinelTopology:
         # Full syncs at once (Redis 7 waits 5 s for more replicas by default).
         fast_sync = ("--repl-diskless-sync-delay", "0")
         self.master.extra_args = fast_sync
