@@ -13,6 +13,8 @@ Fixtures:
     sentinel_topology     1 master, 1 replica, 3 sentinels of this test alone
     cluster_topology      a Redis Cluster (3 masters, 3 replicas) of this test alone
                           (also needs ``redis-cli``; marked ``cluster``)
+    tls_redis_server      a private server listening for TLS too, with a certificate made
+                          for it (a build without TLS skips, or fails under ``CI``)
 
 Tests that use a real server get the ``redis`` marker automatically, so
 ``pytest -m "not redis"`` runs without redis-server.
@@ -22,17 +24,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
 from redis_cluster import RedisClusterTopology, redis_cli_binary
 from redis_sentinel import SentinelTopology
-from redis_server import RedisServer, redis_server_binary
+from redis_server import RedisServer, RedisServerError, TlsFiles, redis_server_binary
 
 _REAL_SERVER_FIXTURES = frozenset(
     {"redis_server", "redis_server_session", "redis_client", "sentinel_topology",
-     "cluster_topology"}
+     "cluster_topology", "tls_redis_server"}
 )  # fmt: skip
 
 
@@ -99,6 +102,21 @@ def cluster_topology() -> Iterator[RedisClusterTopology]:
         _missing("redis-cli not found on PATH (it creates the cluster)")
     with RedisClusterTopology() as topology:
         yield topology
+
+
+@pytest.fixture
+def tls_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server of this test that also listens for TLS (``server.tls_url``)."""
+    _server_or_skip().close()
+    server = RedisServer(tls=TlsFiles.generate(tmp_path / "tls"))
+    try:
+        server.start()
+    except RedisServerError:
+        log = server.log[-1000:]
+        server.close()
+        _missing(f"this redis-server does not take --tls-port (built without TLS?):\n{log}")
+    with server:
+        yield server
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from distributed_support import (
     eventually_async,
     readme_acl_rule,
 )
-from redis_server import RedisServer, TlsFiles
+from redis_server import RedisServer
 
 from distributed_opossum import State
 
@@ -189,63 +189,42 @@ async def test_wrong_password_gets_a_clear_error_and_no_crash(
     assert 1 <= len(records) <= 2, [r.getMessage()[:120] for r in records[:5]]
 
 
-@pytest.fixture
-def tls_server(tmp_path: Path) -> RedisServer:
-    """A private redis-server that also listens for TLS, with a certificate made here."""
-    files = TlsFiles.generate(tmp_path / "tls")
-    server = RedisServer(tls=files)
-    try:
-        server.start()
-    except Exception as error:  # what this redis-server lacks, said plainly
-        server.close()
-        pytest.fail(f"redis-server does not take --tls-port: {error}\n{server.log[-2000:]}")
-    return server
-
-
 @pytest.mark.chaos
-async def test_fleet_over_tls(tmp_path: Path, tls_server: RedisServer) -> None:
+async def test_fleet_over_tls(tmp_path: Path, tls_redis_server: RedisServer) -> None:
     """Three pod processes on rediss://: a trip spreads, a trial closes, everyone converges."""
-    server = tls_server
+    server = tls_redis_server
     assert server.tls is not None
-    try:
-        spec = url_client(server.tls_url, ssl_ca_certs=str(server.tls.ca))
-        async with chaos_run(tmp_path / "fleet", server, client=spec) as run:
-            await asyncio.sleep(0.5)
-            tripped = time.monotonic()
-            run.fleet.switch.fail()
-            await run.wait_pods(
-                lambda v: v.state in ("open", "half_open"), within=1.0, what="all open"
-            )
-            run.fleet.switch.heal()
-            await run.wait_closed(within=3.0)
-            await run.converge()
-            clients = await run.admin.client_list()
-            ports = {int(c["laddr"].rsplit(":", 1)[1]) for c in clients if c.get("name", "")}
-            assert ports == {server.tls_port}, f"pods connected to {ports}"
-        assert run.results is not None
-        spread = open_spread(run.results, run.fleet.instances, tripped)
-        assert spread < CONVERGE_WITHIN
-    finally:
-        server.close()
+    spec = url_client(server.tls_url, ssl_ca_certs=str(server.tls.ca))
+    async with chaos_run(tmp_path / "fleet", server, client=spec) as run:
+        await asyncio.sleep(0.5)
+        tripped = time.monotonic()
+        run.fleet.switch.fail()
+        await run.wait_pods(lambda v: v.state in ("open", "half_open"), within=1.0, what="all open")
+        run.fleet.switch.heal()
+        await run.wait_closed(within=3.0)
+        await run.converge()
+        clients = await run.admin.client_list()
+        ports = {int(c["laddr"].rsplit(":", 1)[1]) for c in clients if c.get("name", "")}
+        assert ports == {server.tls_port}, f"pods connected to {ports}"
+    assert run.results is not None
+    spread = open_spread(run.results, run.fleet.instances, tripped)
+    assert spread < CONVERGE_WITHIN
 
 
-async def test_tls_without_trusting_the_ca_is_a_clear_error(tls_server: RedisServer) -> None:
+async def test_tls_without_trusting_the_ca_is_a_clear_error(tls_redis_server: RedisServer) -> None:
     """A client that does not trust the server's CA: registry_down names the certificate."""
-    server = tls_server
-    try:
-        async with Cluster(server.tls_url, **FAST, distributed={"sync_interval": 0.05}) as cluster:
-            pod = cluster.pod("pod0", client=aioredis.Redis.from_url(server.tls_url))
-            try:
-                for _ in range(10):
-                    assert await pod.call() == "ok"
-                    await asyncio.sleep(0.05)
-                assert pod.count("registry_down") == 1
-                error = next(args[0] for name, args, _ in pod.events if name == "registry_down")
-                assert "certificate" in str(error).lower(), repr(error)
-                await pod.trip()
-                assert pod.causes("open") == ["local"]
-            finally:
-                await pod.breaker.shutdown()
-                await pod.client.aclose()
-    finally:
-        server.close()
+    url = tls_redis_server.tls_url
+    async with Cluster(url, **FAST, distributed={"sync_interval": 0.05}) as cluster:
+        pod = cluster.pod("pod0", client=aioredis.Redis.from_url(url))
+        try:
+            for _ in range(10):
+                assert await pod.call() == "ok"
+                await asyncio.sleep(0.05)
+            assert pod.count("registry_down") == 1
+            error = next(args[0] for name, args, _ in pod.events if name == "registry_down")
+            assert "certificate" in str(error).lower(), repr(error)
+            await pod.trip()
+            assert pod.causes("open") == ["local"]
+        finally:
+            await pod.breaker.shutdown()
+            await pod.client.aclose()
