@@ -47,11 +47,14 @@ __all__ = [
     "Pod",
     "acl_setuser",
     "admin_of",
+    "assert_no_leak",
+    "call_outcome",
     "coordinator_idle",
     "dead_port_url",
     "eventually",
     "eventually_async",
     "gather_calls",
+    "open_then_half_open",
     "pattern_subscribers",
     "readme_acl_rule",
     "redis_now_ms",
@@ -402,3 +405,36 @@ def coordinator_idle(coordinator: Coordinator) -> bool:
 async def gather_calls(calls: list[Awaitable[str]]) -> list[str]:
     """Run calls concurrently; their outcomes in order."""
     return list(await asyncio.gather(*calls))
+
+
+async def call_outcome(pod: Pod) -> str | BaseException:
+    """One call: ``"ok"``, ``"rejected"``, ``"failed"``, or whatever else reached the caller."""
+    try:
+        await pod.breaker.fire()
+    except OpenCircuitError:
+        return "rejected"
+    except Boom:
+        return "failed"
+    except Exception as error:  # what these tests look for
+        return error
+    return "ok"
+
+
+def assert_no_leak(outcomes: list[str | BaseException]) -> None:
+    """Assert that no call let an exception other than the breaker's own through."""
+    leaked = [
+        f"{type(o).__module__}.{type(o).__qualname__}: {o}"
+        for o in outcomes
+        if isinstance(o, BaseException)
+    ]
+    assert not leaked, f"exceptions reached fire() callers: {leaked}"
+
+
+async def open_then_half_open(cluster: Cluster, admin: aioredis.Redis, pods: list[Pod]) -> None:
+    """Trip the cluster through pods[0], wait until every pod is half-open, heal the downstream."""
+    await cluster.ready(admin)
+    await pods[0].trip()
+    await eventually(lambda: all(p.breaker.opened for p in pods), within=0.5, what="all open")
+    await eventually(lambda: all(p.breaker.half_open for p in pods), within=2.0, what="half_open")
+    for pod in pods:
+        pod.downstream.mode = "ok"

@@ -3,9 +3,7 @@
 Each test sets up the fault on a real, private redis-server, in one process,
 and asserts the behaviour the README promises:
 
-1. no Redis exception reaches a caller of ``fire()``, whatever Redis answers
-   (maxmemory, a script cache flushed between reload and retry, any error
-   class redis-py has, cluster errors included);
+1. (Redis errors reaching callers: see test_redis_faults_errors.py);
 2. a dropped pub/sub connection is not an outage;
 3. a trip made during an outage reaches the fleet when Redis comes back empty;
 4. an expired shared open left over from a freeze does not hold trips back;
@@ -18,30 +16,29 @@ and asserts the behaviour the README promises:
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 import redis.exceptions
 from distributed_support import (
-    Boom,
     Cluster,
-    Pod,
     admin_of,
+    assert_no_leak,
+    call_outcome,
     eventually,
     eventually_async,
+    open_then_half_open,
     redis_now_ms,
     stays,
 )
 from redis_server import RedisServer
 
-from distributed_opossum import OpenCircuitError, RegistryError, State
+from distributed_opossum import State
 
 pytestmark = pytest.mark.redis
 
@@ -49,184 +46,6 @@ TICK = 0.1
 """sync_interval of the tests that wait for ticks."""
 SLACK = 0.3
 """Room for a busy 2-core machine on top of "within two ticks"."""
-
-
-async def outcome(pod: Pod) -> str | BaseException:
-    """One call: ``"ok"``, ``"rejected"``, ``"failed"``, or whatever else reached the caller."""
-    try:
-        await pod.breaker.fire()
-    except OpenCircuitError:
-        return "rejected"
-    except Boom:
-        return "failed"
-    except Exception as error:  # what these tests look for
-        return error
-    return "ok"
-
-
-def no_redis_error(outcomes: list[str | BaseException]) -> None:
-    """Assert that no call let an exception other than the breaker's own through."""
-    leaked = [
-        f"{type(o).__module__}.{type(o).__qualname__}: {o}"
-        for o in outcomes
-        if isinstance(o, BaseException)
-    ]
-    assert not leaked, f"exceptions reached fire() callers: {leaked}"
-
-
-async def open_then_half_open(cluster: Cluster, admin: aioredis.Redis, pods: list[Pod]) -> None:
-    """Trip the cluster through pods[0], wait until every pod is half-open, heal the downstream."""
-    await cluster.ready(admin)
-    await pods[0].trip()
-    await eventually(lambda: all(p.breaker.opened for p in pods), within=0.5, what="all open")
-    await eventually(lambda: all(p.breaker.half_open for p in pods), within=2.0, what="half_open")
-    for pod in pods:
-        pod.downstream.mode = "ok"
-
-
-# --------------------------------------------------------------------------- 1: Redis errors
-
-
-async def fill_to_maxmemory(admin: aioredis.Redis) -> None:
-    """2 MB of data, then maxmemory 1 MB below what is used (noeviction): every write is refused."""
-    for i in range(32):
-        await admin.set(f"ballast:{i}", b"x" * 65536)
-    used = int((await admin.info("memory"))["used_memory"])
-    await admin.config_set("maxmemory-policy", "noeviction")
-    await admin.config_set("maxmemory", str(used - 1024 * 1024))
-    with pytest.raises(redis.exceptions.OutOfMemoryError):
-        await admin.set("one-more", b"x")
-
-
-async def test_trial_at_maxmemory_lets_no_redis_error_through(redis_server: RedisServer) -> None:
-    """Redis at maxmemory (noeviction) when the open period ends: trial calls raise no OOM error."""
-    async with (
-        admin_of(redis_server) as admin,
-        Cluster(
-            redis_server.url,
-            reset_timeout=0.3,
-            rolling_count_timeout=1.0,
-            distributed={"sync_interval": 1.0},
-        ) as cluster,
-    ):
-        pods = [cluster.pod("pod0"), cluster.pod("pod1")]
-        await cluster.ready(admin)
-        await pods[0].trip()
-        await eventually(lambda: pods[1].breaker.opened, within=0.5, what="pod1 open")
-        await fill_to_maxmemory(admin)
-        await eventually(lambda: all(p.breaker.half_open for p in pods), within=1.0)
-        for pod in pods:
-            pod.downstream.mode = "ok"
-        outcomes = [await outcome(pod) for pod in pods for _ in range(3)]
-        no_redis_error(outcomes)
-
-
-class FlushAfterLoad(aioredis.Redis):
-    """A real client whose ``SCRIPT LOAD`` is followed by a ``SCRIPT FLUSH`` while armed.
-
-    It puts a flush from another client exactly between the library's reload
-    of a script and its retry, the race a tight ``SCRIPT FLUSH`` loop hits.
-    """
-
-    flush_after_load = False
-
-    async def script_load(self, script: Any) -> Any:
-        """SCRIPT LOAD, then (when armed) SCRIPT FLUSH."""
-        sha = await super().script_load(script)
-        if self.flush_after_load:
-            await super().script_flush()
-        return sha
-
-
-async def test_script_cache_flushed_between_reload_and_retry_stays_hidden(
-    redis_server: RedisServer,
-) -> None:
-    """NOSCRIPT on the retry after a reload (a flush in between) does not reach the caller."""
-    async with (
-        admin_of(redis_server) as admin,
-        Cluster(
-            redis_server.url,
-            reset_timeout=0.3,
-            rolling_count_timeout=1.0,
-            distributed={"sync_interval": 2.0},
-        ) as cluster,
-    ):
-        client = FlushAfterLoad.from_url(redis_server.url, client_name="pod1")
-        assert isinstance(client, FlushAfterLoad)
-        pods = [cluster.pod("pod0"), cluster.pod("pod1", client=client)]
-        try:
-            await open_then_half_open(cluster, admin, pods)
-            await admin.script_flush()
-            client.flush_after_load = True
-            outcomes = [await outcome(pods[1]) for _ in range(3)]
-        finally:
-            client.flush_after_load = False
-            await pods[1].breaker.shutdown()
-            await client.aclose()
-        no_redis_error(outcomes)
-
-
-def _every_redis_error() -> list[type[Exception]]:
-    """Every error class of ``redis.exceptions``: RedisError's and the cluster client's own."""
-    roots = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
-    found = [
-        cls
-        for _, cls in inspect.getmembers(redis.exceptions, inspect.isclass)
-        if issubclass(cls, roots)
-    ]
-    return sorted(found, key=lambda cls: cls.__name__)
-
-
-def _instance(cls: type[Exception]) -> Exception:
-    if issubclass(cls, redis.exceptions.AskError):  # MOVED / ASK carry "slot host:port"
-        return cls("3999 127.0.0.1:6381")
-    try:
-        return cls(f"{cls.__name__.upper()} injected by the test")
-    except TypeError:
-        return cls()
-
-
-class FailingEvalsha(aioredis.Redis):
-    """A real client whose single-script calls (EVALSHA) raise ``error`` while it is set."""
-
-    error: Exception | None = None
-
-    async def evalsha(self, *args: Any, **kwargs: Any) -> Any:
-        """EVALSHA, or the armed error."""
-        if self.error is not None:
-            raise self.error
-        return await super().evalsha(*args, **kwargs)
-
-
-@pytest.mark.parametrize("error_class", _every_redis_error(), ids=lambda cls: cls.__name__)
-async def test_lease_request_lets_no_redis_error_through(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    error_class: type[Exception],
-) -> None:
-    """Whatever redis-py raises on the lease request, fire() raises none of it; commands raise
-    RegistryError."""
-    async with Cluster(
-        redis_server_session.url,
-        reset_timeout=0.1,
-        rolling_count_timeout=1.0,
-        distributed={"sync_interval": 2.0},
-    ) as cluster:
-        client = FailingEvalsha.from_url(redis_server_session.url, client_name="pod1")
-        assert isinstance(client, FailingEvalsha)
-        pods = [cluster.pod("pod0"), cluster.pod("pod1", client=client)]
-        try:
-            await open_then_half_open(cluster, redis_client, pods)
-            client.error = _instance(error_class)
-            outcomes = [await outcome(pods[1])]
-            with pytest.raises(Exception) as command:  # noqa: PT011 (checked below)
-                await pods[1].breaker.reset()
-        finally:
-            client.error = None
-            await pods[1].breaker.shutdown()
-            await client.aclose()
-        no_redis_error(outcomes)
-        assert isinstance(command.value, RegistryError), repr(command.value)
 
 
 # --------------------------------------------------------------------------- 2: pub/sub
@@ -252,7 +71,7 @@ async def test_killed_pubsub_connection_is_not_an_outage(
         calls = sum(p.downstream.calls for p in pods)
         for pod in pods:
             pod.downstream.mode = "ok"
-        outcomes = await asyncio.gather(*(outcome(p) for p in pods))
+        outcomes = await asyncio.gather(*(call_outcome(p) for p in pods))
         trials = sum(p.downstream.calls for p in pods) - calls
         downs = {p.instance: p.count("registry_down") for p in pods}
         assert trials == 1, (
@@ -344,7 +163,7 @@ async def test_expired_shared_open_left_by_a_freeze_does_not_hold_trips_back(
             await eventually(lambda: all(p.breaker.half_open for p in pods), within=2.0)
             for pod in pods:  # the local rule: one local trial each, and they close
                 pod.downstream.mode = "ok"
-                assert await outcome(pod) == "ok"
+                assert await call_outcome(pod) == "ok"
             assert all(p.breaker.closed for p in pods)
         finally:
             redis_server.resume()
@@ -525,17 +344,17 @@ async def test_half_open_never_admits_more_than_max_calls_trials(
         calls = sum(p.downstream.calls for p in pods)
 
         pods[1].downstream.mode = "hang"  # trial 1: holds its lease
-        hanging = asyncio.get_running_loop().create_task(outcome(pods[1]))
+        hanging = asyncio.get_running_loop().create_task(call_outcome(pods[1]))
         await eventually(lambda: pods[1].downstream.running == 1, what="pod1's trial running")
-        assert await outcome(pods[0]) == "ok"  # trial 2: succeeds
+        assert await call_outcome(pods[0]) == "ok"  # trial 2: succeeds
 
         async def one_success_recorded() -> bool:
             return (await cluster.state_hash(redis_client)).get("trial_successes") == "1"
 
         await eventually_async(one_success_recorded, what="the first success in Redis")
-        later = [await outcome(pods[0]), await outcome(pods[2])]
+        later = [await call_outcome(pods[0]), await call_outcome(pods[2])]
         pods[1].downstream.release("ok")
         await hanging
         trials = sum(p.downstream.calls for p in pods) - calls
         assert trials <= 2, f"{trials} trials in one half-open period (later calls: {later})"
-        no_redis_error(later)
+        assert_no_leak(later)
