@@ -74,7 +74,7 @@ class CloseWatcher(Protocol):
 
 
 def is_closed(client: Any, loop: asyncio.AbstractEventLoop) -> bool:
-    """True when the application closed ``client`` on ``loop`` (seen through :func:`watch_close`)."""
+    """True when the application closed ``client`` on ``loop`` (see :func:`watch_close`)."""
     closed_on = _closed_on.get(client)
     return closed_on is not None and closed_on() is loop
 

@@ -10,6 +10,11 @@ Fixtures:
     redis_client          redis.asyncio client on the session server, emptied before the test
     fake_redis_client     fakeredis.FakeAsyncRedis with Lua, its own empty server
     any_redis_client      parametrized: the real client (marked ``redis``) and the fake one
+    sentinel_topology     1 master, 1 replica, 3 sentinels of this test alone
+    cluster_topology      a Redis Cluster (3 masters, 3 replicas) of this test alone
+                          (also needs ``redis-cli``; marked ``cluster``)
+    tls_redis_server      a private server listening for TLS too, with a certificate made
+                          for it (a build without TLS skips, or fails under ``CI``)
 
 Tests that use a real server get the ``redis`` marker automatically, so
 ``pytest -m "not redis"`` runs without redis-server.
@@ -19,29 +24,41 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
-from redis_server import RedisServer, redis_server_binary
+from redis_cluster import RedisClusterTopology, redis_cli_binary
+from redis_sentinel import SentinelTopology
+from redis_server import RedisServer, RedisServerError, TlsFiles, redis_server_binary
 
-_REAL_SERVER_FIXTURES = frozenset({"redis_server", "redis_server_session", "redis_client"})
+_REAL_SERVER_FIXTURES = frozenset(
+    {"redis_server", "redis_server_session", "redis_client", "sentinel_topology",
+     "cluster_topology", "tls_redis_server"}
+)  # fmt: skip
+
+
+def _missing(message: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; real-Redis tests must not be skipped in CI", pytrace=False)
+    pytest.skip(message)
 
 
 def _server_or_skip() -> RedisServer:
     if redis_server_binary() is None:
-        message = "redis-server not found on PATH (set REDIS_SERVER to its path)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; real-Redis tests must not be skipped in CI", pytrace=False)
-        pytest.skip(message)
+        _missing("redis-server not found on PATH (set REDIS_SERVER to its path)")
     return RedisServer()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that uses a real server with ``redis``."""
+    """Mark every test that uses a real server with ``redis`` (and a cluster with ``cluster``)."""
     for item in items:
-        if _REAL_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if _REAL_SERVER_FIXTURES & fixtures:
             item.add_marker(pytest.mark.redis)
+        if "cluster_topology" in fixtures:
+            item.add_marker(pytest.mark.cluster)
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +84,39 @@ async def _real_client(server: RedisServer) -> aioredis.Redis:
     await client.flushall()
     await client.script_flush()
     return client
+
+
+@pytest.fixture
+def sentinel_topology() -> Iterator[SentinelTopology]:
+    """A master, its replica and three sentinels of this test alone."""
+    _server_or_skip().close()
+    with SentinelTopology() as topology:
+        yield topology
+
+
+@pytest.fixture
+def cluster_topology() -> Iterator[RedisClusterTopology]:
+    """A Redis Cluster of 3 masters and 3 replicas of this test alone."""
+    _server_or_skip().close()
+    if redis_cli_binary() is None:
+        _missing("redis-cli not found on PATH (it creates the cluster)")
+    with RedisClusterTopology() as topology:
+        yield topology
+
+
+@pytest.fixture
+def tls_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server of this test that also listens for TLS (``server.tls_url``)."""
+    _server_or_skip().close()
+    server = RedisServer(tls=TlsFiles.generate(tmp_path / "tls"))
+    try:
+        server.start()
+    except RedisServerError:
+        log = server.log[-1000:]
+        server.close()
+        _missing(f"this redis-server does not take --tls-port (built without TLS?):\n{log}")
+    with server:
+        yield server
 
 
 @pytest.fixture

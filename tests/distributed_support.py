@@ -20,12 +20,18 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis_server import RedisServer
 
 from distributed_opossum import CircuitBreaker, OpenCircuitError
 from distributed_opossum._coordinator import Coordinator
@@ -39,12 +45,18 @@ __all__ = [
     "Cluster",
     "Downstream",
     "Pod",
+    "acl_setuser",
+    "admin_of",
+    "assert_no_leak",
+    "call_outcome",
     "coordinator_idle",
     "dead_port_url",
     "eventually",
     "eventually_async",
     "gather_calls",
+    "open_then_half_open",
     "pattern_subscribers",
+    "readme_acl_rule",
     "redis_now_ms",
     "stays",
     "stop",
@@ -114,6 +126,33 @@ async def stays(
         assert predicate(), f"{what or 'condition'} stopped holding"
         await asyncio.sleep(interval)
     assert predicate(), f"{what or 'condition'} stopped holding"
+
+
+@asynccontextmanager
+async def admin_of(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client for the test's own reads and writes on ``server`` (reconnects after a restart)."""
+    admin = aioredis.Redis.from_url(
+        server.url,
+        retry=Retry(NoBackoff(), 3),
+        retry_on_error=[redis.exceptions.ConnectionError],
+    )
+    try:
+        yield admin
+    finally:
+        await admin.aclose()
+
+
+async def acl_setuser(admin: aioredis.Redis, *rule: str) -> None:
+    """``ACL SETUSER`` with raw rule words (redis-py leaves execute_command unannotated)."""
+    await admin.execute_command("ACL", "SETUSER", *rule)  # type: ignore[no-untyped-call]
+
+
+def readme_acl_rule(prefix: str) -> list[str]:
+    """The README's ``ACL SETUSER`` arguments, for user ``dopossum`` and ``prefix``."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("ACL SETUSER dopossum "))
+    words = line.split()[2:]
+    return [w.replace("dopossum", prefix, 1) if w.startswith(("~", "&")) else w for w in words]
 
 
 def dead_port_url() -> str:
@@ -366,3 +405,36 @@ def coordinator_idle(coordinator: Coordinator) -> bool:
 async def gather_calls(calls: list[Awaitable[str]]) -> list[str]:
     """Run calls concurrently; their outcomes in order."""
     return list(await asyncio.gather(*calls))
+
+
+async def call_outcome(pod: Pod) -> str | BaseException:
+    """One call: ``"ok"``, ``"rejected"``, ``"failed"``, or whatever else reached the caller."""
+    try:
+        await pod.breaker.fire()
+    except OpenCircuitError:
+        return "rejected"
+    except Boom:
+        return "failed"
+    except Exception as error:  # what these tests look for
+        return error
+    return "ok"
+
+
+def assert_no_leak(outcomes: list[str | BaseException]) -> None:
+    """Assert that no call let an exception other than the breaker's own through."""
+    leaked = [
+        f"{type(o).__module__}.{type(o).__qualname__}: {o}"
+        for o in outcomes
+        if isinstance(o, BaseException)
+    ]
+    assert not leaked, f"exceptions reached fire() callers: {leaked}"
+
+
+async def open_then_half_open(cluster: Cluster, admin: aioredis.Redis, pods: list[Pod]) -> None:
+    """Trip the cluster through pods[0], wait until every pod is half-open, heal the downstream."""
+    await cluster.ready(admin)
+    await pods[0].trip()
+    await eventually(lambda: all(p.breaker.opened for p in pods), within=0.5, what="all open")
+    await eventually(lambda: all(p.breaker.half_open for p in pods), within=2.0, what="half_open")
+    for pod in pods:
+        pod.downstream.mode = "ok"

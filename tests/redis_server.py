@@ -12,6 +12,14 @@ Example::
         server.pause()  # SIGSTOP: connections hang, as with a stalled host
         server.resume()
         server.restart()  # same port, empty data, empty script cache
+
+A server can also take a configuration file (Sentinel needs one it may
+rewrite) and listen for TLS beside its plain port (the plain port stays for
+the fixtures' own PING and admin work)::
+
+    certificates = TlsFiles.generate(directory)
+    with RedisServer(tls=certificates) as server:
+        client = redis.asyncio.Redis.from_url(server.tls_url, ssl_ca_certs=str(certificates.ca))
 """
 
 from __future__ import annotations
@@ -23,10 +31,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RedisServer", "RedisServerError", "redis_server_binary"]
+__all__ = ["RedisServer", "RedisServerError", "TlsFiles", "free_port", "redis_server_binary"]
 
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
@@ -44,9 +53,12 @@ def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
 
 
-def _free_port() -> int:
-    # Another process may grab the port between close() and redis-server's
-    # bind(); start() retries on a fresh port when that happens.
+def free_port() -> int:
+    """A localhost TCP port nobody listens on right now.
+
+    Another process may grab it between this call and its use; starters
+    retry on a fresh port when that happens.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -62,22 +74,55 @@ def _answers_ping(port: int) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A certificate, its key and the CA that signed it (PEM files) for a TLS server."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def generate(cls, directory: Path) -> TlsFiles:
+        """A fresh CA and a server certificate for 127.0.0.1 / localhost, valid one day.
+
+        Needs the ``cryptography`` package (in the ``test`` extra).
+        """
+        from tls_certificates import write_server_certificate  # noqa: PLC0415 (optional dep)
+
+        return cls(*write_server_certificate(directory))
+
+
 class RedisServer:
     """One private ``redis-server`` process.
 
     Args:
         binary: path of ``redis-server``; found on ``PATH`` when omitted.
         extra_args: more command-line options, e.g. ``("--maxmemory", "1mb")``.
+        config: text of a configuration file, written to the server's directory
+            and passed first (``redis-server <file> --sentinel`` rewrites it).
+        tls: certificate files; the server then also listens for TLS on
+            :attr:`tls_port` (clients must trust ``tls.ca``).
     """
 
-    def __init__(self, binary: str | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        *,
+        config: str | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
         found = binary or redis_server_binary()
         if found is None:
             raise RedisServerError("redis-server is not on PATH")
         self.binary = found
         self.extra_args = extra_args
+        self.config = config
+        self.tls = tls
         self.host = "127.0.0.1"
         self.port = 0
+        self.tls_port = 0
         self._dir = Path(tempfile.mkdtemp(prefix="dopossum-redis-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
@@ -86,6 +131,28 @@ class RedisServer:
     def url(self) -> str:
         """``redis://127.0.0.1:<port>/0`` of this server."""
         return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def tls_url(self) -> str:
+        """``rediss://127.0.0.1:<tls_port>/0`` of this server (only with ``tls``)."""
+        if self.tls is None:
+            raise RedisServerError("this server was not started with tls")
+        return f"rediss://{self.host}:{self.tls_port}/0"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` of the plain port."""
+        return self.host, self.port
+
+    @property
+    def directory(self) -> Path:
+        """The server's private working directory."""
+        return self._dir
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while running, else None."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def running(self) -> bool:
@@ -105,7 +172,9 @@ class RedisServer:
         pick_port = self.port == 0
         for _ in range(5):
             if pick_port:
-                self.port = _free_port()
+                self.port = free_port()
+                if self.tls is not None:
+                    self.tls_port = free_port()
             if self._spawn():
                 return self
             if not pick_port:
@@ -113,14 +182,31 @@ class RedisServer:
         raise RedisServerError(f"redis-server did not start on port {self.port}:\n{self.log}")
 
     def _spawn(self) -> bool:
+        config: list[str] = []
+        if self.config is not None:
+            path = self._dir / "redis.conf"
+            if not path.exists():  # a restart keeps what Sentinel rewrote
+                path.write_text(self.config)
+            config = [str(path)]
+        tls: list[str] = []
+        if self.tls is not None:
+            tls = [
+                "--tls-port", str(self.tls_port),
+                "--tls-cert-file", str(self.tls.cert),
+                "--tls-key-file", str(self.tls.key),
+                "--tls-ca-cert-file", str(self.tls.ca),
+                "--tls-auth-clients", "no",
+            ]  # fmt: skip
         args = [
             self.binary,
+            *config,
             "--port", str(self.port),
             "--bind", self.host,
             "--save", "",
             "--appendonly", "no",
             "--dir", str(self._dir),
             "--logfile", "redis.log",
+            *tls,
             *self.extra_args,
         ]  # fmt: skip
         self._proc = subprocess.Popen(args, cwd=self._dir, stdin=subprocess.DEVNULL)

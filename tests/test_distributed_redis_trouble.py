@@ -8,8 +8,6 @@ import gc
 import json
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +18,15 @@ from distributed_support import (
     PREFIX,
     Cluster,
     Pod,
+    acl_setuser,
+    admin_of,
     dead_port_url,
     eventually,
     eventually_async,
     pattern_subscribers,
+    readme_acl_rule,
     stays,
 )
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis_server import RedisServer
 
 import distributed_opossum
@@ -40,20 +39,6 @@ FAST: dict[str, Any] = {
     "rolling_count_timeout": 1.0,
     "rolling_count_buckets": 10,
 }
-
-
-@asynccontextmanager
-async def admin_of(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A client for the test's own reads and writes on ``server`` (reconnects after a restart)."""
-    admin = aioredis.Redis.from_url(
-        server.url,
-        retry=Retry(NoBackoff(), 3),
-        retry_on_error=[redis.exceptions.ConnectionError],
-    )
-    try:
-        yield admin
-    finally:
-        await admin.aclose()
 
 
 def assert_fast(latencies: list[float]) -> None:
@@ -656,19 +641,6 @@ async def test_frozen_redis_during_half_open_rejects_rather_than_herds(
         assert elapsed < 0.8
         assert outcomes == ["rejected"] * 10
         assert sum(p.downstream.calls for p in pods) == 1  # only pod0's tripping call
-
-
-async def acl_setuser(admin: aioredis.Redis, *rule: str) -> None:
-    """``ACL SETUSER`` with raw rule words (redis-py leaves execute_command unannotated)."""
-    await admin.execute_command("ACL", "SETUSER", *rule)  # type: ignore[no-untyped-call]
-
-
-def readme_acl_rule(prefix: str) -> list[str]:
-    """The README's ``ACL SETUSER`` arguments, for user ``dopossum`` and ``prefix``."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    line = next(line for line in readme.splitlines() if line.startswith("ACL SETUSER dopossum "))
-    words = line.split()[2:]
-    return [w.replace("dopossum", prefix, 1) if w.startswith(("~", "&")) else w for w in words]
 
 
 async def test_readme_acl_user_gets_broadcasts(redis_server: RedisServer) -> None:

@@ -1,0 +1,230 @@
+"""Least privilege and transport security.
+
+- The README's ACL line is enough for everything the library does (reports,
+  broadcasts, trial leases and their release, force_open, reset, the CLI, a
+  reload after SCRIPT FLUSH): Redis' ACL LOG records no refusal.
+- A user without the rights gets one clear error, and the breakers keep
+  working locally.
+- A wrong password gets a clear error and no crash.
+- TLS (``rediss://``) with a certificate the test makes: a fleet in three
+  processes coordinates over it; a client that does not trust the CA gets a
+  clear error and stays local.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from chaos_fleet import url_client
+from chaos_scenario import CONVERGE_WITHIN, chaos_run, open_spread
+from distributed_support import (
+    PREFIX,
+    Cluster,
+    Pod,
+    acl_setuser,
+    admin_of,
+    eventually,
+    eventually_async,
+    readme_acl_rule,
+)
+from redis_server import RedisServer
+
+from distributed_opossum import State
+
+pytestmark = pytest.mark.redis
+
+FAST: dict[str, Any] = {"reset_timeout": 0.3, "rolling_count_timeout": 1.0}
+
+
+def _user_url(server: RedisServer, user: str, password: str) -> str:
+    return server.url.replace("redis://", f"redis://{user}:{password}@")
+
+
+def _library_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    return [
+        r for r in caplog.records if r.name.startswith("distributed_opossum") and r.levelno >= level
+    ]
+
+
+async def test_readme_acl_line_covers_everything_the_library_does(
+    redis_server: RedisServer,
+) -> None:
+    """Every feature run by the README's ACL user: Redis refuses nothing (ACL LOG stays empty)."""
+    async with admin_of(redis_server) as admin:
+        await acl_setuser(admin, *readme_acl_rule(PREFIX))
+        await admin.acl_log_reset()
+        url = _user_url(redis_server, "dopossum", "secret")
+        async with Cluster(url, **FAST, distributed={"sync_interval": 0.1}) as cluster:
+            pods = [cluster.pod(f"pod{i}", client=aioredis.Redis.from_url(url)) for i in range(2)]
+            try:
+                await eventually(lambda: all(p.link.gen is not None for p in pods), within=2.0)
+                await eventually_async(
+                    lambda: _subscribed_users(admin, "dopossum", 2), within=2.0, what="subscribed"
+                )
+                await admin.script_flush()  # the next reports reload the scripts
+                await pods[0].trip()  # report + broadcast
+                await eventually(lambda: pods[1].breaker.opened, within=0.5, what="broadcast")
+                await eventually(lambda: pods[1].breaker.half_open, within=1.0)
+                pods[1].downstream.mode = "hang"  # a trial whose caller is cancelled
+                trial = asyncio.get_running_loop().create_task(pods[1].call())
+                await eventually(lambda: pods[1].downstream.running == 1, what="trial running")
+                trial.cancel()
+                await asyncio.gather(trial, return_exceptions=True)
+                pods[1].downstream.mode = "ok"
+                await eventually_async(lambda: _trial_ok(pods[1]), within=2.0, what="a trial")
+                await eventually(lambda: pods[0].breaker.closed, within=0.5, what="closed")
+                await pods[0].breaker.force_open()
+                await eventually(lambda: pods[1].breaker.state is State.FORCED_OPEN, within=0.5)
+                await pods[0].breaker.reset()
+                await eventually(lambda: pods[1].breaker.closed, within=0.5)
+                for command in (["status", "payments"], ["cleanup", "payments", "--max-age", "0"]):
+                    _cli(url, command)
+                await asyncio.sleep(0.3)  # a few more reports
+                for pod in pods:
+                    assert pod.coordinator.stats["script_errors"] == 0, pod.coordinator.stats
+                    assert pod.coordinator.stats["listener_errors"] == 0, pod.coordinator.stats
+            finally:
+                for pod in pods:
+                    await pod.breaker.shutdown()
+                    await pod.client.aclose()
+        refused = [e for e in await admin.acl_log() if e.get("username") == "dopossum"]
+        assert refused == [], f"the README's ACL line lacks: {refused}"
+
+
+async def _trial_ok(pod: Pod) -> bool:
+    return await pod.call() == "ok"
+
+
+async def _subscribed_users(admin: aioredis.Redis, user: str, count: int) -> bool:
+    entries = await admin.client_list()
+    return sum(1 for e in entries if e.get("user") == user and int(e.get("psub", 0)) > 0) >= count
+
+
+def _cli(url: str, command: list[str]) -> None:
+    """Run the CLI as an operator would, with the ACL user's URL and the test prefix."""
+    done = subprocess.run(
+        [sys.executable, "-m", "distributed_opossum.cli", "--url", url, "--prefix", PREFIX,
+         *command],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"cli {command}: {done.stdout}{done.stderr}"
+
+
+async def test_user_without_rights_gets_one_clear_error_and_stays_local(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user with no command rights: one clear logged error, and the breaker works locally."""
+    caplog.set_level(logging.WARNING, logger="distributed_opossum")
+    async with admin_of(redis_server) as admin:
+        await acl_setuser(admin, "nobody", "on", ">pw", "-@all")
+        url = _user_url(redis_server, "nobody", "pw")
+        async with Cluster(url, **FAST, distributed={"sync_interval": 0.05}) as cluster:
+            pod = cluster.pod("pod0", client=aioredis.Redis.from_url(url))
+            try:
+                for _ in range(20):
+                    assert await pod.call() == "ok"
+                    await asyncio.sleep(0.05)  # 1 s: twenty refused reports
+                await pod.trip()
+                assert pod.causes("open") == ["local"]
+                await eventually(lambda: pod.breaker.half_open, within=1.0)
+                pod.downstream.mode = "ok"
+                assert await pod.call() == "ok"  # the local trial rule
+                assert pod.causes("close") == ["trial"]
+            finally:
+                await pod.breaker.shutdown()
+                await pod.client.aclose()
+    errors = _library_records(caplog, logging.ERROR)
+    assert errors, "the refusal was not logged"
+    text = " ".join(r.getMessage() + str(r.exc_info and r.exc_info[1]) for r in errors)
+    assert "NOPERM" in text or "permission" in text.lower(), text[:500]
+    assert len(errors) <= 2, (
+        f"{len(errors)} error records in 1 s, not one clear error: "
+        f"{[r.getMessage()[:120] for r in errors[:4]]}"
+    )
+
+
+async def test_wrong_password_gets_a_clear_error_and_no_crash(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong password: registry_down names the failed authentication; nothing crashes."""
+    caplog.set_level(logging.WARNING, logger="distributed_opossum")
+    url = _user_url(redis_server, "default", "wrong-password")
+    async with admin_of(redis_server) as admin:
+        await admin.config_set("requirepass", "right-password")
+        try:
+            async with Cluster(url, **FAST, distributed={"sync_interval": 0.05}) as cluster:
+                pod = cluster.pod("pod0", client=aioredis.Redis.from_url(url))
+                try:
+                    for _ in range(20):
+                        assert await pod.call() == "ok"
+                        await asyncio.sleep(0.05)
+                    assert pod.count("registry_down") == 1
+                    error = next(args[0] for name, args, _ in pod.events if name == "registry_down")
+                    assert "password" in str(error).lower(), repr(error)
+                    coordinator = pod.coordinator
+                    assert coordinator._ticker is not None
+                    assert not coordinator._ticker.done()
+                    assert coordinator._listener is not None
+                    assert not coordinator._listener.done()
+                    await pod.trip()
+                    assert pod.breaker.state is State.OPEN
+                finally:
+                    await pod.breaker.shutdown()
+                    await pod.client.aclose()
+        finally:
+            admin.connection_pool.connection_kwargs["password"] = "right-password"
+            await admin.config_set("requirepass", "")
+    records = _library_records(caplog, logging.WARNING)
+    assert 1 <= len(records) <= 2, [r.getMessage()[:120] for r in records[:5]]
+
+
+@pytest.mark.chaos
+async def test_fleet_over_tls(tmp_path: Path, tls_redis_server: RedisServer) -> None:
+    """Three pod processes on rediss://: a trip spreads, a trial closes, everyone converges."""
+    server = tls_redis_server
+    assert server.tls is not None
+    spec = url_client(server.tls_url, ssl_ca_certs=str(server.tls.ca))
+    async with chaos_run(tmp_path / "fleet", server, client=spec) as run:
+        await asyncio.sleep(0.5)
+        tripped = time.monotonic()
+        run.fleet.switch.fail()
+        await run.wait_pods(lambda v: v.state in ("open", "half_open"), within=1.0, what="all open")
+        run.fleet.switch.heal()
+        await run.wait_closed(within=3.0)
+        await run.converge()
+        clients = await run.admin.client_list()
+        ports = {int(c["laddr"].rsplit(":", 1)[1]) for c in clients if c.get("name", "")}
+        assert ports == {server.tls_port}, f"pods connected to {ports}"
+    assert run.results is not None
+    spread = open_spread(run.results, run.fleet.instances, tripped)
+    assert spread < CONVERGE_WITHIN
+
+
+async def test_tls_without_trusting_the_ca_is_a_clear_error(tls_redis_server: RedisServer) -> None:
+    """A client that does not trust the server's CA: registry_down names the certificate."""
+    url = tls_redis_server.tls_url
+    async with Cluster(url, **FAST, distributed={"sync_interval": 0.05}) as cluster:
+        pod = cluster.pod("pod0", client=aioredis.Redis.from_url(url))
+        try:
+            for _ in range(10):
+                assert await pod.call() == "ok"
+                await asyncio.sleep(0.05)
+            assert pod.count("registry_down") == 1
+            error = next(args[0] for name, args, _ in pod.events if name == "registry_down")
+            assert "certificate" in str(error).lower(), repr(error)
+            await pod.trip()
+            assert pod.causes("open") == ["local"]
+        finally:
+            await pod.breaker.shutdown()
+            await pod.client.aclose()

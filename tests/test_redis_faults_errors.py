@@ -1,0 +1,173 @@
+"""Regressions of defect 1: no Redis exception reaches a caller of ``fire()``, whatever Redis says.
+
+The lease request is the one Redis call on a caller's path. On a real,
+private redis-server: a server at maxmemory, a script cache flushed between
+the library's reload and its retry, and every error class redis-py has
+(cluster errors included) raised on the request. ``force_open()`` and
+``reset()`` answer each of them with ``RegistryError``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+import redis.exceptions
+from distributed_support import (
+    Cluster,
+    admin_of,
+    assert_no_leak,
+    call_outcome,
+    eventually,
+    open_then_half_open,
+)
+from redis_server import RedisServer
+
+from distributed_opossum import RegistryError
+
+pytestmark = pytest.mark.redis
+
+
+async def fill_to_maxmemory(admin: aioredis.Redis) -> None:
+    """2 MB of data, then maxmemory 1 MB below what is used (noeviction): every write is refused."""
+    for i in range(32):
+        await admin.set(f"ballast:{i}", b"x" * 65536)
+    used = int((await admin.info("memory"))["used_memory"])
+    await admin.config_set("maxmemory-policy", "noeviction")
+    await admin.config_set("maxmemory", str(used - 1024 * 1024))
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        await admin.set("one-more", b"x")
+
+
+async def test_trial_at_maxmemory_lets_no_redis_error_through(redis_server: RedisServer) -> None:
+    """Redis at maxmemory (noeviction) when the open period ends: trial calls raise no OOM error."""
+    async with (
+        admin_of(redis_server) as admin,
+        Cluster(
+            redis_server.url,
+            reset_timeout=0.3,
+            rolling_count_timeout=1.0,
+            distributed={"sync_interval": 1.0},
+        ) as cluster,
+    ):
+        pods = [cluster.pod("pod0"), cluster.pod("pod1")]
+        await cluster.ready(admin)
+        await pods[0].trip()
+        await eventually(lambda: pods[1].breaker.opened, within=0.5, what="pod1 open")
+        await fill_to_maxmemory(admin)
+        await eventually(lambda: all(p.breaker.half_open for p in pods), within=1.0)
+        for pod in pods:
+            pod.downstream.mode = "ok"
+        outcomes = [await call_outcome(pod) for pod in pods for _ in range(3)]
+        assert_no_leak(outcomes)
+
+
+class FlushAfterLoad(aioredis.Redis):
+    """A real client whose ``SCRIPT LOAD`` is followed by a ``SCRIPT FLUSH`` while armed.
+
+    It puts a flush from another client exactly between the library's reload
+    of a script and its retry, the race a tight ``SCRIPT FLUSH`` loop hits.
+    """
+
+    flush_after_load = False
+
+    async def script_load(self, script: Any) -> Any:
+        """SCRIPT LOAD, then (when armed) SCRIPT FLUSH."""
+        sha = await super().script_load(script)
+        if self.flush_after_load:
+            await super().script_flush()
+        return sha
+
+
+async def test_script_cache_flushed_between_reload_and_retry_stays_hidden(
+    redis_server: RedisServer,
+) -> None:
+    """NOSCRIPT on the retry after a reload (a flush in between) does not reach the caller."""
+    async with (
+        admin_of(redis_server) as admin,
+        Cluster(
+            redis_server.url,
+            reset_timeout=0.3,
+            rolling_count_timeout=1.0,
+            distributed={"sync_interval": 2.0},
+        ) as cluster,
+    ):
+        client = FlushAfterLoad.from_url(redis_server.url, client_name="pod1")
+        assert isinstance(client, FlushAfterLoad)
+        pods = [cluster.pod("pod0"), cluster.pod("pod1", client=client)]
+        try:
+            await open_then_half_open(cluster, admin, pods)
+            await admin.script_flush()
+            client.flush_after_load = True
+            outcomes = [await call_outcome(pods[1]) for _ in range(3)]
+        finally:
+            client.flush_after_load = False
+            await pods[1].breaker.shutdown()
+            await client.aclose()
+        assert_no_leak(outcomes)
+
+
+def _every_redis_error() -> list[type[Exception]]:
+    """Every error class of ``redis.exceptions``: RedisError's and the cluster client's own."""
+    roots = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
+    found = [
+        cls
+        for _, cls in inspect.getmembers(redis.exceptions, inspect.isclass)
+        if issubclass(cls, roots)
+    ]
+    return sorted(found, key=lambda cls: cls.__name__)
+
+
+def _instance(cls: type[Exception]) -> Exception:
+    if issubclass(cls, redis.exceptions.AskError):  # MOVED / ASK carry "slot host:port"
+        return cls("3999 127.0.0.1:6381")
+    try:
+        return cls(f"{cls.__name__.upper()} injected by the test")
+    except TypeError:
+        return cls()
+
+
+class FailingEvalsha(aioredis.Redis):
+    """A real client whose single-script calls (EVALSHA) raise ``error`` while it is set."""
+
+    error: Exception | None = None
+
+    async def evalsha(self, *args: Any, **kwargs: Any) -> Any:
+        """EVALSHA, or the armed error."""
+        if self.error is not None:
+            raise self.error
+        return await super().evalsha(*args, **kwargs)
+
+
+@pytest.mark.parametrize("error_class", _every_redis_error(), ids=lambda cls: cls.__name__)
+async def test_lease_request_lets_no_redis_error_through(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    error_class: type[Exception],
+) -> None:
+    """Whatever redis-py raises on the lease request, fire() raises none of it; commands raise
+    RegistryError."""
+    async with Cluster(
+        redis_server_session.url,
+        reset_timeout=0.1,
+        rolling_count_timeout=1.0,
+        distributed={"sync_interval": 2.0},
+    ) as cluster:
+        client = FailingEvalsha.from_url(redis_server_session.url, client_name="pod1")
+        assert isinstance(client, FailingEvalsha)
+        pods = [cluster.pod("pod0"), cluster.pod("pod1", client=client)]
+        try:
+            await open_then_half_open(cluster, redis_client, pods)
+            client.error = _instance(error_class)
+            outcomes = [await call_outcome(pods[1])]
+            with pytest.raises(Exception) as command:  # noqa: PT011 (checked below)
+                await pods[1].breaker.reset()
+        finally:
+            client.error = None
+            await pods[1].breaker.shutdown()
+            await client.aclose()
+        assert_no_leak(outcomes)
+        assert isinstance(command.value, RegistryError), repr(command.value)
