@@ -49,6 +49,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _CLOSED = State.CLOSED
+_OWN_EVIDENCE = frozenset({Cause.LOCAL, Cause.TRIAL})
+"""Openings this pod decided from its own calls: its trip, or its failed trial. Each
+is its vote (a failed cluster trial re-opens the cluster anyway; a failed local
+trial, made while Redis was away, must count once Redis is back)."""
 _STATE_EVENTS = {
     State.OPEN: "open",
     State.FORCED_OPEN: "open",
@@ -693,12 +697,12 @@ class CircuitBreaker(Generic[P, R]):
             transition = core.pending.pop(0)
             self._apply(transition)
             self._refresh_gate()
-            if (
-                self._link is not None
-                and transition.state is State.OPEN
-                and transition.cause is Cause.LOCAL
-            ):
-                self._link.vote()
+            link = self._link
+            if link is not None:
+                if transition.state is State.OPEN and transition.cause in _OWN_EVIDENCE:
+                    link.vote()
+                elif transition.state is State.CLOSED:
+                    link.closed_locally()
             self._events.emit(_STATE_EVENTS[transition.state], transition.cause)
 
     def _attach(self) -> bool:

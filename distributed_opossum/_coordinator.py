@@ -31,19 +31,25 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._failover import CHECK_INTERVAL, MasterWatch
 from ._keys import events_pattern
+from ._logs import Throttle, logger
 from ._redis_client import is_closed, watch_close
 from ._scripts import SharedState, WindowReport, parse_broadcast, scripts_for
 
 if TYPE_CHECKING:
     from ._link import SharedLink
 
-__all__ = ["REDIS_ERRORS", "Coordinator", "coordinator_for", "live_coordinators"]
-
-logger = logging.getLogger("distributed_opossum")
+__all__ = [
+    "REDIS_ERRORS",
+    "REGISTRY_ERRORS",
+    "Coordinator",
+    "coordinator_for",
+    "live_coordinators",
+]
 
 REDIS_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError,
@@ -51,6 +57,13 @@ REDIS_ERRORS: tuple[type[Exception], ...] = (
     OSError,  # the builtin ConnectionError and TimeoutError included
 )
 """Errors that mean "Redis cannot be reached" (as opposed to a bad reply)."""
+REGISTRY_ERRORS: tuple[type[Exception], ...] = (
+    *REDIS_ERRORS,
+    RedisError,
+    RedisClusterException,  # the cluster client's own root, not a RedisError
+)
+"""Everything the Redis layer raises when Redis cannot be used: unreachable, or
+refusing (out of memory, read-only, no rights, cluster down, ...)."""
 
 ROUND_TRIP_LIMIT = 2.0
 """A round trip taking longer than this counts as Redis being down."""
@@ -123,6 +136,10 @@ class Coordinator:
         self._listener: asyncio.Task[None] | None = None
         self._pubsub: Any = None
         self._closing: asyncio.Task[None] | None = None
+        self._listener_wake = asyncio.Event()
+        self._throttle = Throttle()
+        self._master = MasterWatch.of(client)
+        self._master_checked = 0.0
 
     # -- membership --------------------------------------------------------------------------
 
@@ -180,11 +197,17 @@ class Coordinator:
         async def guarded() -> None:
             try:
                 await coroutine
-            except REDIS_ERRORS as error:
+            except REGISTRY_ERRORS as error:
                 self.mark_down(error)
-            except Exception:
+            except Exception as error:
                 self.stats["script_errors"] += 1
-                logger.exception("distributed_opossum: %s failed", what)
+                self._throttle.log(
+                    logging.ERROR,
+                    f"spawn:{what}",
+                    "distributed_opossum: %s failed: %s",
+                    what,
+                    _describe(error),
+                )
 
         task = self.loop.create_task(guarded())
         self._tasks.add(task)
@@ -290,7 +313,14 @@ class Coordinator:
         if self.down is not None or self.closed:
             return
         self.down = error
-        logger.warning("distributed_opossum: Redis unreachable (%r); deciding locally", error)
+        # Refused (no rights, a wrong password, out of memory) needs someone to
+        # act; unreachable usually passes by itself.
+        level = logging.ERROR if isinstance(error, ResponseError) else logging.WARNING
+        logger.log(
+            level,
+            "distributed_opossum: Redis cannot be used (%s); deciding locally until it can",
+            _describe(error),
+        )
         pool = getattr(self.client, "connection_pool", None)
         if pool is not None:
             # Drop the idle connections now, so that none left over from before a
@@ -308,12 +338,12 @@ class Coordinator:
         if self.down is None or self.closed:
             return
         self.down = None
-        logger.info("distributed_opossum: Redis reachable again")
-        now = self.loop.time()
+        logger.info("distributed_opossum: Redis answers again")
         for link in list(self.links):
-            link.next_due = now
+            link.verify()  # due now: what it decided locally meets Redis' state
             link.emit("registry_up")
         self._wake.set()
+        self._listener_wake.set()  # subscribe now rather than after its backoff
 
     # -- the ticker --------------------------------------------------------------------------
 
@@ -342,6 +372,9 @@ class Coordinator:
             delay = max(0.0, min(link.next_due for link in links) - self.loop.time())
             if self.down is not None:
                 delay = max(delay, RECONNECT_MIN)
+            if self._master is not None:
+                next_check = self._master_checked + CHECK_INTERVAL - self.loop.time()
+                delay = min(delay, max(next_check, 0.0))
         self._wake.clear()
         if self.closed:
             return
@@ -353,6 +386,8 @@ class Coordinator:
 
     async def _tick(self) -> None:
         """Every due breaker's report, pipelined: one round trip per ``BATCH_SIZE`` breakers."""
+        if self._master is not None and self.loop.time() >= self._master_checked + CHECK_INTERVAL:
+            await self._check_master(self._master)
         now = self.loop.time()
         due = [link for link in list(self.links) if link.next_due <= now]
         if not due:
@@ -366,8 +401,32 @@ class Coordinator:
             if not await self._report(due[start : start + BATCH_SIZE]):
                 return  # Redis is down: the rest would only time out too
 
+    async def _check_master(self, watch: MasterWatch) -> None:
+        """Follow a Sentinel master switch: new connections, every state read again."""
+        self._master_checked = self.loop.time()
+        try:
+            switched = await watch.switched()
+        except Exception as error:  # Sentinel unreachable: the reports will tell
+            self._throttle.log(
+                logging.WARNING,
+                "sentinel",
+                "distributed_opossum: asking Sentinel failed: %s",
+                _describe(error),
+            )
+            return
+        if switched is None:
+            return
+        logger.warning(
+            "distributed_opossum: the Redis master moved from %s to %s; reading every "
+            "breaker's state from the new master",
+            *switched,
+        )
+        self._pubsub_lost()
+        for link in list(self.links):
+            link.verify()
+
     async def _report(self, due: list[SharedLink]) -> bool:
-        """One pipelined round trip for ``due``; False when Redis could not be reached."""
+        """One pipelined round trip for ``due``; False when Redis could not be used."""
         reports = [link.take_report(link.breaker._monotonic()) for link in due]
         try:
             try:
@@ -379,29 +438,47 @@ class Coordinator:
                 # once; the pipeline was not taken, so one retry on a fresh
                 # connection tells a dead Redis from a dead connection.
                 results = await self._send_reports(due, reports)
-        except REDIS_ERRORS as error:  # asyncio's TimeoutError is an OSError
+        except REGISTRY_ERRORS as error:  # asyncio's TimeoutError is an OSError
             # Nothing is buffered: what happened meanwhile stays local history,
             # but a trip vote is kept for the next report.
             self.stats["tick_errors"] += 1
-            for link, report in zip(due, reports, strict=True):
-                if report.local_open:
-                    link.keep_vote()
+            self._lost(due, reports)
             self.mark_down(error)
             return False
         self.stats["round_trips"] += 1
         self.stats["reports"] += len(due)
+        refused = [r for r in results if isinstance(r, ResponseError)]
+        if refused and len(refused) == len(results):
+            # Redis answered but ran none of them (out of memory, read-only,
+            # no rights, ...): it cannot be used, as if it were down.
+            self.stats["tick_errors"] += 1
+            self._lost(due, reports)
+            self.mark_down(refused[0])
+            return False
         self.mark_up()
-        for link, result in zip(due, results, strict=True):
+        for link, report, result in zip(due, reports, results, strict=True):
             if isinstance(result, Exception):
                 self.stats["script_errors"] += 1
-                logger.error(
-                    "distributed_opossum: report of %r failed: %r (breaker stays local)",
+                self._lost([link], [report])
+                self._throttle.log(
+                    logging.ERROR,
+                    f"report:{link.keys.name}",
+                    "distributed_opossum: report of %r failed: %s (it decides locally meanwhile)",
                     link.keys.name,
-                    result,
+                    _describe(result),
                 )
                 continue
             link.apply(result, own=True)
         return True
+
+    @staticmethod
+    def _lost(links: list[SharedLink], reports: list[WindowReport]) -> None:
+        """These reports did not run: keep their trip votes, and any check asked for."""
+        for link, report in zip(links, reports, strict=True):
+            if report.local_open:
+                link.keep_vote()
+            if link.verifying:
+                link.verify()
 
     async def _send_reports(
         self, due: list[SharedLink], reports: list[WindowReport]
@@ -413,6 +490,7 @@ class Coordinator:
                 report,
                 instance=link.instance,
                 known_epoch=max(link.epoch, 0),
+                known_gen=link.gen or "",
                 params=link.params,
                 jitter=link.jitter(),
             )
@@ -422,17 +500,25 @@ class Coordinator:
     # -- the listener ------------------------------------------------------------------------
 
     async def _listen_forever(self) -> None:
+        """Subscribe, and dispatch every message, for good.
+
+        A lost subscription (its connection killed, say) is not an outage:
+        commands may work all along, so it announces nothing; it reconnects at
+        once, then with a capped backoff, and once subscribed again re-reads
+        every breaker's state (messages may have been lost meanwhile). Only
+        failing commands make the registry "down".
+        """
         backoff = RECONNECT_MIN
         connected_before = False
         while not self.closed:
             try:
-                pubsub = self._pubsub = self.client.pubsub()
+                pubsub = self._pubsub = self.client.pubsub(push_handler_func=_pass_push)
                 if self.patterns:
                     await pubsub.psubscribe(*self.patterns)
                 if connected_before:
                     self._resync()  # messages may have been lost while away
                 connected_before = True
-                while not self.closed:
+                while not self.closed and self._pubsub is pubsub:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=LISTEN_POLL
                     )
@@ -446,27 +532,37 @@ class Coordinator:
                     self._retire()
                     await self._release_connections()
                 raise
-            except REDIS_ERRORS as error:
+            except Exception as error:  # the listener never dies: say it, back off, retry
                 if self.closed:
                     break  # closing (the client was closed, say): not an outage
                 self.stats["listener_errors"] += 1
-                self.mark_down(error)
-            except (RedisError, RuntimeError):
-                if self.closed:
-                    break
-                self.stats["listener_errors"] += 1
-                logger.exception("distributed_opossum: pub/sub listener error")
+                self._throttle.log(
+                    logging.WARNING,
+                    f"listener:{type(error).__name__}",
+                    "distributed_opossum: lost the pub/sub subscription (%s); subscribing "
+                    "again (state changes arrive with the reports meanwhile)",
+                    _describe(error),
+                )
             await self._close_pubsub()
             if self.closed:
                 break
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            self._listener_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff * random.uniform(0.5, 1.5)):
+                    await self._listener_wake.wait()
             backoff = min(backoff * 2, RECONNECT_MAX)
 
     def _resync(self) -> None:
-        now = self.loop.time()
         for link in list(self.links):
-            link.next_due = now
+            link.verify()
         self._wake.set()
+
+    def _pubsub_lost(self) -> None:
+        """Drop the subscription now (the listener subscribes again, and resyncs)."""
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            self.spawn(pubsub.aclose(), "close pub/sub")
+        self._listener_wake.set()
 
     def _on_message(self, message: dict[str, Any]) -> None:
         self.stats["messages"] += 1
@@ -493,3 +589,19 @@ class Coordinator:
             await pubsub.aclose()
         except Exception:  # closing a broken connection may fail again; nothing to do
             logger.debug("distributed_opossum: closing pub/sub failed", exc_info=True)
+
+
+def _describe(error: BaseException) -> str:
+    """An error in one line, naming its kind (``NoPermissionError: ...``)."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+async def _pass_push(response: Any) -> Any:
+    """The pub/sub push handler: the message as it came.
+
+    redis-py's default handler formats every message into a debug log line,
+    whether debug logging is on or not: a 1 MB message (anyone with access
+    to the channel can send one) cost the event loop several milliseconds.
+    """
+    return response

@@ -20,16 +20,16 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
-
-from ._coordinator import REDIS_ERRORS, coordinator_for
+from ._coordinator import REGISTRY_ERRORS, coordinator_for
 from ._errors import RegistryError
 from ._keys import BreakerKeys
 from ._options import BreakerOptions, DistributedOptions
 from ._scripts import (
     Broadcast,
     DecisionParams,
+    ProtocolError,
     SharedState,
+    TrialGrant,
     TrialOutcome,
     WindowReport,
     scripts_for,
@@ -48,8 +48,25 @@ LEASE_WAIT = 0.5
 """Longest a caller waits for a cluster trial lease (or ``timeout``, if shorter)."""
 COMMAND_WAIT = 5.0
 """Longest ``force_open()``/``reset()`` wait for Redis before raising."""
-COMMAND_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, RedisError)
-"""Anything Redis answers instead of the new state (refused rights included)."""
+COMMAND_ERRORS: tuple[type[Exception], ...] = (*REGISTRY_ERRORS, ProtocolError)
+"""Anything the Redis layer answers instead of the new state (refused rights included)."""
+
+
+@dataclass(slots=True)
+class _LeaseAnswer:
+    """Redis' answer to one lease request (``grant`` None: Redis could not be used)."""
+
+    holder: str
+    grant: TrialGrant | None
+    claimed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Spare:
+    """A permit granted after its caller left, kept briefly for the next caller."""
+
+    holder: str
+    epoch: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +103,9 @@ def decision_params(options: BreakerOptions, distributed: DistributedOptions) ->
             None if options.max_reset_timeout is None else _ms(options.max_reset_timeout)
         ),
         half_open_max_calls=options.half_open_max_calls,
-        lease_ttl_ms=_ms(options.trial_lease + 1.0),
+        # The local permit's life: a trial with a timeout has ended (and sent
+        # its outcome) a second before it, a hung one has lost it.
+        lease_ttl_ms=_ms(options.trial_lease),
         # Keys outlive every pod by a few windows; each report refreshes them.
         key_ttl_ms=_ms(max(3 * window, 60.0)),
     )
@@ -120,10 +139,15 @@ class SharedLink:
         stays local until it is used on another loop."""
         self._reported_seq = -1
         self._vote = False
+        self._tripped = False  # open because of this pod's own trip
+        self._verifying = False  # the next reply is followed whatever it says
         self._holders: dict[int, tuple[str, int]] = {}  # local permit -> (holder, epoch)
         self._deadline = 0.0  # local monotonic end of the shared open period
         self._attempts = 0
         self._holder_ids = itertools.count(1)
+        self._lease_request: asyncio.Task[_LeaseAnswer] | None = None
+        self._lease_waiters = 0
+        self._spare: _Spare | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -181,10 +205,15 @@ class SharedLink:
     # -- reporting (coordinator side) --------------------------------------------------------
 
     def vote(self) -> None:
-        """This pod tripped locally: report it now rather than at the next tick."""
+        """This pod opened on its own evidence: report it now rather than at the next tick."""
         self._vote = True
+        self._tripped = True
         if self.coordinator is not None:
             self.coordinator.report_soon(self)
+
+    def closed_locally(self) -> None:
+        """This pod's breaker closed: its own trip is history."""
+        self._tripped = False
 
     def keep_vote(self) -> None:
         """A report carrying this pod's trip vote was lost: send the vote again next time."""
@@ -217,28 +246,109 @@ class SharedLink:
     ) -> None:
         """Follow a shared state if it is newer than what this pod knows.
 
+        A script's reply (a :class:`SharedState`) was read from the state
+        hash, which is authoritative; a :class:`Broadcast` is only news about
+        it, which anyone with access to the channel could have forged. So a
+        broadcast is followed only when it is the next step Redis can have
+        taken from what this pod knows (same gen, epoch + 1); anything else
+        (a jump, another gen, a far-future epoch) makes the pod read the state
+        hash instead. A reply older than what the pod knows (the news came
+        first, or the pod followed a forgery, or Redis lost writes in a
+        failover) is checked the same way, and the check's answer is followed
+        whatever it says.
+
         ``own`` is True for the reply to this pod's own call: a change it
         reports was decided here (cause ``cluster``), else by another pod.
         ``cause`` overrides both (``manual`` for this pod's force_open/reset).
         """
-        if isinstance(state, SharedState):
-            if not state.exists:
+        if isinstance(state, Broadcast):
+            if state.gen == self.gen and state.epoch <= self.epoch:
+                return  # old news, or an echo of what this pod already follows
+            if state.gen != self.gen or state.epoch != self.epoch + 1:
+                self.verify()
                 return
-            changed_here = own and state.changed
-        else:
             changed_here = state.origin == self.instance
+            self._take(
+                state, new_opening=True, same_gen=True, changed_here=changed_here, cause=cause
+            )
+            return
+        verified, self._verifying = self._verifying, False
+        if not state.exists:
+            return
         same_gen = state.gen == self.gen
+        if self.gen is not None and not same_gen:
+            self._rolled_back(state)  # Redis lost the history this pod knew
+            return
         if same_gen and state.epoch < self.epoch:
-            return  # an older message overtaken by what we already know
-        new_opening = not same_gen or state.epoch > self.epoch
+            if verified:
+                self._rolled_back(state)
+            else:
+                self.verify()
+            return
+        # A check (after an outage, a lost subscription, a master switch) is
+        # followed even at an epoch this pod knows: the pod may have decided
+        # locally meanwhile, and Redis' state is the one every pod agrees on.
+        new_opening = not same_gen or state.epoch > self.epoch or verified
+        if verified and state.epoch == self.epoch and self._vote and state.state == "closed":
+            # This pod tripped after the checked report left; its vote is on its way.
+            self._remember(state)
+            return
+        changed_here = own and state.changed
+        self._take(
+            state,
+            new_opening=new_opening,
+            same_gen=same_gen or verified,
+            changed_here=changed_here,
+            cause=cause,
+        )
+
+    @property
+    def verifying(self) -> bool:
+        """True while the next reply is to be followed whatever it says."""
+        return self._verifying
+
+    def verify(self) -> None:
+        """Read the state hash at the next tick and follow whatever it says."""
+        self._verifying = True
+        if self.coordinator is not None:
+            self.coordinator.report_soon(self)
+
+    def _take(
+        self,
+        state: SharedState | Broadcast,
+        *,
+        new_opening: bool,
+        same_gen: bool,
+        changed_here: bool,
+        cause: Cause | None,
+    ) -> None:
+        self._remember(state)
+        if cause is None:
+            cause = Cause.CLUSTER if changed_here else Cause.REMOTE
+        self._follow(new_opening=new_opening, same_gen=same_gen, cause=cause)
+
+    def _remember(self, state: SharedState | Broadcast) -> None:
         self.gen, self.epoch, self.shared = state.gen, state.epoch, state.state
         self._attempts = state.attempts
         # Redis' clock never meets ours: only the time left travels.
         remaining = max(0, state.open_until_ms - state.now_ms) / 1000.0
         self._deadline = self.breaker._monotonic() + remaining
-        if cause is None:
-            cause = Cause.CLUSTER if changed_here else Cause.REMOTE
-        self._follow(new_opening=new_opening, same_gen=same_gen, cause=cause)
+
+    def _rolled_back(self, state: SharedState) -> None:
+        """Redis holds an older history than this pod followed (it lost its data, a
+        failover dropped writes, or the pod had followed a forgery).
+
+        A pod open because of its own trip votes again, so that the trip
+        counts in the history Redis kept and opens every pod; every other pod
+        follows what Redis holds.
+        """
+        self._remember(state)
+        if self._tripped and self.breaker._core.state is State.OPEN and state.state == "closed":
+            self.keep_vote()
+            if self.coordinator is not None:
+                self.coordinator.report_soon(self)
+            return
+        self._follow(new_opening=True, same_gen=True, cause=Cause.REMOTE)
 
     def reapply(self) -> None:
         """Follow the last known shared state again (after a local ``close()``)."""
@@ -266,26 +376,90 @@ class SharedLink:
         return self.shared != "closed" and self.coordinator is not None and not self.registry_down
 
     async def acquire_trial(self, permit: int) -> TrialLease:
-        """Ask the cluster for a trial permit for the local ``permit``; bounded wait."""
+        """Ask the cluster for a trial permit for the local ``permit``; bounded wait.
+
+        One request at a time per pod, and a caller waits for it at most
+        ``lease_wait``. The request itself is never cancelled: on a slow link
+        a cancelled request costs its connection, and the next request a new
+        connection's handshake, so that no request would ever finish in time.
+        A permit granted after its caller left goes to this pod's next caller,
+        or back to the cluster shortly after. Whatever the Redis layer raises
+        is never the caller's: Redis that cannot be used means the local rule.
+        """
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.epoch == self.epoch:
+            self._holders[permit] = (spare.holder, spare.epoch)
+            return TrialLease(True)
+        if spare is not None:
+            self._give_back(spare.holder)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.lease_wait
+        while True:
+            request = self._lease_request
+            if request is None or request.done():
+                request = self._lease_request = loop.create_task(self._request_lease())
+            self._lease_waiters += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    answer = await asyncio.shield(request)
+            except TimeoutError:
+                if request.done() and not request.cancelled():
+                    self._keep_unclaimed(request.result())  # it came as this caller gave up
+                # Redis is slow, not gone: reject rather than let a herd of trials out.
+                return TrialLease(False, self.lease_wait)
+            finally:
+                self._lease_waiters -= 1
+            if answer.grant is None:
+                return TrialLease(None)
+            if not answer.grant.granted:
+                retry = answer.grant.retry_after_ms
+                return TrialLease(False, None if retry is None else retry / 1000.0)
+            if not answer.claimed:
+                answer.claimed = True
+                self._holders[permit] = (answer.holder, answer.grant.state.epoch)
+                return TrialLease(True)
+            # Another caller of this pod took that permit: ask for one more.
+
+    async def _request_lease(self) -> _LeaseAnswer:
         holder = f"{self.instance}#{next(self._holder_ids)}"
         try:
-            async with asyncio.timeout(self.lease_wait):
-                grant = await scripts_for(self.client).acquire_trial(
-                    self.keys, holder=holder, params=self.params
-                )
-        except TimeoutError:
-            # Redis is slow, not gone: reject rather than let a herd of trials out.
-            return TrialLease(False, self.lease_wait)
-        except REDIS_ERRORS as error:
+            grant = await scripts_for(self.client).acquire_trial(
+                self.keys, holder=holder, params=self.params
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # whatever the Redis layer raised: never the caller's
             if self.coordinator is not None:
                 self.coordinator.mark_down(error)
-            return TrialLease(None)
+            return _LeaseAnswer(holder, None)
+        answer = _LeaseAnswer(holder, grant)
         self.apply(grant.state, own=True)
-        if grant.granted:
-            self._holders[permit] = (holder, grant.state.epoch)
-            return TrialLease(True)
-        retry = None if grant.retry_after_ms is None else grant.retry_after_ms / 1000.0
-        return TrialLease(False, retry)
+        if not self._lease_waiters:
+            self._keep_unclaimed(answer)  # every caller gave up: keep it for the next
+        return answer
+
+    def _keep_unclaimed(self, answer: _LeaseAnswer) -> None:
+        if answer.claimed or answer.grant is None or not answer.grant.granted:
+            return
+        answer.claimed = True
+        spare = _Spare(answer.holder, answer.grant.state.epoch)
+        self._spare = spare
+        asyncio.get_running_loop().call_later(self.lease_wait, self._expire_spare, spare)
+
+    def _expire_spare(self, spare: _Spare) -> None:
+        if self._spare is spare:
+            self._spare = None
+            self._give_back(spare.holder)
+
+    def _give_back(self, holder: str) -> None:
+        if self.coordinator is None:
+            return
+
+        async def release() -> None:
+            state = await scripts_for(self.client).release_trial(self.keys, holder=holder)
+            self.apply(state, own=True)
+
+        self.coordinator.spawn(release(), f"release_trial {self.keys.name}")
 
     def trial_finished(self, permit: int, success: bool) -> None:
         """Tell the cluster how the trial of ``permit`` went (in the background)."""
@@ -312,15 +486,8 @@ class SharedLink:
     def trial_released(self, permit: int) -> None:
         """Give the cluster permit of ``permit`` back (its caller was cancelled)."""
         lease = self._holders.pop(permit, None)
-        if lease is None or self.coordinator is None:
-            return
-        holder = lease[0]
-
-        async def release() -> None:
-            state = await scripts_for(self.client).release_trial(self.keys, holder=holder)
-            self.apply(state, own=True)
-
-        self.coordinator.spawn(release(), f"release_trial {self.keys.name}")
+        if lease is not None:
+            self._give_back(lease[0])
 
     # -- manual control ----------------------------------------------------------------------
 

@@ -40,6 +40,10 @@ latency samples, so a window of 10**9 buckets would exhaust memory."""
 MIN_SYNC_INTERVAL = 0.01
 """Shortest report interval of a distributed breaker, in seconds: every report is
 a script call on Redis. A shorter bucket interval still reports this often."""
+MIN_TRIAL_LEASE = 1.0
+"""Shortest life of a trial permit, in seconds (API.md's 1 s floor)."""
+TRIAL_GRACE = 1.0
+"""How long a trial permit outlives the trial's timeout, in seconds."""
 MAX_INSTANCE_ID_LENGTH = 200
 """Longest ``instance_id``: it travels in every report and broadcast."""
 
@@ -170,8 +174,15 @@ class BreakerOptions:
 
     @property
     def trial_lease(self) -> float:
-        """How long a trial permit lives before it expires (a hung trial ends)."""
-        return max(self.timeout or 0.0, self.reset_timeout)
+        """How long a trial permit lives before it expires (a hung trial ends).
+
+        At least a second (so ``reset_timeout=0`` with ``timeout=None`` does not
+        make every call a trial), and a second past the timeout: a trial that
+        times out returns its permit with its failure before the permit can
+        expire, so the failure re-opens the breaker rather than being dropped.
+        """
+        timed = self.timeout + TRIAL_GRACE if self.timeout is not None else 0.0
+        return max(timed, self.reset_timeout, MIN_TRIAL_LEASE)
 
 
 _OPTION_NAMES = frozenset(f.name for f in fields(BreakerOptions))

@@ -8,9 +8,11 @@ files. Arguments are validated in :mod:`._script_params`, replies in
 imports everything transport-related from here.
 
 Calls go out as EVALSHA. When Redis has lost its script cache (restart,
-failover, ``SCRIPT FLUSH``) the script is loaded again and the call retried
-once. A :class:`ScriptBatch` sends many breakers' calls in one pipelined round
-trip and does the same for those of its calls that met NOSCRIPT, and only for
+failover, ``SCRIPT FLUSH``) the script is loaded again and the call retried;
+should the cache be flushed again between the load and the retry, the call
+goes out as EVAL with the script's source, which no flush can come between.
+A :class:`ScriptBatch` sends many breakers' calls in one pipelined round trip
+and does the same for those of its calls that met NOSCRIPT, and only for
 them, so no report is ever applied twice.
 
 Example::
@@ -177,9 +179,12 @@ def _report_call(
     *,
     instance: str,
     known_epoch: int,
+    known_gen: str,
     params: DecisionParams,
     jitter: float,
 ) -> _Call[SharedState]:
+    if not isinstance(known_gen, str):
+        raise TypeError(f"known_gen must be a str, got {known_gen!r:.40}")
     args = (
         check_text("instance", instance),
         *report.to_argv(),
@@ -188,6 +193,7 @@ def _report_call(
         keys.events,
         keys.name,
         *params.to_argv(),
+        known_gen,
     )
     return _state_call("report_window", (keys.stats, keys.state, keys.pods), args)
 
@@ -263,7 +269,15 @@ class RedisScripts:
         except NoScriptError:
             logger.debug("script %s not in Redis' cache; loading it", call.script.name)
             await self.load([call.script.name])
-            reply = await _awaited(self.client.evalsha(sha, len(call.keys), *call.keys_and_args))
+            try:
+                reply = await _awaited(
+                    self.client.evalsha(sha, len(call.keys), *call.keys_and_args)
+                )
+            except NoScriptError:  # flushed again since the load
+                source = call.script.source
+                reply = await _awaited(
+                    self.client.eval(source, len(call.keys), *call.keys_and_args)
+                )
         return call.parse(reply)
 
     def batch(self) -> ScriptBatch:
@@ -279,6 +293,7 @@ class RedisScripts:
         known_epoch: int,
         params: DecisionParams,
         jitter: float = 1.0,
+        known_gen: str = "",
     ) -> SharedState:
         """Append this pod's bucket, trim the window, decide, return the shared state.
 
@@ -289,12 +304,20 @@ class RedisScripts:
             instance: this pod's id.
             known_epoch: the epoch this pod knows; its local trip counts only
                 while that is still the current epoch.
+            known_gen: the gen this pod knows ("" before its first sync); a
+                trip vote made in another history counts in the current one.
             params: the decision parameters.
             jitter: factor on the open period should this report open the
                 breaker, drawn by the caller from ``reset_timeout_jitter``.
         """
         call = _report_call(
-            keys, report, instance=instance, known_epoch=known_epoch, params=params, jitter=jitter
+            keys,
+            report,
+            instance=instance,
+            known_epoch=known_epoch,
+            known_gen=known_gen,
+            params=params,
+            jitter=jitter,
         )
         return await self._run(call)
 
@@ -419,10 +442,17 @@ class ScriptBatch:
         known_epoch: int,
         params: DecisionParams,
         jitter: float = 1.0,
+        known_gen: str = "",
     ) -> None:
         """Queue :meth:`RedisScripts.report_window` (same arguments, validated now)."""
         call = _report_call(
-            keys, report, instance=instance, known_epoch=known_epoch, params=params, jitter=jitter
+            keys,
+            report,
+            instance=instance,
+            known_epoch=known_epoch,
+            known_gen=known_gen,
+            params=params,
+            jitter=jitter,
         )
         self._calls.append(call)
 
@@ -441,21 +471,27 @@ class ScriptBatch:
         results = await self._send(calls)
         # A call that met NOSCRIPT did not run, so sending it again cannot
         # apply anything twice; calls that did run are left alone.
-        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-        if missing:
-            logger.debug("%d batched calls met NOSCRIPT; loading and retrying", len(missing))
-            await self._scripts.load(sorted({calls[i].script.name for i in missing}))
-            retried = await self._send([calls[i] for i in missing])
+        for source in (False, True):  # load and retry; then send the source
+            missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+            if not missing:
+                break
+            logger.debug("%d batched calls met NOSCRIPT; retrying them", len(missing))
+            if not source:
+                await self._scripts.load(sorted({calls[i].script.name for i in missing}))
+            retried = await self._send([calls[i] for i in missing], source=source)
             for i, result in zip(missing, retried, strict=True):
                 results[i] = result
         return [_parse_or_error(call, result) for call, result in zip(calls, results, strict=True)]
 
-    async def _send(self, calls: list[_Call[SharedState]]) -> list[object]:
+    async def _send(self, calls: list[_Call[SharedState]], *, source: bool = False) -> list[object]:
         if not calls:
             return []
         pipe = self._scripts.client.pipeline(transaction=False)
         for call in calls:
-            pipe.evalsha(call.script.sha, len(call.keys), *call.keys_and_args)
+            if source:
+                pipe.eval(call.script.source, len(call.keys), *call.keys_and_args)
+            else:
+                pipe.evalsha(call.script.sha, len(call.keys), *call.keys_and_args)
         return list(await pipe.execute(raise_on_error=False))
 
 

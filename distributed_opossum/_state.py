@@ -134,7 +134,9 @@ class StateMachine:
             state = self.state
         if state is State.HALF_OPEN:
             self._expire_permits(now)
-            if len(self.permits) < self.half_open_max_calls:
+            # A trial that succeeded used its permit for the period: never
+            # more than N trials between two transitions.
+            if len(self.permits) + self.trial_successes < self.half_open_max_calls:
                 self._next_permit += 1
                 self.permits[self._next_permit] = now + self.trial_lease
                 return self._next_permit
@@ -148,7 +150,7 @@ class StateMachine:
             return max(0.0, self.open_until - now)
         if self.state is State.HALF_OPEN and self.permits:
             self._expire_permits(now)
-            if len(self.permits) >= self.half_open_max_calls:
+            if len(self.permits) + self.trial_successes >= self.half_open_max_calls:
                 return max(0.0, min(self.permits.values()) - now)
         return 0.0
 

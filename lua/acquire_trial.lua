@@ -56,9 +56,11 @@ for other, expires in pairs(s.leases) do
   end
 end
 
+-- A trial that succeeded used its permit for the period: never more than
+-- max_calls trials between two transitions.
 local granted = 0
 local retry_after = 0
-if live < max_calls then
+if live + s.trial_successes < max_calls then
   s.leases[holder] = now + lease_ttl_ms
   redis.call('HSET', key, LEASE_PREFIX .. holder, s.leases[holder])
   granted = 1

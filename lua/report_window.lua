@@ -14,6 +14,10 @@
 -- ARGV[13..25] decision parameters, in DecisionParams.to_argv() order (see
 --          PARAM_NAMES below); quorum_count and quorum_fraction are 0 when
 --          unused, max_reset_timeout_ms is -1 for no cap
+-- ARGV[26] gen the pod currently knows ('' before its first sync). A trip
+--          vote from a pod that knew another history (Redis lost the state
+--          since, or the pod never synced) counts in the current one: its
+--          epoch means nothing here. Missing (an older client): ARGV[8] as is.
 -- returns  the shared state (see state_reply in _prelude.lua); `changed` is 1
 --          when this report opened the breaker, which it also PUBLISHes.
 --
@@ -57,6 +61,7 @@ local local_open = ARGV[7] == '1'
 local known_epoch = arg_number(8, 'epoch')
 local jitter = arg_number(9, 'jitter')
 local candidate_gen, channel, name = ARGV[10], ARGV[11], ARGV[12]
+local known_gen = ARGV[26]
 -- Same names and order as DecisionParams.ARGV_FIELDS (a test keeps them equal).
 local PARAM_NAMES = {
   'window_ms', 'volume_threshold', 'error_threshold_percentage', 'quorum_count',
@@ -71,6 +76,10 @@ end
 local rule = text.min_pod_volume .. ' ' .. text.error_threshold_percentage
 
 local POD_PREFIX = 'pod:'
+-- No pod reports more than this many calls of one kind at once (10^8 in one
+-- report interval); an entry claiming more is forged or corrupt and counts
+-- nowhere.
+local MAX_ENTRY_COUNT = 100000000
 local HEADER = {
   'entries', 'volume', 'failures', 'trips', 'epoch', 'reporting', 'votes', 'unsorted', 'latest',
 }
@@ -83,7 +92,8 @@ local function parse_entry(raw)
   end
   e.timestamp, e.epoch = to_count(e.timestamp), to_count(e.epoch)
   e.successes, e.failures = to_count(e.successes), to_count(e.failures)
-  if e.timestamp == nil or e.epoch == nil or e.successes == nil or e.failures == nil then
+  if e.timestamp == nil or e.epoch == nil or e.successes == nil or e.failures == nil
+      or e.successes > MAX_ENTRY_COUNT or e.failures > MAX_ENTRY_COUNT then
     return nil
   end
   e.local_open = e.local_open == true
@@ -339,6 +349,10 @@ end
 
 local now = now_ms()
 local s, created = load_or_create(state_key, candidate_gen)
+local entry_epoch = known_epoch
+if known_gen ~= nil and known_gen ~= s.gen then
+  entry_epoch = s.epoch
+end
 
 if key_type(stats_key) ~= 'list' then
   redis.call('DEL', stats_key) -- missing, or something that is not ours
@@ -355,7 +369,7 @@ if nonempty then
     v = 1, timestamp = now, instance = instance,
     fires = counts.fires, successes = counts.successes, failures = counts.failures,
     timeouts = counts.timeouts, rejects = counts.rejects,
-    local_open = local_open, epoch = known_epoch,
+    local_open = local_open, epoch = entry_epoch,
   })
   redis.call('RPUSH', stats_key, raw)
   -- Counted as it reads back, so adding and removing it agree to the digit.
@@ -395,9 +409,54 @@ if a == nil then
   end)
 end
 
--- Only a closed breaker can be opened, so only then is there a decision.
+-- Pods whose own trip in the current epoch is in the window, counted against
+-- the quorum. After an open period ended unused (a freeze kept every pod from
+-- asking for a trial), the shared state still reads open: a new trip must
+-- open it again at once, rather than wait for a trial nobody asks for. The
+-- failures that opened it are history and re-open nothing on their own.
+local function reopen_reason(reporting)
+  local tripped, count = {}, 0
+  for _, raw in ipairs(redis.call('LRANGE', stats_key, 0, -1)) do
+    local e = parse_entry(raw)
+    if e ~= nil and e.local_open and e.epoch == s.epoch and tripped[e.instance] == nil then
+      tripped[e.instance] = true
+      count = count + 1
+    end
+  end
+  if count == 0 then
+    return nil
+  end
+  if p.quorum_count == 0 and p.quorum_fraction == 0 then
+    return 'local_trip'
+  end
+  local needed = p.quorum_count
+  if needed == 0 then
+    needed = math.max(1, math.ceil(p.quorum_fraction * math.max(reporting, count) - 1e-9))
+  end
+  if count >= needed then
+    return 'quorum'
+  end
+  return nil
+end
+
+-- An open period over, or a half-open one with no trial under way.
+local function unused_opening()
+  if s.state == 'open' then
+    return s.open_until <= now
+  end
+  return s.state == 'half_open' and latest_lease(s, now) == 0
+end
+
+-- Only a closed breaker, or an opening nobody uses, can be opened.
 local changed = false
-if s.state == 'closed' then
+if s.state ~= 'closed' and local_open and unused_opening() then
+  local reason = reopen_reason(a.reporting)
+  if reason ~= nil then
+    open_state(state_key, s, now, reason, p.reset_timeout_ms, p.reset_timeout_multiplier,
+      p.max_reset_timeout_ms, jitter)
+    changed = true
+  end
+elseif s.state == 'closed' then
   local judged = a
   if a.unsorted > 0 then
     -- Old entries behind a young head (a clock step back) are skipped, not

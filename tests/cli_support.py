@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import distributed_support
 import pytest
 import redis.asyncio as aioredis
 from distributed_support import Boom, eventually_async
@@ -104,9 +105,7 @@ def run_process(*command: str | Path, env: Mapping[str, str] | None = None) -> R
 
 def readme_acl_rule(user: str) -> list[str]:
     """The README's ``ACL SETUSER <user>`` arguments (after ``ACL SETUSER``)."""
-    readme = (ROOT / "README.md").read_text()
-    line = next(line for line in readme.splitlines() if line.startswith(f"ACL SETUSER {user} "))
-    return line.split()[2:]
+    return distributed_support.readme_acl_rule("dopossum", user)
 
 
 async def _fire(breaker: CircuitBreaker[Any, Any], successes: int, failures: int) -> None:

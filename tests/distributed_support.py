@@ -147,10 +147,10 @@ async def acl_setuser(admin: aioredis.Redis, *rule: str) -> None:
     await admin.execute_command("ACL", "SETUSER", *rule)  # type: ignore[no-untyped-call]
 
 
-def readme_acl_rule(prefix: str) -> list[str]:
-    """The README's ``ACL SETUSER`` arguments, for user ``dopossum`` and ``prefix``."""
+def readme_acl_rule(prefix: str, user: str = "dopossum") -> list[str]:
+    """The README's ``ACL SETUSER <user>`` arguments, with the key prefix ``prefix``."""
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    line = next(line for line in readme.splitlines() if line.startswith("ACL SETUSER dopossum "))
+    line = next(line for line in readme.splitlines() if line.startswith(f"ACL SETUSER {user} "))
     words = line.split()[2:]
     return [w.replace("dopossum", prefix, 1) if w.startswith(("~", "&")) else w for w in words]
 

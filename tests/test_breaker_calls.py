@@ -436,7 +436,7 @@ async def test_hung_trial_without_timeout_expires_after_reset_timeout(clock: Fak
 
 
 async def test_hung_trial_lease_is_max_of_timeout_and_reset_timeout(clock: FakeClock) -> None:
-    """A trial swallowing its timeout keeps its permit for max(timeout, reset_timeout)."""
+    """A trial swallowing its timeout keeps its permit for max(timeout + 1 s, reset_timeout)."""
     release = asyncio.Event()
 
     async def stubborn() -> str:
@@ -451,7 +451,7 @@ async def test_hung_trial_lease_is_max_of_timeout_and_reset_timeout(clock: FakeC
     breaker.open()
     await clock.advance(2.0)
     hung = asyncio.create_task(breaker.fire())
-    await clock.advance(5.9)
+    await clock.advance(6.9)
     with pytest.raises(OpenCircuitError):
         await breaker.fire()
     await clock.advance(0.1)

@@ -30,7 +30,9 @@ async def test_latency_of_200_ms_per_command(tmp_path: Path, redis_server: Redis
             proxy.delay(0.2)
             await asyncio.sleep(0.3)
             run.fleet.switch.fail()
-            await asyncio.sleep(2.5)  # open, a failing trial, open again
+            await asyncio.sleep(
+                4.5
+            )  # open, a failing trial (its lease takes a few 200 ms round trips), open again
             run.fleet.switch.heal()
             # A trial needs a lease (a few round trips): 200 ms each must not keep it out.
             await run.wait_closed(within=CHAOS_OPTIONS["reset_timeout"] + 2.0)

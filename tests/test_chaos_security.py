@@ -85,8 +85,11 @@ async def test_readme_acl_line_covers_everything_the_library_does(
                 await eventually(lambda: pods[1].breaker.state is State.FORCED_OPEN, within=0.5)
                 await pods[0].breaker.reset()
                 await eventually(lambda: pods[1].breaker.closed, within=0.5)
+                # The operator's CLI has a user of its own (the README's operator line).
+                await acl_setuser(admin, *readme_acl_rule(PREFIX, "dopossum-operator"))
+                operator = _user_url(redis_server, "dopossum-operator", "secret")
                 for command in (["status", "payments"], ["cleanup", "payments", "--max-age", "0"]):
-                    _cli(url, command)
+                    _cli(operator, command)
                 await asyncio.sleep(0.3)  # a few more reports
                 for pod in pods:
                     assert pod.coordinator.stats["script_errors"] == 0, pod.coordinator.stats

@@ -140,8 +140,8 @@ async def test_hung_trial_lease_expires_so_another_trial_goes(
             await other.breaker.fire()
         retry_after = info.value.retry_after
         assert retry_after is not None
-        # lease = max(timeout, reset_timeout) + 1 s = 1.3 s
-        assert 0.8 < retry_after <= 1.31
+        # lease = max(timeout or 0, reset_timeout, 1 s) = 1 s
+        assert 0.6 < retry_after <= 1.01
         assert other.downstream.calls == 0
 
         async def other_trial_ran() -> bool:
@@ -152,7 +152,7 @@ async def test_hung_trial_lease_expires_so_another_trial_goes(
             assert time.monotonic() < deadline, "no second trial after the lease expired"
             await asyncio.sleep(0.05)
         waited = time.monotonic() - trial_started
-        assert 1.0 < waited < 2.0
+        assert 0.7 < waited < 1.8
         assert other.downstream.calls == 1
         await eventually(
             lambda: stuck.breaker.closed and other.breaker.closed,
@@ -189,7 +189,7 @@ async def test_late_failure_of_an_expired_trial_does_not_reopen(
         hung = asyncio.ensure_future(stuck.call())
         await eventually(lambda: stuck.downstream.running == 1, within=1.0, what="trial running")
         deadline = time.monotonic() + 2.5
-        while await other.call() != "ok":  # once the hung trial's lease (1.3 s) expired
+        while await other.call() != "ok":  # once the hung trial's lease (1 s) expired
             assert time.monotonic() < deadline, "no second trial after the lease expired"
             await asyncio.sleep(0.05)
         await eventually(lambda: stuck.breaker.closed, within=0.5, what="stuck closed")
@@ -263,7 +263,7 @@ async def test_cancelled_trial_gives_its_cluster_permit_back(
 
         await eventually_async(leases, within=0.5, what="lease released")
         assert await second.call() == "ok"
-        assert time.monotonic() - start < 0.5  # far less than the 1.3 s lease
+        assert time.monotonic() - start < 0.5  # far less than the 1 s lease
         await eventually(lambda: first.breaker.closed, within=0.5, what="first closed")
 
 

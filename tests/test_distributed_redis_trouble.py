@@ -691,10 +691,11 @@ async def test_user_without_rights_keeps_the_breaker_local(redis_server: RedisSe
                 for _ in range(50):
                     assert await pod.call() == "ok"
                 await eventually(
-                    lambda: pod.coordinator.stats["script_errors"] >= 2,
+                    lambda: pod.coordinator.stats["tick_errors"] >= 2,
                     within=1.0,
                     what="refused reports counted",
                 )
+                assert pod.count("registry_down") == 1  # refused: Redis cannot be used
                 await pod.trip()
                 assert pod.causes("open") == ["local"]
                 with pytest.raises(Exception) as info:  # noqa: PT011 (any loud error will do)

@@ -158,11 +158,75 @@ async def test_local_trip_of_a_stale_epoch_is_ignored(any_redis_client: Client) 
 
 @pytest.mark.parametrize("state_name", ["open", "half_open", "forced_open"])
 async def test_only_a_closed_breaker_is_opened(any_redis_client: Client, state_name: str) -> None:
-    """Failures reported while not closed change nothing."""
+    """Failures and trips reported while open (or half-open with a trial under way, or
+    forced open) change nothing."""
     await report(any_redis_client, successes=1)
-    await any_redis_client.hset(KEYS.state, mapping={"state": state_name, "epoch": 5})
+    now = await redis_now(any_redis_client)
+    await any_redis_client.hset(
+        KEYS.state,
+        mapping={
+            "state": state_name,
+            "epoch": 5,
+            "open_until": now + 60_000,
+            "lease:t": now + 60_000,
+        },
+    )
     state = await report(any_redis_client, failures=10, local_open=True, known_epoch=5)
     assert (state.state, state.epoch, state.changed) == (state_name, 5, False)
+
+
+@pytest.mark.parametrize("state_name", ["open", "half_open"])
+async def test_a_trip_opens_an_opening_nobody_uses(
+    any_redis_client: Client, state_name: str
+) -> None:
+    """An open period that is over (or half-open without a trial under way) is opened
+    again by a new trip, at once, with a broadcast: an expired open absorbs no trip."""
+    await report(any_redis_client, successes=1)
+    now = await redis_now(any_redis_client)
+    await any_redis_client.hset(
+        KEYS.state, mapping={"state": state_name, "epoch": 5, "attempts": 1, "open_until": now - 1}
+    )
+    async with subscribed(any_redis_client, KEYS.events) as pubsub:
+        state = await report(any_redis_client, local_open=True, known_epoch=5, failures=3)
+        message = json.loads(await next_message(pubsub))
+    assert (state.state, state.epoch, state.attempts, state.changed) == ("open", 6, 2, True)
+    assert (message["state"], message["epoch"]) == ("open", 6)
+
+
+async def test_old_failures_do_not_reopen_an_opening_nobody_uses(any_redis_client: Client) -> None:
+    """Without a new trip, an expired open stays as it is, whatever the window holds."""
+    await report(any_redis_client, failures=10)
+    now = await redis_now(any_redis_client)
+    await any_redis_client.hset(
+        KEYS.state, mapping={"state": "open", "epoch": 5, "open_until": now - 1}
+    )
+    state = await report(any_redis_client, failures=10, known_epoch=5)
+    stale_trip = await report(any_redis_client, local_open=True, known_epoch=4)
+    assert (state.changed, stale_trip.changed) == (False, False)
+    assert stale_trip.state == "open"
+
+
+async def test_a_trip_from_another_history_counts_in_this_one(any_redis_client: Client) -> None:
+    """A vote made before Redis lost its state (another gen), or before the pod's first
+    sync (no gen), opens the shared breaker whatever epoch it carries."""
+    await report(any_redis_client, successes=1)
+    await any_redis_client.hset(KEYS.state, "epoch", 2)
+    other = await report(any_redis_client, local_open=True, known_epoch=7, known_gen="lost")
+    assert (other.state, other.epoch, other.reason) == ("open", 3, "local_trip")
+    await any_redis_client.delete(KEYS.state, KEYS.stats, KEYS.pods)
+    unsynced = await report(any_redis_client, local_open=True, known_epoch=0, known_gen="")
+    assert (unsynced.state, unsynced.epoch) == ("open", 1)
+
+
+async def test_entries_with_absurd_counts_count_nowhere(any_redis_client: Client) -> None:
+    """An entry claiming more than 10**8 calls of a kind is ignored, not trusted."""
+    now = await redis_now(any_redis_client)
+    await seed(any_redis_client, entry(now, "ghost", successes=0, failures=10**9))
+    state = await report(any_redis_client, successes=5)
+    assert (state.state, state.changed) == ("closed", False)
+    await seed(any_redis_client, entry(now, "real", successes=0, failures=10**8))
+    state = await report(any_redis_client, successes=5)
+    assert state.state == "open"
 
 
 # --------------------------------------------------------------------------- decision: quorum

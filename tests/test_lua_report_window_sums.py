@@ -181,29 +181,61 @@ async def a_moment_passes(client: Client) -> None:
         pass
 
 
-async def state_before(client: Client) -> tuple[str, int, int]:
-    """(state, epoch, closed_at) as the next script will load them."""
+async def state_before(client: Client) -> tuple[str, int, int, bool]:
+    """(state, epoch, closed_at, unused) as the next script will load them.
+
+    ``unused``: an open period that is over, or a half-open one without a live
+    lease: a new trip may open it again.
+    """
     state = await scripts_for(client).read_state(KEYS)
     if not state.exists:
-        return "closed", 0, 0
-    return state.state, state.epoch, state.closed_at_ms
+        return "closed", 0, 0, False
+    unused = (state.state == "open" and state.open_until_ms <= state.now_ms) or (
+        state.state == "half_open" and state.lease_expires_ms == 0
+    )
+    return state.state, state.epoch, state.closed_at_ms, unused
+
+
+def reopen_decision(
+    raws: list[bytes | str], epoch: float, decision: DecisionParams, reporting: int
+) -> str | None:
+    """The decision on an opening nobody uses: new trips (of ``epoch``) alone count."""
+    p = decision.argv_values()
+    tripped = {
+        e.instance
+        for e in map(parse_entry, raws)
+        if e is not None and e.local_open and e.epoch == epoch
+    }
+    if not tripped:
+        return None
+    if not p["quorum_count"] and not p["quorum_fraction"]:
+        return "local_trip"
+    needed = p["quorum_count"] or max(
+        1, math.ceil(p["quorum_fraction"] * max(reporting, len(tripped)) - 1e-9)
+    )
+    return "quorum" if len(tripped) >= needed else None
 
 
 async def checked_report(
     client: Client, instance: str = "pod-x", *, decision: DecisionParams = PARAMS, **kwargs: Any
 ) -> SharedState:
     """A report whose verdict is compared with the old whole-window decision."""
-    name, epoch, closed_at = await state_before(client)
+    name, epoch, closed_at, unused = await state_before(client)
     result = await report(client, instance, decision=decision, **kwargs)
     raws = await client.lrange(KEYS.stats, 0, -1)
     if name == "closed":
         cutoff = max(result.now_ms - decision.window_ms, closed_at)
         expected = old_decision(raws, cutoff, epoch, decision)
-        assert result.changed == (expected is not None), (expected, result)
-        if expected is not None:
-            assert result.reason == expected
+    elif unused and kwargs.get("local_open"):
+        entries = [e for e in map(parse_entry, raws) if e is not None]
+        p = decision.argv_values()
+        reporting = sums_of(entries, epoch, p["min_pod_volume"], 0)["reporting"]
+        expected = reopen_decision(raws, epoch, decision, int(reporting))
     else:
-        assert not result.changed
+        expected = None
+    assert result.changed == (expected is not None), (name, expected, result)
+    if expected is not None:
+        assert result.reason == expected
     await assert_sums_match_the_list(client)
     return result
 

@@ -215,8 +215,11 @@ async def test_closing_needs_n_successes(any_redis_client: Client) -> None:
     await acquire(any_redis_client, "h2", decision)
     first = await finish(any_redis_client, "h1", "success", decision=decision)
     assert (first.state, first.trial_successes, first.changed) == ("half_open", 1, False)
-    # The finished trial's permit is free again: up to N trials in flight.
-    assert (await acquire(any_redis_client, "h3", decision)).granted
+    # A trial that succeeded used its permit: never more than N trials a period.
+    refused = await acquire(any_redis_client, "h3", decision)
+    assert not refused.granted
+    assert refused.retry_after_ms is not None
+    assert refused.retry_after_ms > 0
     second = await finish(any_redis_client, "h2", "success", decision=decision)
     assert (second.state, second.changed) == ("closed", True)
 

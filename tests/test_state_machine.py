@@ -211,14 +211,24 @@ def test_n_trial_successes_close(n: int) -> None:
     assert sm.admit(T0 + 6.0) == 0
 
 
-def test_trial_success_frees_its_slot_for_another_trial() -> None:
-    """After one of two trials succeeds, one more trial may be admitted."""
+def test_trial_success_keeps_its_slot_for_the_period() -> None:
+    """A trial that succeeded used its slot: never more than N trials in one period."""
     sm = half_opened(half_open_max_calls=2)
     first = sm.admit(T0 + 5.0)
-    sm.admit(T0 + 5.0)
+    second = sm.admit(T0 + 5.0)
     assert sm.admit(T0 + 5.0) < 0
     sm.trial_succeeded(T0 + 6.0, first)
-    assert sm.admit(T0 + 6.0) > 0
+    assert sm.admit(T0 + 6.0) < 0
+    sm.trial_succeeded(T0 + 7.0, second)
+    assert sm.state is State.CLOSED
+
+
+def test_expired_trial_frees_its_slot() -> None:
+    """A trial permit that expired (a hung trial) lets another trial go."""
+    sm = half_opened(half_open_max_calls=1, trial_lease=10.0)
+    assert sm.admit(T0 + 5.0) > 0
+    assert sm.admit(T0 + 14.0) < 0
+    assert sm.admit(T0 + 15.0) > 0
 
 
 # -- HALF_OPEN -> OPEN ---------------------------------------------------------------------------

@@ -85,17 +85,28 @@ async def report(
     instance: str = "pod-x",
     *,
     known_epoch: int = 0,
+    known_gen: str | None = None,
     decision: DecisionParams = PARAMS,
     jitter: float = 1.0,
     keys: BreakerKeys = KEYS,
     **counts: Any,
 ) -> SharedState:
-    """Run report_window for one pod's bucket."""
+    """Run report_window for one pod's bucket.
+
+    ``known_gen`` None: for a trip vote, the gen Redis holds now, so
+    ``known_epoch`` is an epoch of the current history (what a synced pod
+    sends); without a vote the gen matters to nothing and none is read.
+    """
+    if known_gen is None:
+        known_gen = (
+            (await scripts_for(client).read_state(keys)).gen if counts.get("local_open") else ""
+        )
     return await scripts_for(client).report_window(
         keys,
         WindowReport(**counts),
         instance=instance,
         known_epoch=known_epoch,
+        known_gen=known_gen,
         params=decision,
         jitter=jitter,
     )

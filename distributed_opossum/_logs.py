@@ -1,0 +1,53 @@
+"""The library's logger, and a way to say repeated trouble once in a while.
+
+Redis trouble repeats every tick while it lasts; logged each time it would
+drown the application's logs (forty error records a second for one user
+without rights). :class:`Throttle` lets the first record of a kind through,
+then at most one per interval, with the number that were held back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+__all__ = ["Throttle", "logger"]
+
+logger = logging.getLogger("distributed_opossum")
+logger.addHandler(logging.NullHandler())
+
+
+class Throttle:
+    """Log a kind of record at most once per ``interval`` seconds (the first one at once).
+
+    Args:
+        interval: seconds between two records of one kind.
+        clock: seconds on a monotonic clock (injected by tests).
+    """
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, kind: str) -> int | None:
+        """None when a record of ``kind`` must wait; else how many were held back before it."""
+        now = self._clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self._interval:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return None
+        self._last[kind] = now
+        return self._held.pop(kind, 0)
+
+    def log(self, level: int, kind: str, message: str, *args: object, **extra: object) -> None:
+        """``logger.log(level, message, *args)`` unless ``kind`` was logged too recently."""
+        held = self.allow(kind)
+        if held is None:
+            return
+        if held:
+            message += " (%d more like it since the last report)"
+            args = (*args, held)
+        logger.log(level, message, *args, extra=extra or None)
