@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from ._breaker import CircuitBreaker
+from ._cluster_view import ClusterView
 from ._decorator import circuit_breaker
 from ._errors import (
     CircuitBreakerError,
@@ -26,6 +27,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitBreakerError",
     "CircuitTimeoutError",
+    "ClusterView",
     "DistributedOptions",
     "OpenCircuitError",
     "RegistryError",

@@ -25,6 +25,7 @@ from . import _guard, _health, _persist, _registry
 from ._backoff import open_period
 from ._cache import MemoryCache, call_key, maybe_await
 from ._clock import TimerHandle
+from ._cluster_view import ClusterView
 from ._coalesce import CoalesceTable
 from ._deadlines import EXPIRED, DeadlineQueue, timed_out
 from ._errors import (
@@ -883,6 +884,15 @@ class CircuitBreaker(Generic[P, R]):
     def options(self) -> BreakerOptions:
         """The validated, frozen options."""
         return self._options
+
+    @property
+    def cluster(self) -> ClusterView | None:
+        """The cluster's breaker of this name as this pod last heard of it (None when local).
+
+        No Redis round trip: the state, backoff and pooled window come with
+        the pod's reports and broadcasts.
+        """
+        return None if self._link is None else self._link.view()
 
     @property
     def stats(self) -> Stats:

@@ -20,6 +20,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._cluster_view import ClusterView
 from ._coordinator import REGISTRY_ERRORS, coordinator_for
 from ._errors import RegistryError
 from ._keys import BreakerKeys
@@ -27,6 +28,7 @@ from ._options import BreakerOptions, DistributedOptions
 from ._scripts import (
     Broadcast,
     DecisionParams,
+    PooledWindow,
     ProtocolError,
     SharedState,
     TrialGrant,
@@ -145,6 +147,8 @@ class SharedLink:
         self._deadline = 0.0  # local monotonic end of the shared open period
         self._attempts = 0
         self._holder_ids = itertools.count(1)
+        self._window: PooledWindow | None = None  # the pooled sums, from the last report
+        self._window_at = 0.0
         self._lease_request: asyncio.Task[_LeaseAnswer] | None = None
         self._lease_waiters = 0
         self._spare: _Spare | None = None
@@ -196,6 +200,39 @@ class SharedLink:
             self.coordinator = None
         self.client_closed = self.client_closed or client_closed
         self.breaker._refresh_gate()
+
+    def view(self) -> ClusterView:
+        """What this pod knows of the cluster's breaker (no round trip)."""
+        now = self.breaker._monotonic()
+        if self.gen is None:
+            state = "unknown"
+            retry_after: float | None = None
+        else:
+            state = self.shared
+            if state == "forced_open":
+                retry_after = None
+            elif state == "open":
+                retry_after = max(0.0, self._deadline - now)
+            else:
+                retry_after = 0.0
+        window = self._window
+        return ClusterView(
+            state=state,
+            epoch=None if self.gen is None else self.epoch,
+            attempts=self._attempts,
+            retry_after=retry_after,
+            registry_down=self.registry_down or self.client_closed,
+            pods_reporting=None if window is None else window.reporting,
+            volume=None if window is None else window.volume,
+            failures=None if window is None else window.failures,
+            failure_rate=(
+                None
+                if window is None or window.volume == 0
+                else 100.0 * window.failures / window.volume
+            ),
+            votes=None if window is None else window.votes,
+            age=None if window is None else now - self._window_at,
+        )
 
     @property
     def registry_down(self) -> bool:
@@ -273,6 +310,8 @@ class SharedLink:
             )
             return
         verified, self._verifying = self._verifying, False
+        if state.window is not None:
+            self._window, self._window_at = state.window, self.breaker._monotonic()
         if not state.exists:
             return
         same_gen = state.gen == self.gen

@@ -8,6 +8,7 @@ A script reply of the wrong shape raises :class:`ProtocolError` (never an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -19,12 +20,14 @@ __all__ = [
     "MAX_BROADCAST_BYTES",
     "SHARED_STATES",
     "Broadcast",
+    "PooledWindow",
     "ProtocolError",
     "SharedState",
     "SharedStateName",
     "TrialGrant",
     "parse_broadcast",
     "parse_count_reply",
+    "parse_report_reply",
     "parse_state_reply",
     "parse_trial_reply",
     "protocol_error_counts",
@@ -64,6 +67,19 @@ def protocol_error_counts() -> dict[str, int]:
 
 
 @dataclass(frozen=True, slots=True)
+class PooledWindow:
+    """Every pod's reports in the window, summed (what the decision is made on)."""
+
+    volume: int
+    """Completed calls (successes + failures) of every pod."""
+    failures: int
+    reporting: int
+    """Pods with completed calls or a trip in the window (an idle pod has no say)."""
+    votes: int
+    """Pods voting to open (their own trip, or their own rate with enough volume)."""
+
+
+@dataclass(frozen=True, slots=True)
 class SharedState:
     """The cluster-wide state of one breaker, as a script returned it.
 
@@ -85,6 +101,8 @@ class SharedState:
     lease_expires_ms: int
     """Expiry of the latest live trial lease, 0 when none."""
     trial_successes: int
+    window: PooledWindow | None = None
+    """The pooled window as the report just made sees it (report replies only)."""
 
     @property
     def exists(self) -> bool:
@@ -186,6 +204,28 @@ def parse_state_reply(reply: object, script: str = "script") -> SharedState:
     except ProtocolError:
         _protocol_errors["reply"] += 1
         raise
+
+
+def parse_report_reply(reply: object) -> SharedState:
+    """Validate ``report_window``'s reply: the state, then the pooled window's four sums.
+
+    Raises:
+        ProtocolError: the reply is not exactly what the script returns.
+    """
+    try:
+        items = _reply_list(reply, _STATE_REPLY_LEN + 4, "report_window")
+        state = _parse_state(items[:_STATE_REPLY_LEN])
+        volume, failures, reporting, votes = (
+            _reply_count(value, what)
+            for value, what in zip(
+                items[_STATE_REPLY_LEN:], ("volume", "failures", "reporting", "votes"), strict=True
+            )
+        )
+    except ProtocolError:
+        _protocol_errors["reply"] += 1
+        raise
+    window = PooledWindow(volume=volume, failures=failures, reporting=reporting, votes=votes)
+    return dataclasses.replace(state, window=window)
 
 
 def parse_trial_reply(reply: object) -> TrialGrant:

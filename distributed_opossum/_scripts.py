@@ -46,12 +46,14 @@ from ._script_replies import (
     MAX_BROADCAST_BYTES,
     SHARED_STATES,
     Broadcast,
+    PooledWindow,
     ProtocolError,
     SharedState,
     SharedStateName,
     TrialGrant,
     parse_broadcast,
     parse_count_reply,
+    parse_report_reply,
     parse_state_reply,
     parse_trial_reply,
     protocol_error_counts,
@@ -64,6 +66,7 @@ __all__ = [
     "SHARED_STATES",
     "Broadcast",
     "DecisionParams",
+    "PooledWindow",
     "ProtocolError",
     "RedisClient",
     "RedisScripts",
@@ -195,7 +198,9 @@ def _report_call(
         *params.to_argv(),
         known_gen,
     )
-    return _state_call("report_window", (keys.stats, keys.state, keys.pods), args)
+    return _Call(
+        _scripts()["report_window"], (keys.stats, keys.state, keys.pods), args, parse_report_reply
+    )
 
 
 def _read_call(keys: BreakerKeys) -> _Call[SharedState]:

@@ -19,12 +19,13 @@
 --          since, or the pod never synced) counts in the current one: its
 --          epoch means nothing here. Missing (an older client): ARGV[8] as is.
 -- returns  the shared state (see state_reply in _prelude.lua); `changed` is 1
---          when this report opened the breaker, which it also PUBLISHes.
+--          when this report opened the breaker, which it also PUBLISHes;
+--          then the pooled window: volume, failures, reporting pods, votes.
 --
 -- An entry (JSON) is appended unless the bucket is empty. Entries are in time
--- order, so the list is trimmed from the head: down to max_entries, then
--- until the first young entry (older than the window or than the last close
--- is out): O(removed). Each popped entry is decoded, so the aggregates lose
+-- order, so the list is trimmed from the head: until the first young entry
+-- (older than the window or than the last close is out), then, once the new
+-- entry is in, down to max_entries: O(removed). Each popped entry is decoded, so the aggregates lose
 -- exactly what the list loses.
 --
 -- Aggregates. KEYS[3] holds the sums over the entries in the list, so a
@@ -360,6 +361,23 @@ end
 local length = redis.call('LLEN', stats_key)
 local a = load_aggregates(s, length) -- nil: rebuilt below, once the list is trimmed
 
+-- Entries at or before the cutoff are out: older than the window, or from
+-- before the last close (the window is cleared on close). Trimmed before
+-- this report's entry goes in, which is young whatever its millisecond (a
+-- report in the close's millisecond came after the close).
+local cutoff = math.max(now - p.window_ms, s.closed_at)
+while length > 0 do
+  local e = parse_entry(redis.call('LINDEX', stats_key, 0))
+  if e ~= nil and e.timestamp > cutoff then
+    break
+  end
+  redis.call('LPOP', stats_key)
+  length = length - 1
+  if a ~= nil and not count_popped(a, e) then
+    a = nil
+  end
+end
+
 local nonempty = local_open
 for _, n in pairs(counts) do
   nonempty = nonempty or n ~= 0
@@ -379,24 +397,9 @@ if nonempty then
   length = length + 1
 end
 
--- The cap first, then the age: the head left is young, so when the entries
--- are in time order every entry left is young.
+-- The cap: the oldest go first.
 while length > p.max_entries do
   local e = parse_entry(redis.call('LPOP', stats_key))
-  length = length - 1
-  if a ~= nil and not count_popped(a, e) then
-    a = nil
-  end
-end
--- Entries at or before the cutoff are out: older than the window, or from
--- before the last close (the window is cleared on close).
-local cutoff = math.max(now - p.window_ms, s.closed_at)
-while length > 0 do
-  local e = parse_entry(redis.call('LINDEX', stats_key, 0))
-  if e ~= nil and e.timestamp > cutoff then
-    break
-  end
-  redis.call('LPOP', stats_key)
   length = length - 1
   if a ~= nil and not count_popped(a, e) then
     a = nil
@@ -484,4 +487,8 @@ save_aggregates(a, p.key_ttl_ms)
 if changed then
   publish(channel, name, instance, s, now)
 end
-return state_reply(s, now, changed)
+local reply = state_reply(s, now, changed)
+for _, field in ipairs({ 'volume', 'failures', 'reporting', 'votes' }) do
+  reply[#reply + 1] = a[field]
+end
+return reply
