@@ -37,6 +37,7 @@ from ._errors import (
 from ._events import EventEmitter, Handler
 from ._fallback import check_fallback
 from ._link import SharedLink
+from ._logs import log_transition
 from ._options import BreakerOptions, parse_options
 from ._state import Cause, State, StateMachine, Transition, exceeds_threshold
 from ._stats import Stats
@@ -704,6 +705,7 @@ class CircuitBreaker(Generic[P, R]):
                     link.vote()
                 elif transition.state is State.CLOSED:
                     link.closed_locally()
+            log_transition(self.name, transition)
             self._events.emit(_STATE_EVENTS[transition.state], transition.cause)
 
     def _attach(self) -> bool:

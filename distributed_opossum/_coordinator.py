@@ -320,6 +320,11 @@ class Coordinator:
             level,
             "distributed_opossum: Redis cannot be used (%s); deciding locally until it can",
             _describe(error),
+            extra={
+                "registry": "down",
+                "redis_error": _describe(error),
+                "breakers": len(self.links),
+            },
         )
         pool = getattr(self.client, "connection_pool", None)
         if pool is not None:
@@ -338,7 +343,7 @@ class Coordinator:
         if self.down is None or self.closed:
             return
         self.down = None
-        logger.info("distributed_opossum: Redis answers again")
+        logger.info("distributed_opossum: Redis answers again", extra={"registry": "up"})
         for link in list(self.links):
             link.verify()  # due now: what it decided locally meets Redis' state
             link.emit("registry_up")
@@ -354,9 +359,14 @@ class Coordinator:
             except asyncio.CancelledError:
                 self._retire()
                 raise
-            except Exception:
+            except Exception as error:  # the ticker never dies: say it (now and then), go on
                 self.stats["tick_errors"] += 1
-                logger.exception("distributed_opossum: report tick failed")
+                self._throttle.log(
+                    logging.ERROR,
+                    f"tick:{type(error).__name__}",
+                    "distributed_opossum: report tick failed: %s",
+                    _describe(error),
+                )
                 await asyncio.sleep(RECONNECT_MIN)
             try:
                 await self._sleep_until_due()
@@ -466,6 +476,8 @@ class Coordinator:
                     "distributed_opossum: report of %r failed: %s (it decides locally meanwhile)",
                     link.keys.name,
                     _describe(result),
+                    circuit=link.keys.name,
+                    redis_error=_describe(result),
                 )
                 continue
             link.apply(result, own=True)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import difflib
 import inspect
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._logs import logger
+
 __all__ = ["CALL_EVENTS", "EVENTS", "EventEmitter"]
 
-logger = logging.getLogger("distributed_opossum")
 
 CALL_EVENTS = frozenset(
     {

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SharedLink", "TrialLease"]
 
-logger = logging.getLogger("distributed_opossum")
 
 LEASE_WAIT = 0.5
 """Longest a caller waits for a cluster trial lease (or ``timeout``, if shorter)."""

@@ -1,4 +1,10 @@
-"""The library's logger, and a way to say repeated trouble once in a while.
+"""The library's logger: state changes, Redis trouble, said once in a while.
+
+Everything goes to the ``distributed_opossum`` logger, which has a
+``NullHandler``: an application that configures no logging sees nothing.
+Nothing is logged per call. A state change is one record with its fields in
+``extra`` (``circuit``, ``state``, ``previous_state``, ``cause``), so that
+structured log handlers can index them; openings are warnings, the rest info.
 
 Redis trouble repeats every tick while it lasts; logged each time it would
 drown the application's logs (forty error records a second for one user
@@ -11,8 +17,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-__all__ = ["Throttle", "logger"]
+if TYPE_CHECKING:
+    from ._state import Transition
+
+__all__ = ["Throttle", "log_transition", "logger"]
 
 logger = logging.getLogger("distributed_opossum")
 logger.addHandler(logging.NullHandler())
@@ -51,3 +61,32 @@ class Throttle:
             message += " (%d more like it since the last report)"
             args = (*args, held)
         logger.log(level, message, *args, extra=extra or None)
+
+
+_WORDS = {
+    "local": "its own calls failed",
+    "cluster": "the cluster decided on this pod's report",
+    "remote": "another pod or the cluster decided",
+    "manual": "an operator",
+    "timer": "the open period ended",
+    "trial": "a trial call",
+    "health_check": "a failed health check",
+}
+
+
+def log_transition(circuit: str, transition: Transition) -> None:
+    """One record per state change, with its fields in ``extra``."""
+    state, previous = transition.state.value, transition.previous.value
+    level = logging.WARNING if state in ("open", "forced_open") else logging.INFO
+    if not logger.isEnabledFor(level):
+        return
+    cause = transition.cause.value
+    logger.log(
+        level,
+        "distributed_opossum: breaker %r %s -> %s (%s)",
+        circuit,
+        previous,
+        state,
+        _WORDS.get(cause, cause),
+        extra={"circuit": circuit, "state": state, "previous_state": previous, "cause": cause},
+    )

@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import weakref
 from typing import Any, Protocol
 
 import redis
 import redis.asyncio
 
+from ._logs import logger
+
 __all__ = ["CloseWatcher", "check_client", "is_closed", "watch_close"]
 
-logger = logging.getLogger("distributed_opossum")
 
 _ASYNC_CLIENTS = (redis.asyncio.Redis, redis.asyncio.RedisCluster)
 _closed_on: weakref.WeakKeyDictionary[Any, weakref.ref[asyncio.AbstractEventLoop]] = (
