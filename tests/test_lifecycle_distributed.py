@@ -212,7 +212,7 @@ async def test_closing_the_client_under_live_breakers(
         assert breakers[0].opened  # deciding locally
         await asyncio.sleep(0.2)
         assert await _connections(redis_client, "closed-under") == 0
-    said = [r for r in caplog.records if "closed" in r.getMessage()]
+    said = [r for r in caplog.records if "client" in r.getMessage() and "closed" in r.getMessage()]
     assert len(said) == 1
     for breaker in breakers:
         await breaker.shutdown()
