@@ -36,9 +36,9 @@ from ._errors import (
 )
 from ._events import EventEmitter, Handler
 from ._fallback import check_fallback
-from ._link import SharedLink
 from ._logs import log_transition
 from ._options import BreakerOptions, parse_options
+from ._redis.link import SharedLink
 from ._state import Cause, State, StateMachine, Transition, exceeds_threshold
 from ._stats import Stats
 from ._tasks import running_loop as _running_loop

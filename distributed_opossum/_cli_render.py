@@ -23,8 +23,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from ._fleet import BreakerStatus, WindowSums
-from ._script_replies import SharedState
+from ._redis.fleet import BreakerStatus, WindowSums
+from ._redis.replies import SharedState
 
 __all__ = [
     "JSON_VERSION",

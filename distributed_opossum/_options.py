@@ -20,7 +20,7 @@ from typing import Any
 from ._checks import check_int
 from ._clock import SYSTEM_CLOCK, Clock
 from ._names import MAX_NAME_LENGTH, check_name, default_name
-from ._redis_client import check_client
+from ._redis.client import check_client
 
 __all__ = [
     "MAX_INSTANCE_ID_LENGTH",

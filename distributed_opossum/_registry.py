@@ -16,7 +16,7 @@ from collections.abc import Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._coordinator import live_coordinators
+from ._redis.coordinator import live_coordinators
 
 if TYPE_CHECKING:
     from ._breaker import CircuitBreaker

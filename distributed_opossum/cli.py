@@ -40,9 +40,9 @@ from redis.exceptions import (
 )
 
 from . import _cli_render as render
-from ._fleet import Fleet, UnknownBreakerError
-from ._keys import DEFAULT_PREFIX, encode_name, validate_prefix
-from ._script_replies import ProtocolError
+from ._redis.fleet import Fleet, UnknownBreakerError
+from ._redis.keys import DEFAULT_PREFIX, encode_name, validate_prefix
+from ._redis.replies import ProtocolError
 
 __all__ = [
     "EXIT_INTERRUPTED",

@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from chaos_downstream import DownstreamSwitch
 from chaos_records import FleetResults
 
-from distributed_opossum._keys import BreakerKeys
+from distributed_opossum._redis.keys import BreakerKeys
 
 __all__ = [
     "ClientSpec",

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from distributed_support import Boom, eventually_async
 
 from distributed_opossum import CircuitBreaker
-from distributed_opossum._keys import DEFAULT_PREFIX, BreakerKeys
+from distributed_opossum._redis.keys import DEFAULT_PREFIX, BreakerKeys
 from distributed_opossum.cli import main
 
 __all__ = [

@@ -34,9 +34,9 @@ from redis.backoff import NoBackoff
 from redis_server import RedisServer
 
 from distributed_opossum import CircuitBreaker, OpenCircuitError
-from distributed_opossum._coordinator import Coordinator
-from distributed_opossum._keys import BreakerKeys
-from distributed_opossum._link import SharedLink
+from distributed_opossum._redis.coordinator import Coordinator
+from distributed_opossum._redis.keys import BreakerKeys
+from distributed_opossum._redis.link import SharedLink
 
 __all__ = [
     "PREFIX",

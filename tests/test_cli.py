@@ -14,7 +14,7 @@ from distributed_support import eventually, redis_now_ms
 from redis_server import RedisServer
 
 from distributed_opossum import State
-from distributed_opossum._keys import BreakerKeys
+from distributed_opossum._redis.keys import BreakerKeys
 
 pytestmark = pytest.mark.redis
 

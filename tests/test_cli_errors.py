@@ -11,7 +11,7 @@ from distributed_support import dead_port_url
 from redis_server import RedisServer
 
 from distributed_opossum import cli
-from distributed_opossum._keys import BreakerKeys
+from distributed_opossum._redis.keys import BreakerKeys
 
 PASSWORD = "s3cret-pw"
 

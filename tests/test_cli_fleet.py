@@ -9,8 +9,8 @@ import redis.asyncio as aioredis
 from cli_support import run_cli
 from redis_server import RedisServer
 
-from distributed_opossum._fleet import Fleet
-from distributed_opossum._keys import BreakerKeys
+from distributed_opossum._redis.fleet import Fleet
+from distributed_opossum._redis.keys import BreakerKeys
 
 pytestmark = pytest.mark.redis
 

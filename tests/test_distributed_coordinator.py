@@ -11,7 +11,7 @@ from distributed_support import PREFIX, Cluster, coordinator_idle, dead_port_url
 from redis_server import RedisServer
 
 from distributed_opossum import CircuitBreaker
-from distributed_opossum._coordinator import Coordinator, coordinator_for
+from distributed_opossum._redis.coordinator import Coordinator, coordinator_for
 
 pytestmark = pytest.mark.redis
 

@@ -26,7 +26,7 @@ from distributed_support import (
 from redis_server import RedisServer
 
 from distributed_opossum import OpenCircuitError, State
-from distributed_opossum._keys import encode_name
+from distributed_opossum._redis.keys import encode_name
 
 pytestmark = pytest.mark.redis
 

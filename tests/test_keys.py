@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 from transport_support import close_pubsub
 
-from distributed_opossum._keys import (
+from distributed_opossum._redis.keys import (
     DEFAULT_PREFIX,
     BreakerKeys,
     breaker_name_from_channel,

@@ -19,8 +19,8 @@ from distributed_support import PREFIX, Boom, Cluster, Downstream, eventually, s
 from redis_server import RedisServer
 
 from distributed_opossum import CircuitBreaker, OpenCircuitError, State, _registry, shutdown_all
-from distributed_opossum._coordinator import live_coordinators
 from distributed_opossum._options import MAX_NAME_LENGTH
+from distributed_opossum._redis.coordinator import live_coordinators
 
 pytestmark = [pytest.mark.redis, pytest.mark.usefixtures("own_registry")]
 

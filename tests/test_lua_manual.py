@@ -22,7 +22,7 @@ from transport_support import (
     subscribed,
 )
 
-from distributed_opossum._scripts import script_source, scripts_for
+from distributed_opossum._redis.scripts import script_source, scripts_for
 
 Client = aioredis.Redis
 

@@ -24,8 +24,8 @@ from transport_support import (
     subscribed,
 )
 
-from distributed_opossum._keys import BreakerKeys
-from distributed_opossum._scripts import DecisionParams, parse_broadcast
+from distributed_opossum._redis.keys import BreakerKeys
+from distributed_opossum._redis.scripts import DecisionParams, parse_broadcast
 
 Client = aioredis.Redis
 

@@ -21,8 +21,8 @@ import redis.asyncio as aioredis
 from test_lua_report_window import GARBAGE_ENTRIES
 from transport_support import KEYS, PARAMS, entry, params, redis_now, report, seed
 
-from distributed_opossum._keys import BreakerKeys
-from distributed_opossum._scripts import DecisionParams, SharedState, scripts_for
+from distributed_opossum._redis.keys import BreakerKeys
+from distributed_opossum._redis.scripts import DecisionParams, SharedState, scripts_for
 
 Client = aioredis.Redis
 

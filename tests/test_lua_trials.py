@@ -23,7 +23,7 @@ from transport_support import (
     subscribed,
 )
 
-from distributed_opossum._scripts import DecisionParams, SharedState, TrialGrant, scripts_for
+from distributed_opossum._redis.scripts import DecisionParams, SharedState, TrialGrant, scripts_for
 
 Client = aioredis.Redis
 

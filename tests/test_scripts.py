@@ -20,11 +20,11 @@ from redis.retry import Retry
 from redis_server import RedisServer
 from transport_support import KEYS, PARAMS, params, report
 
-from distributed_opossum import _scripts
-from distributed_opossum._keys import BreakerKeys
-from distributed_opossum._script_params import DecisionParams, WindowReport
-from distributed_opossum._script_replies import parse_state_reply
-from distributed_opossum._scripts import (
+from distributed_opossum._redis import scripts as _scripts
+from distributed_opossum._redis.keys import BreakerKeys
+from distributed_opossum._redis.params import DecisionParams, WindowReport
+from distributed_opossum._redis.replies import parse_state_reply
+from distributed_opossum._redis.scripts import (
     SCRIPT_NAMES,
     ProtocolError,
     SharedState,
@@ -33,7 +33,7 @@ from distributed_opossum._scripts import (
 )
 
 Client = aioredis.Redis
-LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+LUA_DIR = (Path(__file__).resolve().parent.parent / "lua").resolve()
 
 
 # --------------------------------------------------------------------------- the files
@@ -83,9 +83,11 @@ def test_sources_are_prelude_plus_script() -> None:
     assert script.sha == hashlib.sha1(source.encode()).hexdigest()
 
 
-def test_source_checkout_loads_from_the_repository_lua_dir() -> None:
-    """Without a packaged copy, the scripts come from lua/ beside the package."""
-    assert Path(str(_scripts._lua_dir())).resolve() == LUA_DIR
+def test_scripts_load_from_the_package_and_the_top_level_lua_is_a_link() -> None:
+    """One place: the subpackage's lua/ (the repository's lua is a link to it, for reading)."""
+    package_dir = Path(_scripts.__file__).resolve().parent / "lua"
+    assert Path(str(_scripts._lua_dir())).resolve() == package_dir
+    assert LUA_DIR == package_dir
 
 
 # --------------------------------------------------------------------------- registry

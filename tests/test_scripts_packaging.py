@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from distributed_opossum._scripts import SCRIPT_NAMES, script_source
+from distributed_opossum._redis.scripts import SCRIPT_NAMES, script_source
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,23 +17,23 @@ CHECK = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from distributed_opossum import _scripts
+from distributed_opossum._redis import scripts as _scripts
 where = Path(str(_scripts._lua_dir())).resolve()
-assert where == Path(sys.argv[1], "distributed_opossum", "lua").resolve(), where
+assert where == Path(sys.argv[1], "distributed_opossum", "_redis", "lua").resolve(), where
 for name in _scripts.SCRIPT_NAMES:
     sys.stdout.write(_scripts.script_source(name) + "\\0")
 """
 
 
 def test_wheel_carries_and_loads_the_scripts(tmp_path: Path) -> None:
-    """Built as a wheel, the package loads its scripts from distributed_opossum/lua."""
+    """Built as a wheel, the package loads its scripts from distributed_opossum/_redis/lua."""
     wheel_builder = pytest.importorskip("hatchling.builders.wheel")
     [wheel] = wheel_builder.WheelBuilder(str(ROOT)).build(
         directory=str(tmp_path / "dist"), versions=["standard"]
     )
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in (*SCRIPT_NAMES, "_prelude"):
-        assert f"distributed_opossum/lua/{name}.lua" in names
+        assert f"distributed_opossum/_redis/lua/{name}.lua" in names
     assert not [n for n in names if n.startswith("lua/")]
 
     site = tmp_path / "site"

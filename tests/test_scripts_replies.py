@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from distributed_opossum._script_replies import (
+from distributed_opossum._redis.replies import (
     MAX_BROADCAST_BYTES,
     Broadcast,
     ProtocolError,
@@ -214,7 +214,7 @@ def test_bad_broadcasts_are_dropped_and_counted(
 ) -> None:
     """Garbage gives None, a debug log line and a count; never an exception."""
     before = protocol_error_counts().get("broadcast", 0)
-    with caplog.at_level(logging.DEBUG, logger="distributed_opossum._script_replies"):
+    with caplog.at_level(logging.DEBUG, logger="distributed_opossum._redis.replies"):
         assert parse_broadcast(payload) is None
     assert protocol_error_counts()["broadcast"] == before + 1
     assert "ignoring bad broadcast" in caplog.text

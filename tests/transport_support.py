@@ -17,8 +17,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
-from distributed_opossum._keys import BreakerKeys
-from distributed_opossum._scripts import (
+from distributed_opossum._redis.keys import BreakerKeys
+from distributed_opossum._redis.scripts import (
     DecisionParams,
     SharedState,
     WindowReport,

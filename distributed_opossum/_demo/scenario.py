@@ -25,7 +25,7 @@ from typing import TextIO
 
 import redis.asyncio as aioredis
 
-from distributed_opossum._keys import BreakerKeys
+from distributed_opossum._redis.keys import BreakerKeys
 
 from .downstream import PaymentsApi
 from .fleet import Fleet

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from ._keys import BreakerKeys, breaker_name_from_key, keys_pattern, validate_prefix
-from ._script_replies import ProtocolError, SharedState
-from ._scripts import DEFAULT_CLEANUP_MAX_AGE_MS, scripts_for
+from .keys import BreakerKeys, breaker_name_from_key, keys_pattern, validate_prefix
+from .replies import ProtocolError, SharedState
+from .scripts import DEFAULT_CLEANUP_MAX_AGE_MS, scripts_for
 
 __all__ = [
     "SCAN_COUNT",

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import redis
 import redis.asyncio
 
-from ._logs import logger
+from distributed_opossum._logs import logger
 
 __all__ = ["CloseWatcher", "check_client", "is_closed", "watch_close"]
 

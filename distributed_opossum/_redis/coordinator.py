@@ -34,14 +34,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ._failover import CHECK_INTERVAL, MasterWatch
-from ._keys import events_pattern
-from ._logs import Throttle, logger
-from ._redis_client import is_closed, watch_close
-from ._scripts import SharedState, WindowReport, parse_broadcast, scripts_for
+from distributed_opossum._logs import Throttle, logger
+
+from .client import is_closed, watch_close
+from .failover import CHECK_INTERVAL, MasterWatch
+from .keys import events_pattern
+from .scripts import SharedState, WindowReport, parse_broadcast, scripts_for
 
 if TYPE_CHECKING:
-    from ._link import SharedLink
+    from .link import SharedLink
 
 __all__ = [
     "REDIS_ERRORS",

@@ -19,12 +19,14 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._cluster_view import ClusterView
-from ._coordinator import REGISTRY_ERRORS, coordinator_for
-from ._errors import RegistryError
-from ._keys import BreakerKeys
-from ._options import BreakerOptions, DistributedOptions
-from ._scripts import (
+from distributed_opossum._cluster_view import ClusterView
+from distributed_opossum._errors import RegistryError
+from distributed_opossum._options import BreakerOptions, DistributedOptions
+from distributed_opossum._state import Cause, State
+
+from .coordinator import REGISTRY_ERRORS, coordinator_for
+from .keys import BreakerKeys
+from .scripts import (
     Broadcast,
     DecisionParams,
     PooledWindow,
@@ -35,11 +37,11 @@ from ._scripts import (
     WindowReport,
     scripts_for,
 )
-from ._state import Cause, State
 
 if TYPE_CHECKING:
-    from ._breaker import CircuitBreaker
-    from ._coordinator import Coordinator
+    from distributed_opossum._breaker import CircuitBreaker
+
+    from .coordinator import Coordinator
 
 __all__ = ["SharedLink", "TrialLease"]
 

@@ -1,10 +1,10 @@
 """Typed access to the Lua scripts in ``lua/``: loading, per-client registry, calls.
 
-The scripts ship as package data (``distributed_opossum/lua`` in a wheel, the
-repository's top-level ``lua/`` in a source checkout or editable install).
-``lua/_prelude.lua`` is prepended to each, since Redis scripts cannot include
-files. Arguments are validated in :mod:`._script_params`, replies in
-:mod:`._script_replies`; this module re-exports both, so the coordinator
+The scripts are package data of this subpackage (``distributed_opossum/_redis/lua``,
+in a wheel and in a source checkout alike; the repository's top-level ``lua``
+links to it, for reading). ``lua/_prelude.lua`` is prepended to each, since
+Redis scripts cannot include files. Arguments are validated in :mod:`.params`,
+replies in :mod:`.replies`; this module re-exports both, so the coordinator
 imports everything transport-related from here.
 
 Calls go out as EVALSHA. When Redis has lost its script cache (restart,
@@ -33,16 +33,15 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from importlib.abc import Traversable
-from pathlib import Path
 from typing import Any, Generic, Literal, TypeAlias, TypeVar, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from ._keys import BreakerKeys
-from ._script_params import DecisionParams, WindowReport, check_int, check_real, check_text, to_argv
-from ._script_replies import (
+from .keys import BreakerKeys
+from .params import DecisionParams, WindowReport, check_int, check_real, check_text, to_argv
+from .replies import (
     MAX_BROADCAST_BYTES,
     SHARED_STATES,
     Broadcast,
@@ -117,15 +116,8 @@ class _Script:
 
 
 def _lua_dir() -> Traversable:
-    # A wheel carries the scripts inside the package (pyproject force-include);
-    # a source checkout or editable install has them beside the package.
-    packaged = resources.files(__name__.rpartition(".")[0]).joinpath("lua")
-    if packaged.is_dir():
-        return packaged
-    beside = Path(__file__).resolve().parent.parent / "lua"
-    if beside.is_dir():
-        return beside
-    raise FileNotFoundError(f"Lua scripts found neither in the package nor at {beside}")
+    """The scripts, package data of this subpackage (wheel and source checkout alike)."""
+    return resources.files(__package__ or __name__.rpartition(".")[0]).joinpath("lua")
 
 
 @cache

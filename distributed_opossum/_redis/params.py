@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ._checks import check_int, check_real, check_text
+from distributed_opossum._checks import check_int, check_real, check_text
 
 __all__ = ["DecisionParams", "WindowReport", "check_int", "check_real", "check_text", "to_argv"]
 

@@ -1,0 +1,1 @@
+distributed_opossum/_redis/lua
