@@ -87,7 +87,7 @@ def test_scripts_load_from_the_package_and_the_top_level_lua_is_a_link() -> None
     """One place: the subpackage's lua/ (the repository's lua is a link to it, for reading)."""
     package_dir = Path(_scripts.__file__).resolve().parent / "lua"
     assert Path(str(_scripts._lua_dir())).resolve() == package_dir
-    assert LUA_DIR == package_dir
+    assert package_dir == LUA_DIR
 
 
 # --------------------------------------------------------------------------- registry
