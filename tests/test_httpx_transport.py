@@ -325,6 +325,33 @@ async def test_breaker_timeout_propagates_and_is_a_failure(
         assert (await client.get(server.url())).status_code == 200
 
 
+async def test_cancelled_request_is_neither_success_nor_failure(
+    server: LocalHttpServer, clock: FakeClock
+) -> None:
+    """A caller that gives up mid-request: CancelledError propagates, nothing is recorded."""
+    server.hang = True
+    async with client_for(breaker_options=options(clock)) as (client, transport):
+        request = asyncio.ensure_future(client.get(server.url()))
+        await asyncio.wait_for(server.received.wait(), 5.0)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        stats = transport.breakers[server.netloc].stats
+        assert (stats.fires, stats.successes, stats.failures) == (1, 0, 0)
+        server.release()
+
+
+async def test_concurrent_requests_share_one_breaker(
+    server: LocalHttpServer, clock: FakeClock
+) -> None:
+    """Concurrent requests to one host go through one breaker, each outcome recorded."""
+    async with client_for(breaker_options=options(clock)) as (client, transport):
+        responses = await asyncio.gather(*(client.get(server.url(f"/{i}")) for i in range(20)))
+        assert sorted(r.text for r in responses) == sorted(f"200 /{i}" for i in range(20))
+        assert len(transport.breakers) == 1
+        assert transport.breakers[server.netloc].stats.successes == 20
+
+
 # --------------------------------------------------------------------------- streaming
 
 
