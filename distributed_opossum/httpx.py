@@ -94,6 +94,17 @@ class _FailedResponse(httpx.HTTPStatusError):
     ``httpx.HTTPStatusError`` with ``.request`` and ``.response``.
     """
 
+    def __init__(self, request: httpx.Request, response: httpx.Response) -> None:
+        # The message is built only when read: most failures are never printed.
+        super().__init__("", request=request, response=response)
+
+    def __str__(self) -> str:
+        response = self.response
+        return (
+            f"{response.status_code} {response.reason_phrase} "
+            f"from {self.request.method} {self.request.url}"
+        )
+
 
 class BreakerTransport(httpx.AsyncBaseTransport):
     """An httpx transport that sends each request through the breaker of its key.
@@ -214,12 +225,7 @@ class BreakerTransport(httpx.AsyncBaseTransport):
                     passed = error  # a success for the breaker, still the caller's error
                 else:
                     if self._is_failure(request, response):
-                        raise _FailedResponse(
-                            f"{response.status_code} {response.reason_phrase} "
-                            f"from {request.method} {request.url}",
-                            request=request,
-                            response=response,
-                        )
+                        raise _FailedResponse(request, response)
                     return response
         except _FailedResponse as failed:
             return failed.response

@@ -420,6 +420,7 @@ async def test_given_breakers_are_used_and_left_running(
     assert len(seen) == 1
     assert isinstance(seen[0], httpx.HTTPStatusError)
     assert seen[0].response.status_code == 500
+    assert str(seen[0]) == f"500 Internal Server Error from GET {server.url('/pay')}"
     await mine.shutdown()
 
 
