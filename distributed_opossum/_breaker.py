@@ -1,14 +1,23 @@
-"""``CircuitBreaker``: opossum's breaker for asyncio.
+"""``CircuitBreaker``: opossum's breaker for asyncio, built from parts.
 
-Wires the pure core (state machine, rolling window, backoff) to a clock, the
-event emitter, the per-breaker timeout queue and the optional features (cache,
-coalescing, capacity, health checks, snapshots). ``async with breaker:`` lives
-in ``_guard.py``, the health-check task in ``_health.py`` and the JSON export
-and ``state=`` import in ``_persist.py``.
+The parts, each behind a narrow interface:
+
+- the call engine (``_engine.py``): admission, capacity, outcomes, the open
+  decision; ``fire()``, ``async with`` and the cluster link all go through it;
+- the timeout queue (``_deadlines.py``): one timer for every call's timeout;
+- the timers (``_timers.py``): the open period's end and the snapshots;
+- the guards (``_guard.py``): ``async with breaker:`` blocks;
+- the cluster link (``_redis/link.py``), reached through a :class:`BreakerPort`;
+- persistence (``_persist.py``) and health checks (``_health.py``), pure of
+  the breaker: they get values and callables, never the breaker.
+
+This class wires them, owns the loop they belong to, and applies state
+changes (timers, the window on close, the link's votes, events and logs).
 
 The call path is written for speed: while nothing unusual is configured (no
 listeners, cache, coalescing; enabled, closed) ``fire()`` costs two clock
-reads, a few counter increments and the one timeout-queue entry.
+reads, a few counter increments and the one timeout-queue entry; an open
+breaker rejects without a second coroutine.
 """
 
 from __future__ import annotations
@@ -17,32 +26,29 @@ import asyncio
 import contextlib
 import inspect
 import random
-import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from . import _guard, _health, _persist, _registry
+from . import _health, _persist, _registry
 from ._backoff import open_period
 from ._cache import MemoryCache, call_key, maybe_await
-from ._clock import TimerHandle
 from ._cluster_view import ClusterView
 from ._coalesce import CoalesceTable
-from ._deadlines import EXPIRED, DeadlineQueue, timed_out
-from ._errors import (
-    CircuitTimeoutError,
-    OpenCircuitError,
-    SemaphoreLockedError,
-    ShutdownError,
-)
+from ._deadlines import DeadlineQueue, timed_out
+from ._engine import CallEngine
+from ._errors import OpenCircuitError, ShutdownError
 from ._events import EventEmitter, Handler
-from ._fallback import check_fallback
+from ._fallback import await_fallback, call_fallback, check_fallback
+from ._guard import Guards
 from ._logs import log_transition
 from ._options import BreakerOptions, parse_options
-from ._redis.link import SharedLink
-from ._state import Cause, State, StateMachine, Transition, exceeds_threshold
+from ._redis.link import BreakerPort, SharedLink
+from ._state import Cause, State, StateMachine, Transition
 from ._stats import Stats
 from ._tasks import running_loop as _running_loop
 from ._tasks import task_of as _task_of
+from ._timers import BreakerTimers
 from ._window import RollingWindow
 
 __all__ = ["CircuitBreaker"]
@@ -51,6 +57,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _CLOSED = State.CLOSED
+_OPEN = State.OPEN
 _OWN_EVIDENCE = frozenset({Cause.LOCAL, Cause.TRIAL})
 """Openings this pod decided from its own calls: its trip, or its failed trial. Each
 is its vote (a failed cluster trial re-opens the cluster anyway; a failed local
@@ -74,6 +81,8 @@ class CircuitBreaker(Generic[P, R]):
     Args:
         action: the callable the breaker guards; ``fire(*args, **kwargs)`` calls
             ``action(*args, **kwargs)`` and awaits the result when awaitable.
+            Without one, the breaker guards ``async with`` blocks only (then
+            ``name`` is required).
         **options: opossum's options in snake_case with durations in seconds
             (``timeout``, ``error_threshold_percentage``, ``reset_timeout``, ...;
             see the README). Unknown names raise ``TypeError``; bad values raise
@@ -118,11 +127,26 @@ class CircuitBreaker(Generic[P, R]):
             period=self._open_period,
         )
         self._events = EventEmitter(f"breaker {opts.name!r}", on_change=self._listeners_changed)
+        self._engine = CallEngine(
+            opts,
+            window=self._window,
+            core=self._core,
+            events=self._events,
+            monotonic=self._monotonic,
+            on_transitions=self._announce,
+            warm_up_until=now + opts.rolling_count_timeout if opts.allow_warm_up else -1.0,
+        )
         self._deadlines = (
             DeadlineQueue(opts.timeout, opts.clock) if opts.timeout is not None else None
         )
-        self._capacity = opts.capacity if opts.capacity is not None else sys.maxsize
-        self._in_flight = 0
+        self._timers = BreakerTimers(
+            opts.clock,
+            on_open_period_over=self._open_period_over,
+            on_snapshot=self._snapshot_tick,
+        )
+        self._guards = Guards(
+            self, self._engine, self._deadlines, start=self._start_block, admit=self._admit
+        )
         self._fallback: Callable[..., Any] | None = None
         self._cache: Any = None
         if opts.cache:
@@ -140,23 +164,24 @@ class CircuitBreaker(Generic[P, R]):
         self._key: Callable[..., Any] | None = opts.cache_get_key
         self._enabled = opts.enabled
         self._shutdown = False
-        self._warm_up_until = now + opts.rolling_count_timeout if opts.allow_warm_up else -1.0
-        self._half_open_timer: TimerHandle | None = None
-        self._snapshot_timer: TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._guards: dict[asyncio.Task[Any] | None, list[_guard.Guard]] = {}
+        # _gate: anything but the plain closed path; _rejecting: an open breaker
+        # whose rejections need no more than a count (see _refresh_gate).
         self._gate = False
-        self._timers_missed = False  # a timer wanted while no event loop ran
+        self._rejecting = False
         # The loop this breaker's timers and coordinator belong to; the first
         # call on another loop re-arms them there (see _rebind).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_bound = False  # holds something of a loop even on the plain path
         if opts.state is not None:
-            _persist.restore(self, opts.state, now)
+            self._restore(_persist.parse_state(opts.state, opts, self._clock.wall()), now)
         self._link = (
-            SharedLink(self, opts, opts.distributed) if opts.distributed is not None else None
+            SharedLink(self._port(), opts, opts.distributed)
+            if opts.distributed is not None
+            else None
         )
         if self._link is not None:
+            self._engine.trials = self._link
             # With a running loop the first sync starts now (an open cluster is
             # learnt before the first call, nearly always); else on first use.
             self._link.attach()
@@ -164,6 +189,18 @@ class CircuitBreaker(Generic[P, R]):
         with contextlib.suppress(RuntimeError):  # no loop runs: the first call binds one
             self._loop = _running_loop()  # what __init__ armed, it armed on this loop
         self._refresh_gate()
+
+    def _port(self) -> BreakerPort:
+        """What the cluster link may read of this breaker and call on it."""
+        core = self._core
+        return BreakerPort(
+            window=self._window,
+            monotonic=self._monotonic,
+            local_state=lambda: core.state,
+            follow=self._follow_shared,
+            emit=self._events.emit,
+            coordinator_changed=self._refresh_gate,
+        )
 
     # -- calling ---------------------------------------------------------------------------------
 
@@ -181,10 +218,32 @@ class CircuitBreaker(Generic[P, R]):
             Exception: whatever the action (or the fallback) raised.
         """
         if self._gate:
-            return await self._fire_gated(args, kwargs)  # type: ignore[no-any-return]
+            if self._rejecting:
+                # Open: reject with a count and no second coroutine (an outage
+                # makes this the hot path). The period's end, and the first
+                # call on another loop, go the gated way.
+                now = self._monotonic()
+                open_until = self._core.open_until
+                if now < open_until and _running_loop() is self._loop:
+                    window = self._window
+                    (window.head if now < window.bucket_end else window.roll(now)).fires += 1
+                    events = self._events
+                    if events.call_listened:
+                        events.emit("fire", args)
+                    error = self._engine.reject(now, open_until - now)
+                    fallback = self._fallback
+                    if fallback is None:
+                        raise error
+                    fell_back: R = call_fallback(fallback, error, args, kwargs)
+                    if inspect.isawaitable(fell_back):
+                        fell_back = await await_fallback(fell_back, error)
+                    self._fallback_done(fell_back, error)
+                    return fell_back
+            gated: R = await self._fire_gated(args, kwargs)
+            return gated
         # The plain path: closed, enabled, nobody listening, no cache, coalescing
-        # or capacity. It is _execute() inlined, minus what cannot happen here;
-        # every nanosecond counts (see BENCHMARKS.md), so no helper calls.
+        # or capacity. The engine's admission and success, inlined for the one
+        # case where both are a counter; every failure goes to the engine.
         # A call on another loop than the breaker's goes the gated way once,
         # which re-arms the breaker's timers and coordinator on that loop.
         monotonic = self._monotonic
@@ -192,24 +251,29 @@ class CircuitBreaker(Generic[P, R]):
         deadlines = self._deadlines
         if deadlines is None:
             if self._loop_bound and _running_loop() is not self._loop:
-                return await self._fire_gated(args, kwargs)  # type: ignore[no-any-return]
+                gated = await self._fire_gated(args, kwargs)
+                return gated
             now = monotonic()
             (window.head if now < window.bucket_end else window.roll(now)).fires += 1
             try:
                 if self._action_is_async:
-                    result = await self._action(*args, **kwargs)
+                    result: R = await self._action(*args, **kwargs)
                 else:
                     result = self._action(*args, **kwargs)
                     if inspect.isawaitable(result):
                         result = await result
             except Exception as error:
-                if self._failure(error, args, kwargs, now, monotonic(), 0, expired=False):
-                    return await self._run_fallback(error, args, kwargs)  # type: ignore[no-any-return]
+                if self._engine.failed(error, now, monotonic(), 0, args, kwargs) and (
+                    self._fallback is not None
+                ):
+                    fell_back = await self._run_fallback(error, args, kwargs)
+                    return fell_back
                 raise  # here rather than in a helper: one coroutine hop less per failure
         else:
             loop = _running_loop()
             if loop is not self._loop:
-                return await self._fire_gated(args, kwargs)  # type: ignore[no-any-return]
+                gated = await self._fire_gated(args, kwargs)
+                return gated
             now = monotonic()
             (window.head if now < window.bucket_end else window.roll(now)).fires += 1
             task = _task_of(loop)
@@ -227,28 +291,34 @@ class CircuitBreaker(Generic[P, R]):
                         result = await result
             except asyncio.CancelledError:
                 deadlines.pop(entry)
-                if not timed_out(entry, task):  # type: ignore[arg-type]
+                if task is None or not timed_out(entry, task):
                     raise  # the caller's own cancellation: neither success nor failure
-                return await self._timed_out(args, kwargs, now, 0)  # type: ignore[no-any-return]
+                fell_back = await self._timed_out(args, kwargs, now, 0)
+                return fell_back
             except Exception as error:
                 deadlines.pop(entry)
-                if entry[2] and timed_out(entry, task):  # type: ignore[arg-type]
+                if entry[2] and task is not None and timed_out(entry, task):
                     # The action turned our cancellation into an error of its own.
-                    return await self._timed_out(args, kwargs, now, 0)  # type: ignore[no-any-return]
-                if self._failure(error, args, kwargs, now, monotonic(), 0, expired=False):
-                    return await self._run_fallback(error, args, kwargs)  # type: ignore[no-any-return]
+                    fell_back = await self._timed_out(args, kwargs, now, 0)
+                    return fell_back
+                if self._engine.failed(error, now, monotonic(), 0, args, kwargs) and (
+                    self._fallback is not None
+                ):
+                    fell_back = await self._run_fallback(error, args, kwargs)
+                    return fell_back
                 raise
             entry[1] = None  # DeadlineQueue.pop, inlined for the usual, in-order case
             if entries and entries[0] is entry:
                 entries.popleft()
                 if entries and entries[0][1] is None:
                     deadlines.pop(entries[0])
-            if entry[2] and timed_out(entry, task):  # type: ignore[arg-type]
+            if entry[2] and task is not None and timed_out(entry, task):
                 # The action swallowed our cancellation and returned late.
-                return await self._timed_out(args, kwargs, now, 0)  # type: ignore[no-any-return]
+                fell_back = await self._timed_out(args, kwargs, now, 0)
+                return fell_back
         end = monotonic()
         (window.head if end < window.bucket_end else window.roll(end)).ok.append(end - now)
-        return result  # type: ignore[no-any-return]
+        return result
 
     async def _fire_gated(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``fire()`` when anything beyond the plain closed path is configured."""
@@ -296,239 +366,133 @@ class CircuitBreaker(Generic[P, R]):
     async def _execute(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], now: float, cache_key: Any
     ) -> Any:
-        """Admission, the timed call, and the outcome."""
-        core = self._core
-        permit = 0
-        if core.state is not _CLOSED:
-            permit, retry_after = await self._admit(now)
-            if permit < 0:
-                return await self._fallback_or_raise(self._reject(now, retry_after), args, kwargs)
-        if self._in_flight >= self._capacity:
-            self._release(permit)
-            locked = self._semaphore_locked(now)
-            return await self._failed(locked, args, kwargs, now, now, 0, expired=False, ran=False)
+        """Admission, the timed call, and the outcome (the engine's, all of them)."""
+        engine = self._engine
+        try:
+            permit = await self._admit(now)
+        except OpenCircuitError as rejected:
+            if self._fallback is None:
+                raise
+            return await self._run_fallback(rejected, args, kwargs)
+        if not engine.take_slot():
+            locked = engine.locked(now, permit, args)
+            if self._fallback is None:
+                raise locked
+            return await self._run_fallback(locked, args, kwargs)
         deadlines = self._deadlines
         entry = task = None
         if deadlines is not None:
             task = _task_of(_running_loop())
-            entry = deadlines.push(task, now)  # type: ignore[arg-type]
-        self._in_flight += 1
-        error: BaseException | None = None
-        expired = False
+            if task is not None:
+                entry = deadlines.push(task, now)
+        error: Exception | None = None
         try:
             result = self._action(*args, **kwargs)
             if self._action_is_async or inspect.isawaitable(result):
                 result = await result
         except asyncio.CancelledError:
-            if entry is None or not timed_out(entry, task):  # type: ignore[arg-type]
-                self._release(permit)
-                raise  # the caller's own cancellation: neither success nor failure
-            expired = True
+            engine.free_slot()
+            if deadlines is not None and entry is not None and task is not None:
+                deadlines.pop(entry)
+                if timed_out(entry, task):
+                    return await self._timed_out(args, kwargs, now, permit)
+            engine.released(permit)
+            raise  # the caller's own cancellation: neither success nor failure
         except Exception as exc:
             error = exc
         except BaseException:
-            self._release(permit)
+            engine.free_slot()
+            engine.released(permit)
             raise
-        finally:
-            self._in_flight -= 1
-            if entry is not None:
-                deadlines.pop(entry)  # type: ignore[union-attr]
+        engine.free_slot()
+        if deadlines is not None and entry is not None and task is not None:
+            deadlines.pop(entry)
+            if entry[2] and timed_out(entry, task):
+                # The action swallowed our cancellation, or turned it into another error.
+                return await self._timed_out(args, kwargs, now, permit)
         end = self._monotonic()
-        if entry is not None and entry[EXPIRED] and timed_out(entry, task):  # type: ignore[arg-type]
-            # The action swallowed our cancellation, or turned it into another error.
-            expired = True
-        if expired:
-            timeout = deadlines.timeout  # type: ignore[union-attr]
-            error = CircuitTimeoutError(breaker_name=self.name, timeout=timeout)
         if error is not None:
-            return await self._failed(error, args, kwargs, now, end, permit, expired=expired)
-        self._succeeded(result, end - now, end, permit)
+            if engine.failed(error, now, end, permit, args, kwargs) and self._fallback is not None:
+                return await self._run_fallback(error, args, kwargs)
+            raise error
+        engine.succeeded(result, now, end, permit)
         if cache_key is not None and self._cache is not None:
             await maybe_await(self._cache.set(cache_key, result, self._options.cache_ttl))
         return result
 
-    async def _timed_out(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], start: float, permit: int
-    ) -> Any:
-        timeout = self._deadlines.timeout  # type: ignore[union-attr]
-        error = CircuitTimeoutError(breaker_name=self.name, timeout=timeout)
-        end = self._monotonic()
-        return await self._failed(error, args, kwargs, start, end, permit, expired=True)
+    async def _admit(self, now: float) -> int:
+        """The admission of a call starting at ``now``: its trial permit (0: none).
 
-    def _succeeded(self, result: Any, latency: float, end: float, permit: int) -> None:
-        self._window.roll(end).ok.append(latency)
-        if permit:
-            if self._link is not None:
-                self._link.trial_finished(permit, success=True)
-            core = self._core
-            core.trial_succeeded(end, permit)
-            if core.pending:
-                self._announce()
-        if self._events.call_listened:
-            self._events.emit("success", result, latency)
-
-    async def _failed(
-        self,
-        error: BaseException,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        start: float,
-        end: float,
-        permit: int,
-        *,
-        expired: bool,
-        ran: bool = True,
-    ) -> Any:
-        """Record a failure, judge the window, then fall back or raise."""
-        if self._failure(error, args, kwargs, start, end, permit, expired=expired, ran=ran):
-            return await self._run_fallback(error, args, kwargs)
-        if isinstance(error, CircuitTimeoutError):
-            raise error from None
-        raise error
-
-    def _failure(
-        self,
-        error: BaseException,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        start: float,
-        end: float,
-        permit: int,
-        *,
-        expired: bool,
-        ran: bool = True,
-    ) -> bool:
-        """Record a failure (or a filtered error as a success); True when the fallback runs."""
-        error_filter = self._options.error_filter
-        if error_filter is not None and error_filter(error, *args, **kwargs):
-            self._succeeded(error, end - start, end, permit)
-            return False
-        self._record_failure(error, start, end, permit, args, expired=expired, ran=ran)
-        return self._fallback is not None
-
-    def _record_failure(
-        self,
-        error: BaseException,
-        start: float,
-        end: float,
-        permit: int,
-        args: tuple[Any, ...],
-        *,
-        expired: bool,
-        ran: bool = True,
-    ) -> None:
-        window = self._window
-        latency = end - start
-        events = self._events
-        core = self._core
-        bucket = window.roll(end)
-        if expired:
-            bucket.timeouts += 1
-        bucket.failures += 1
-        late = core.started_before_change(start)
-        if late:
-            # The call began before the latest state change: a fact for the
-            # stats, but the window's decision (local, and the cluster's through
-            # the reports) belongs to the new state, which it must never flip.
-            bucket.late_failures += 1
-        if ran and window.percentiles_enabled:
-            bucket.record_latency(latency)
-        if events.call_listened:
-            if expired:
-                events.emit("timeout", error, latency, args)
-            events.emit("failure", error, latency, args)
-        if permit:
-            if self._link is not None:
-                self._link.trial_finished(permit, success=False)
-            core.trial_failed(end, permit)
-        elif (
-            core.state is _CLOSED
-            and not late
-            and end >= self._warm_up_until
-            and exceeds_threshold(
-                *window.totals(end),
-                volume_threshold=self._options.volume_threshold,
-                error_threshold_percentage=self._options.error_threshold_percentage,
-            )
-        ):
-            core.trip(end, Cause.LOCAL)
-        if core.pending:
-            self._announce()
-
-    async def _fallback_or_raise(
-        self, error: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        if self._fallback is None:
-            raise error
-        return await self._run_fallback(error, args, kwargs)
-
-    async def _run_fallback(
-        self, error: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        """``fallback(*args, error, **kwargs)``, counted and announced.
-
-        A fallback that raises keeps ``error`` reachable as its ``__context__``,
-        wherever this runs (inside the ``except`` that caught it, or not).
-        """
-        try:
-            result = self._fallback(*args, error, **kwargs)  # type: ignore[misc]
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as fallback_error:
-            if fallback_error is not error and fallback_error.__context__ is None:
-                fallback_error.__context__ = error
-            raise
-        self._window.roll(self._monotonic()).fallbacks += 1
-        self._events.emit("fallback", result, error)
-        return result
-
-    async def _admit(self, now: float) -> tuple[int, float | None]:
-        """Admission off the plain path: ``(permit, retry_after)``; permit < 0 rejects.
-
+        Raises ``OpenCircuitError`` (counted and announced) when not admitted.
         A trial while the cluster's open period is over also needs the
-        cluster's lease (one bounded round trip); when Redis cannot be reached
-        the local half-open rule applies instead.
+        cluster's lease (one bounded round trip); when Redis cannot be used the
+        local half-open rule applies instead.
         """
-        core = self._core
-        permit = core.admit(now)
-        if core.pending:
-            self._announce()
+        engine = self._engine
+        permit = engine.admit(now)
         if permit < 0:
-            return permit, core.retry_after(now)
+            raise engine.reject(now, engine.retry_after(now))
         link = self._link
         if permit > 0 and link is not None and link.needs_lease():
             lease = await link.acquire_trial(permit)
             if lease.granted is False:
-                core.release(permit)
-                return -1, lease.retry_after
-        return permit, None
+                engine.core.release(permit)
+                raise engine.reject(now, lease.retry_after)
+        return permit
 
-    def _release(self, permit: int) -> None:
-        """Give a trial permit back without an outcome."""
-        if permit:
-            self._core.release(permit)
-            if self._link is not None:
-                self._link.trial_released(permit)
+    async def _timed_out(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], start: float, permit: int
+    ) -> Any:
+        """The call ran out of time: a failure, then the fallback or the error."""
+        error = self._engine.timed_out()
+        failed = self._engine.failed(
+            error, start, self._monotonic(), permit, args, kwargs, expired=True
+        )
+        if failed and self._fallback is not None:
+            return await self._run_fallback(error, args, kwargs)
+        raise error from None
 
-    def _reject(self, now: float, retry_after: float | None) -> OpenCircuitError:
-        """Count and announce a rejection; returns the error to raise."""
-        self._window.roll(now).rejects += 1
-        error = OpenCircuitError(breaker_name=self.name, retry_after=retry_after)
-        self._events.emit("reject", error)
-        return error
+    async def _run_fallback(
+        self, error: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """``fallback(*args, error, **kwargs)``, counted and announced."""
+        assert self._fallback is not None  # every caller checked it
+        result = call_fallback(self._fallback, error, args, kwargs)
+        if inspect.isawaitable(result):
+            result = await await_fallback(result, error)
+        self._fallback_done(result, error)
+        return result
 
-    def _semaphore_locked(self, now: float) -> SemaphoreLockedError:
-        self._window.roll(now).semaphore_rejections += 1
-        error = SemaphoreLockedError(breaker_name=self.name, capacity=self._capacity)
-        self._events.emit("semaphore_locked", error, 0.0)
-        return error
+    def _fallback_done(self, result: Any, error: BaseException) -> None:
+        self._window.roll(self._monotonic()).fallbacks += 1
+        if self._events.call_listened:
+            self._events.emit("fallback", result, error)
 
     # -- async with ------------------------------------------------------------------------------
 
-    # The block's admission and outcome live in _guard.py; assigned rather than
-    # wrapped, so a block costs no extra coroutine.
-    __aenter__ = _guard.enter
-    __aexit__ = _guard.leave
+    async def __aenter__(self) -> CircuitBreaker[P, R]:
+        """Admit the block (or raise ``OpenCircuitError``); the timeout applies to it."""
+        return await self._guards.enter()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        """Record the block's outcome; its exception propagates (a timeout as
+        ``CircuitTimeoutError``)."""
+        return await self._guards.leave(exc)
+
+    def _start_block(self) -> float:
+        """A block starts: the time, or -1 when disabled (the block runs unguarded)."""
+        if self._shutdown:
+            raise ShutdownError(breaker_name=self.name)
+        self._attach()
+        now = self._monotonic()
+        self._window.roll(now).fires += 1
+        self._events.emit("fire", ())
+        return now if self._enabled else -1.0
 
     # -- state control ---------------------------------------------------------------------------
 
@@ -555,8 +519,9 @@ class CircuitBreaker(Generic[P, R]):
         Redis cannot be reached it raises ``RegistryError`` within 5 s and
         changes nothing, locally included.
         """
-        if self._attach():
-            await self._link.force_open()  # type: ignore[union-attr]
+        link = self._link
+        if self._attach() and link is not None:
+            await link.force_open()
         self._core.force_open(self._monotonic(), Cause.MANUAL)
         self._announce()
 
@@ -567,8 +532,9 @@ class CircuitBreaker(Generic[P, R]):
         is still sick trips again on its own); ``RegistryError`` as
         :meth:`force_open`.
         """
-        if self._attach():
-            await self._link.reset()  # type: ignore[union-attr]
+        link = self._link
+        if self._attach() and link is not None:
+            await link.reset()
         self._core.close(self._monotonic(), Cause.MANUAL)
         self._announce()
 
@@ -582,7 +548,7 @@ class CircuitBreaker(Generic[P, R]):
         self._enabled = True
         self._refresh_gate()
 
-    def fallback(self, fn: Callable[..., Any]) -> CircuitBreaker[P, R]:
+    def fallback(self, fn: Callable[..., R | Awaitable[R]]) -> CircuitBreaker[P, R]:
         """Use ``fn(*args, error, **kwargs)`` (sync or async) when a call fails or is rejected.
 
         Raises:
@@ -598,7 +564,15 @@ class CircuitBreaker(Generic[P, R]):
 
         Needs a running event loop. The check stops at :meth:`shutdown`.
         """
-        _health.start(self, fn, interval)
+        seconds = _health.check_arguments(fn, interval)
+        if self._shutdown:
+            raise ShutdownError(breaker_name=self.name)
+        self._spawn(_health.run(fn, seconds, failed=self._health_failed, sleep=self._clock.sleep))
+
+    def _health_failed(self, error: Exception) -> None:
+        self._events.emit("health_check_failed", error)
+        self._core.trip(self._monotonic(), Cause.HEALTH_CHECK)
+        self._announce()
 
     def clear_cache(self) -> None:
         """Empty the result cache and the coalescing table."""
@@ -610,16 +584,17 @@ class CircuitBreaker(Generic[P, R]):
             self._coalesce.clear()
 
     async def shutdown(self) -> None:
-        """Stop timers and background work; later calls raise ``ShutdownError``."""
+        """Stop timers and background work; later calls raise ``ShutdownError``.
+
+        Returns once this breaker's part is closed: the last breaker on a Redis
+        client waits for the client's coordinator to close its connection.
+        """
         if self._shutdown:
             return
         self._shutdown = True
         self._enabled = False
         self._refresh_gate()
-        for timer in (self._half_open_timer, self._snapshot_timer):
-            if timer is not None:
-                timer.cancel()
-        self._half_open_timer = self._snapshot_timer = None
+        self._timers.cancel()
         if self._deadlines is not None:
             self._deadlines.stop_if_idle()  # calls still running keep their timeout
         tasks = list(self._background)
@@ -649,33 +624,34 @@ class CircuitBreaker(Generic[P, R]):
         self._refresh_gate()
 
     def _refresh_gate(self) -> None:
+        """Which path ``fire()`` takes: the plain one, a bare rejection, or the gated one."""
         link = self._link
-        self._gate = (
-            self._shutdown
-            or self._action is _no_action
-            or not self._enabled
-            or self._events.call_listened
-            or self._cache is not None
-            or self._coalesce is not None
-            or self._capacity != sys.maxsize
-            or self._core.state is not _CLOSED
-            or (link is not None and link.coordinator is None and not link.client_closed)
-            or self._timers_missed
+        simple = (
+            not self._shutdown
+            and self._action is not _no_action
+            and self._enabled
+            and self._cache is None
+            and self._coalesce is None
+            and not self._timers.missed
+            and (link is None or link.coordinator is not None or link.client_closed)
         )
-        self._loop_bound = link is not None or self._snapshot_timer is not None
+        state = self._core.state
+        self._gate = not (
+            simple
+            and state is _CLOSED
+            and not self._events.call_listened
+            and self._engine.capacity == self._engine.SLOTS_UNLIMITED
+        )
+        self._rejecting = simple and state is _OPEN
+        self._loop_bound = link is not None or self._timers.snapshot is not None
 
     def _refresh_snapshots(self) -> None:
         wanted = (
             self._options.enable_snapshots and self._events.has("snapshot") and not self._shutdown
         )
-        if wanted and self._snapshot_timer is None:
-            self._snapshot_timer = self._schedule(self._window.interval, self._snapshot_tick)
-        elif not wanted and self._snapshot_timer is not None:
-            self._snapshot_timer.cancel()
-            self._snapshot_timer = None
+        self._timers.snapshots(wanted, self._window.interval)
 
     def _snapshot_tick(self) -> None:
-        self._snapshot_timer = None
         self._events.emit("snapshot", self.stats)
         self._refresh_snapshots()
 
@@ -708,6 +684,20 @@ class CircuitBreaker(Generic[P, R]):
             log_transition(self.name, transition)
             self._events.emit(_STATE_EVENTS[transition.state], transition.cause)
 
+    def _apply(self, transition: Transition) -> None:
+        state = transition.state
+        now = self._monotonic()
+        if state is State.OPEN:
+            self._timers.arm_open_period(self._core.open_until - now)
+        else:
+            self._timers.cancel_open_period()
+            if state is State.CLOSED:
+                self._window.clear(now)
+
+    def _open_period_over(self) -> None:
+        self._core.half_open(self._monotonic(), Cause.TIMER)
+        self._announce()
+
     def _attach(self) -> bool:
         """Start what needs the running loop (timers, the coordinator); True when joined.
 
@@ -718,11 +708,11 @@ class CircuitBreaker(Generic[P, R]):
         loop = _running_loop()
         if loop is not self._loop:
             self._rebind(loop)
-        elif self._timers_missed:
-            self._timers_missed = False
+        elif self._timers.missed:
+            self._timers.missed = False
             self._refresh_snapshots()
-            if self._core.state is State.OPEN and self._half_open_timer is None:
-                self._apply_open_deadline(self._monotonic())
+            if self._core.state is State.OPEN and self._timers.open is None:
+                self._timers.arm_open_period(self._core.open_until - self._monotonic())
             self._refresh_gate()
         link = self._link
         if link is None:
@@ -740,15 +730,12 @@ class CircuitBreaker(Generic[P, R]):
         used from one loop at a time (one after another is fine).
         """
         self._loop = loop
-        self._timers_missed = False
+        self._timers.rebind()
         if self._deadlines is not None:
             self._deadlines.close()  # armed again by the next call, on this loop
-        if self._snapshot_timer is not None:
-            self._snapshot_timer.cancel()
-            self._snapshot_timer = None
         self._refresh_snapshots()
         if self._core.state is State.OPEN:
-            self._apply_open_deadline(self._monotonic())
+            self._timers.arm_open_period(self._core.open_until - self._monotonic())
         if self._link is not None:
             self._link.attach(loop)
         self._refresh_gate()
@@ -772,46 +759,27 @@ class CircuitBreaker(Generic[P, R]):
             was_open = core.state is State.OPEN
             core.follow_open(now, deadline, attempts, cause, new_opening=new_opening)
             if was_open and core.state is State.OPEN and not core.pending:
-                self._apply_open_deadline(now)
+                self._timers.arm_open_period(core.open_until - now)
         elif state == "forced_open":
             core.force_open(now, cause)
         elif state == "closed" and new_opening and same_gen and core.state is not State.CLOSED:
             core.close(now, cause)  # a cluster close closes every pod
         self._announce()
 
-    def _apply(self, transition: Transition) -> None:
-        if self._half_open_timer is not None:
-            self._half_open_timer.cancel()
-            self._half_open_timer = None
-        state = transition.state
-        now = self._monotonic()
-        if state is State.OPEN:
-            self._apply_open_deadline(now)
-        elif state is State.CLOSED:
-            self._window.clear(now)
-
-    def _apply_open_deadline(self, now: float) -> None:
-        """(Re)arm the timer that ends the open period at ``core.open_until``."""
-        if self._half_open_timer is not None:
-            self._half_open_timer.cancel()
-        self._half_open_timer = self._schedule(
-            max(0.0, self._core.open_until - now), self._open_period_over
+    def _restore(self, restored: _persist.RestoredState, now: float) -> None:
+        """Take a ``state=`` import as this breaker's state."""
+        if restored.enabled is not None:
+            self._enabled = restored.enabled
+        self._core.restore(
+            restored.state, now=now, attempts=restored.attempts, remaining=restored.remaining
         )
+        if restored.state is State.OPEN:
+            self._timers.arm_open_period(self._core.open_until - now)
+        if restored.shutdown:
+            self._shutdown = True
+            self._enabled = False
 
-    def _open_period_over(self) -> None:
-        self._half_open_timer = None
-        self._core.half_open(self._monotonic(), Cause.TIMER)
-        self._announce()
-
-    def _schedule(self, delay: float, callback: Callable[[], None]) -> TimerHandle | None:
-        """A timer, or None when no event loop runs (admission then notices lazily)."""
-        try:
-            return self._clock.call_later(delay, callback)
-        except RuntimeError:
-            self._timers_missed = True  # armed by the first call, through the gate
-            return None
-
-    def _spawn(self, coroutine: Any) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -865,7 +833,7 @@ class CircuitBreaker(Generic[P, R]):
     @property
     def warm_up(self) -> bool:
         """True during the first window when ``allow_warm_up`` is set (no opening then)."""
-        return self._monotonic() < self._warm_up_until
+        return self._monotonic() < self._engine.warm_up_until
 
     @property
     def volume_threshold(self) -> int:
@@ -903,7 +871,24 @@ class CircuitBreaker(Generic[P, R]):
 
     def to_json(self) -> dict[str, Any]:
         """``{"state": {...}, "status": {...}}``, JSON-serialisable; ``state`` re-imports."""
-        return _persist.to_json(self)
+        state = self.state
+        opened_at = self._core.opened_at
+        return {
+            "state": _persist.export_state(
+                name=self.name,
+                enabled=self._enabled,
+                state=state,
+                warm_up=self.warm_up,
+                shutdown=self._shutdown,
+                opened_at=(
+                    None
+                    if opened_at is None
+                    else self._clock.wall() - (self._monotonic() - opened_at)
+                ),
+                attempts=self._core.attempts,
+            ),
+            "status": self.stats.to_dict(),
+        }
 
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.name!r} {self._core.state.value}>"

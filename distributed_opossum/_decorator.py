@@ -68,7 +68,9 @@ def circuit_breaker(
             inner = decorate(fn.__func__)
             rewrapped: Any = type(fn)(inner)
             rewrapped.breaker = inner.breaker
-            return rewrapped  # type: ignore[no-any-return]  # a descriptor, typed as its function
+            # Typing limitation: a classmethod/staticmethod object cannot be typed as the
+            # function protocol it behaves as once looked up on its class.
+            return rewrapped  # type: ignore[no-any-return]
         if not callable(fn):
             raise TypeError(
                 f"circuit_breaker() decorates functions and methods, got {type(fn).__name__} "
@@ -80,6 +82,8 @@ def circuit_breaker(
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
             return await breaker.fire(*args, **kwargs)
 
+        # Typing limitation: a function object cannot declare the attribute it gets
+        # here, nor be typed as the protocol it then satisfies.
         guarded.breaker = breaker  # type: ignore[attr-defined]
         return guarded  # type: ignore[return-value]
 

@@ -1,4 +1,4 @@
-"""Checking a fallback when it is given, not at the first failure.
+"""Fallbacks: checked when given (not at the first failure), and called.
 
 A fallback is called as ``fallback(*args, error, **kwargs)``: the call's
 positional arguments, then the error. One that cannot take them would raise a
@@ -9,10 +9,10 @@ its signature is checked against the action's when it is registered.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["check_fallback"]
+__all__ = ["await_fallback", "call_fallback", "chain", "check_fallback"]
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
@@ -52,3 +52,34 @@ def _required_positional(action: Callable[..., Any] | None) -> int:
     except (TypeError, ValueError):
         return 0
     return sum(1 for p in parameters if p.kind in _POSITIONAL and p.default is p.empty)
+
+
+def call_fallback(
+    fn: Callable[..., Any], error: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``fn(*args, error, **kwargs)``: its result, or the awaitable an async fallback gives.
+
+    Whatever the fallback raises keeps ``error`` reachable as its
+    ``__context__``, wherever this runs (inside the ``except`` that caught
+    ``error``, or not).
+    """
+    try:
+        return fn(*args, error, **kwargs)
+    except Exception as fallback_error:
+        chain(fallback_error, error)
+        raise
+
+
+async def await_fallback(awaitable: Awaitable[Any], error: BaseException) -> Any:
+    """The result of an async fallback, chaining ``error`` into what it raises."""
+    try:
+        return await awaitable
+    except Exception as fallback_error:
+        chain(fallback_error, error)
+        raise
+
+
+def chain(fallback_error: BaseException, error: BaseException) -> None:
+    """Make ``error`` the context of ``fallback_error`` (unless it has one, or is it)."""
+    if fallback_error is not error and fallback_error.__context__ is None:
+        fallback_error.__context__ = error

@@ -1,30 +1,26 @@
 """``async with breaker:``: admit a block, time it, record its outcome.
 
 The block gets the same admission, capacity, timeout and outcome rules as a
-``fire()`` call, but the action is the caller's own code, so there is no
-fallback and the outcome arrives through ``__aexit__``.
+``fire()`` call (all of them the call engine's), but the action is the
+caller's own code: there is no fallback, and the outcome arrives through
+``__aexit__``. One breaker may guard many blocks at once, in many tasks, and
+blocks may nest: each task has its own stack of open blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
-from ._deadlines import EXPIRED, timed_out
-from ._errors import CircuitTimeoutError, ShutdownError
-from ._state import State
+from ._deadlines import EXPIRED, DeadlineQueue, timed_out
+from ._engine import CallEngine
 from ._tasks import running_loop as _running_loop
 from ._tasks import task_of as _task_of
 
-if TYPE_CHECKING:
-    from ._breaker import CircuitBreaker
+__all__ = ["Guard", "Guards"]
 
-__all__ = ["Guard", "enter", "leave"]
-
-B = TypeVar("B", bound="CircuitBreaker[Any, Any]")
-
-_CLOSED = State.CLOSED
+Owner = TypeVar("Owner")
 
 
 class Guard:
@@ -39,77 +35,83 @@ class Guard:
         self.entry: list[Any] | None = None
 
 
-async def enter(breaker: B) -> B:
-    """Admit the block (or raise ``OpenCircuitError``); the breaker's timeout applies to it."""
-    if breaker._shutdown:
-        raise ShutdownError(breaker_name=breaker.name)
-    breaker._attach()
-    now = breaker._monotonic()
-    breaker._window.roll(now).fires += 1
-    breaker._events.emit("fire", ())
-    task = _task_of(_running_loop())
-    guard = Guard(now)
-    if breaker._enabled:
-        core = breaker._core
-        permit, retry_after = await breaker._admit(now) if core.state is not _CLOSED else (0, None)
-        if permit < 0:
-            raise breaker._reject(now, retry_after)
-        if breaker._in_flight >= breaker._capacity:
-            breaker._release(permit)
-            error = breaker._semaphore_locked(now)
-            breaker._record_failure(error, now, now, 0, (), expired=False, ran=False)
-            raise error
-        guard.permit = permit
-        guard.active = True
-        breaker._in_flight += 1
-        if breaker._deadlines is not None and task is not None:
-            guard.entry = breaker._deadlines.push(task, now)
-    breaker._guards.setdefault(task, []).append(guard)
-    return breaker
+class Guards(Generic[Owner]):
+    """The open blocks of one breaker.
 
+    Args:
+        owner: what ``async with`` gives the block (the breaker).
+        engine: the breaker's call engine.
+        deadlines: the breaker's timeout queue (None: no timeout).
+        start: counts and announces the block's fire; its time, or a negative
+            number when the breaker is disabled (the block then runs unguarded).
+            Raises ``ShutdownError`` after shutdown.
+        admit: the admission of a block starting at the given time: the trial
+            permit (0 for none); raises ``OpenCircuitError`` when not admitted.
+    """
 
-async def leave(
-    breaker: CircuitBreaker[Any, Any],
-    exc_type: type[BaseException] | None,
-    exc: BaseException | None,
-    traceback: TracebackType | None,
-) -> bool:
-    """Record the block's outcome; its exception propagates (a timeout as a
-    ``CircuitTimeoutError``)."""
-    task = _task_of(_running_loop())
-    stack = breaker._guards[task]
-    guard = stack.pop()
-    if not stack:
-        del breaker._guards[task]
-    if not guard.active:
+    __slots__ = ("_admit", "_deadlines", "_engine", "_owner", "_stacks", "_start")
+
+    def __init__(
+        self,
+        owner: Owner,
+        engine: CallEngine,
+        deadlines: DeadlineQueue | None,
+        *,
+        start: Callable[[], float],
+        admit: Callable[[float], Awaitable[int]],
+    ) -> None:
+        self._owner = owner
+        self._engine = engine
+        self._deadlines = deadlines
+        self._start = start
+        self._admit = admit
+        self._stacks: dict[asyncio.Task[Any] | None, list[Guard]] = {}
+
+    async def enter(self) -> Owner:
+        """Admit the block (or raise); the breaker's timeout applies to it from now on."""
+        now = self._start()
+        task = _task_of(_running_loop())
+        guard = Guard(now)
+        if now >= 0.0:
+            engine = self._engine
+            permit = await self._admit(now)
+            if not engine.take_slot():
+                raise engine.locked(now, permit, ())
+            guard.permit = permit
+            guard.active = True
+            deadlines = self._deadlines
+            if deadlines is not None and task is not None:
+                guard.entry = deadlines.push(task, now)
+        self._stacks.setdefault(task, []).append(guard)
+        return self._owner
+
+    async def leave(self, exc: BaseException | None) -> bool:
+        """Record the block's outcome; its exception propagates (an expired block's as a
+        ``CircuitTimeoutError``). Never suppresses anything: returns False."""
+        task = _task_of(_running_loop())
+        stack = self._stacks[task]
+        guard = stack.pop()
+        if not stack:
+            del self._stacks[task]
+        if not guard.active:
+            return False
+        engine = self._engine
+        engine.free_slot()
+        expired = False
+        entry, deadlines = guard.entry, self._deadlines
+        if entry is not None and deadlines is not None and task is not None:
+            deadlines.pop(entry)
+            expired = bool(entry[EXPIRED]) and timed_out(entry, task)
+        end = engine.monotonic()
+        if not expired and exc is not None and not isinstance(exc, Exception):
+            engine.released(guard.permit)  # the caller's cancellation, or an exit
+            return False
+        if expired:
+            error = engine.timed_out()
+            engine.failed(error, guard.start, end, guard.permit, (), {}, expired=True)
+            raise error from None
+        if exc is None:
+            engine.succeeded(None, guard.start, end, guard.permit)
+        else:
+            engine.failed(exc, guard.start, end, guard.permit, (), {})
         return False
-    breaker._in_flight -= 1
-    entry = guard.entry
-    if entry is not None:
-        breaker._deadlines.pop(entry)  # type: ignore[union-attr]
-    end = breaker._monotonic()
-    expired = entry is not None and bool(entry[EXPIRED]) and timed_out(entry, task)  # type: ignore[arg-type]
-    if not expired and isinstance(exc, asyncio.CancelledError):
-        breaker._release(guard.permit)
-        return False
-    if not expired and exc is not None and not isinstance(exc, Exception):
-        breaker._release(guard.permit)
-        return False
-    if expired:
-        error: BaseException = CircuitTimeoutError(
-            breaker_name=breaker.name,
-            timeout=breaker._deadlines.timeout,  # type: ignore[union-attr]
-        )
-    elif exc is None:
-        breaker._succeeded(None, end - guard.start, end, guard.permit)
-        return False
-    else:
-        error = exc
-    error_filter = breaker._options.error_filter
-    if not expired and error_filter is not None and error_filter(error):
-        breaker._succeeded(error, end - guard.start, end, guard.permit)
-        return False
-    breaker._record_failure(error, guard.start, end, guard.permit, (), expired=expired)
-    if expired:
-        raise error from None
-    return False

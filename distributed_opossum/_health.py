@@ -1,43 +1,42 @@
-"""Health checks: a background task that opens the breaker while a probe fails."""
+"""Health checks: a probe run now and every interval; each failure is reported.
+
+The check knows nothing of the breaker: it gets the probe, the interval, what
+to call when the probe fails (the breaker emits ``health_check_failed`` and
+opens) and how to sleep (the breaker's clock, so tests use a fake one).
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ._cache import maybe_await
-from ._errors import ShutdownError
-from ._state import Cause
 
-if TYPE_CHECKING:
-    from ._breaker import CircuitBreaker
-
-__all__ = ["start"]
+__all__ = ["check_arguments", "run"]
 
 
-def start(breaker: CircuitBreaker[Any, Any], fn: Callable[[], Any], interval: float) -> None:
-    """Validate the arguments and start the check as one of the breaker's background tasks."""
+def check_arguments(fn: object, interval: object) -> float:
+    """``interval`` as seconds, or a TypeError/ValueError naming what is wrong."""
     if not callable(fn):
         raise TypeError(f"health_check fn must be callable, got {fn!r}")
     if isinstance(interval, bool) or not isinstance(interval, int | float):
         raise TypeError(f"health_check interval must be seconds, got {interval!r}")
     if not interval > 0:
         raise ValueError(f"health_check interval must be > 0, got {interval}")
-    if breaker._shutdown:
-        raise ShutdownError(breaker_name=breaker.name)
-    loop = asyncio.get_running_loop()
-    task = loop.create_task(_loop(breaker, fn, float(interval)))
-    breaker._background.add(task)
-    task.add_done_callback(breaker._background.discard)
+    return float(interval)
 
 
-async def _loop(breaker: CircuitBreaker[Any, Any], fn: Callable[[], Any], interval: float) -> None:
+async def run(
+    fn: Callable[[], Any],
+    interval: float,
+    *,
+    failed: Callable[[Exception], None],
+    sleep: Callable[[float], Awaitable[None]],
+) -> None:
+    """Run ``fn`` (sync or async) now and every ``interval`` seconds, until cancelled."""
     while True:
         try:
             await maybe_await(fn())
         except Exception as error:
-            breaker._events.emit("health_check_failed", error)
-            breaker._core.trip(breaker._monotonic(), Cause.HEALTH_CHECK)
-            breaker._announce()
-        await breaker._clock.sleep(interval)
+            failed(error)
+        await sleep(interval)

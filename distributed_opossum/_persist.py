@@ -1,21 +1,23 @@
-"""A breaker's state as JSON: ``to_json()`` and the ``state=`` option that re-imports it.
+"""A breaker's state as JSON: ``to_json()["state"]`` and the ``state=`` option, both pure.
 
-Instants cross processes as wall-clock epoch seconds; inside a breaker they
-are monotonic, so both directions convert through the breaker's clock.
+:func:`export_state` turns what a breaker is into the dict; :func:`parse_state`
+turns such a dict back into a :class:`RestoredState`, which the breaker
+applies. Instants cross processes as wall-clock epoch seconds; inside a
+breaker they are monotonic, so the breaker converts them with its own clock.
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from ._backoff import open_period
+from ._options import BreakerOptions
 from ._state import State
 
-if TYPE_CHECKING:
-    from ._breaker import CircuitBreaker
-
-__all__ = ["STATE_KEYS", "restore", "to_json"]
+__all__ = ["STATE_KEYS", "RestoredState", "export_state", "parse_state"]
 
 STATE_KEYS = frozenset(
     {
@@ -33,32 +35,66 @@ STATE_KEYS = frozenset(
 )
 """The keys of ``to_json()["state"]``: the only ones ``state=`` accepts."""
 
+_FLAGS = ("enabled", "closed", "open", "half_open", "forced_open", "warm_up", "shutdown")
 
-def to_json(breaker: CircuitBreaker[Any, Any]) -> dict[str, Any]:
-    """``{"state": {...}, "status": {...}}``, JSON-serialisable; ``state`` re-imports."""
-    state = breaker.state
-    opened_at = breaker._core.opened_at
+
+@dataclass(frozen=True, slots=True)
+class RestoredState:
+    """What a ``state=`` dict says, for the breaker to apply.
+
+    Attributes:
+        state: the state to resume in.
+        attempts: consecutive openings (the backoff's position).
+        remaining: seconds left of the open period (an open state with
+            ``opened_at``), else None.
+        enabled: None when the dict does not say.
+        shutdown: True for a breaker exported after its shutdown.
+    """
+
+    state: State
+    attempts: int
+    remaining: float | None
+    enabled: bool | None
+    shutdown: bool
+
+
+def export_state(
+    *,
+    name: str,
+    enabled: bool,
+    state: State,
+    warm_up: bool,
+    shutdown: bool,
+    opened_at: float | None,
+    attempts: int,
+) -> dict[str, Any]:
+    """``to_json()["state"]``; ``opened_at`` in wall-clock epoch seconds, or None."""
     return {
-        "state": {
-            "name": breaker.name,
-            "enabled": breaker._enabled,
-            "closed": state is State.CLOSED,
-            "open": state is State.OPEN,
-            "half_open": state is State.HALF_OPEN,
-            "forced_open": state is State.FORCED_OPEN,
-            "warm_up": breaker.warm_up,
-            "shutdown": breaker._shutdown,
-            "opened_at": None
-            if opened_at is None
-            else breaker._clock.wall() - (breaker._monotonic() - opened_at),
-            "attempts": breaker._core.attempts,
-        },
-        "status": breaker.stats.to_dict(),
+        "name": name,
+        "enabled": enabled,
+        "closed": state is State.CLOSED,
+        "open": state is State.OPEN,
+        "half_open": state is State.HALF_OPEN,
+        "forced_open": state is State.FORCED_OPEN,
+        "warm_up": warm_up,
+        "shutdown": shutdown,
+        "opened_at": opened_at,
+        "attempts": attempts,
     }
 
 
-def restore(breaker: CircuitBreaker[Any, Any], data: Any, now: float) -> None:
-    """Import ``to_json()["state"]`` (partial dicts allowed, unknown keys refused)."""
+def parse_state(data: Mapping[str, Any], options: BreakerOptions, wall: float) -> RestoredState:
+    """Validate an exported state (partial dicts allowed, unknown keys refused).
+
+    Args:
+        data: ``to_json()["state"]`` of a breaker, or a part of it.
+        options: the options of the breaker importing it (the open period's length).
+        wall: the current wall-clock time, epoch seconds.
+
+    Raises:
+        ValueError: an unknown key, or a value out of range.
+        TypeError: a flag that is not a bool.
+    """
     for key in data:
         if key not in STATE_KEYS:
             close = difflib.get_close_matches(str(key), sorted(STATE_KEYS), n=1)
@@ -67,19 +103,9 @@ def restore(breaker: CircuitBreaker[Any, Any], data: Any, now: float) -> None:
                 f"'state': unknown key {key!r}{hint} (it takes to_json()['state'], "
                 f"keys {', '.join(sorted(STATE_KEYS))})"
             )
-    for flag in (
-        "enabled",
-        "closed",
-        "open",
-        "half_open",
-        "forced_open",
-        "warm_up",
-        "shutdown",
-    ):
+    for flag in _FLAGS:
         if flag in data and not isinstance(data[flag], bool):
             raise TypeError(f"'state': {flag!r} must be a bool, got {data[flag]!r}")
-    if "enabled" in data:
-        breaker._enabled = data["enabled"]
     attempts = data.get("attempts") or 0
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
         raise ValueError(f"'state': 'attempts' must be an int >= 0, got {attempts!r}")
@@ -98,14 +124,16 @@ def restore(breaker: CircuitBreaker[Any, Any], data: Any, now: float) -> None:
             raise ValueError(f"'state': 'opened_at' must be epoch seconds, got {opened_at!r}")
         period = open_period(
             max(attempts, 1),
-            reset_timeout=breaker._options.reset_timeout,
-            multiplier=breaker._options.reset_timeout_multiplier,
-            max_reset_timeout=breaker._options.max_reset_timeout,
+            reset_timeout=options.reset_timeout,
+            multiplier=options.reset_timeout_multiplier,
+            max_reset_timeout=options.max_reset_timeout,
         )
-        remaining = opened_at + period - breaker._clock.wall()
-    breaker._core.restore(state, now=now, attempts=attempts, remaining=remaining)
-    if state is State.OPEN:
-        breaker._apply_open_deadline(now)
-    if data.get("shutdown"):
-        breaker._shutdown = True
-        breaker._enabled = False
+        remaining = opened_at + period - wall
+    enabled = data.get("enabled")
+    return RestoredState(
+        state=state,
+        attempts=attempts,
+        remaining=remaining,
+        enabled=enabled,
+        shutdown=bool(data.get("shutdown")),
+    )

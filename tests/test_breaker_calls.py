@@ -1155,7 +1155,12 @@ async def test_error_filter_true_is_a_success_reraised_without_fallback(
 
     breaker = CircuitBreaker(lookup, clock=clock, error_filter=not_a_failure)
     fallbacks: list[Any] = []
-    breaker.fallback(lambda *args, **kwargs: fallbacks.append(args))
+
+    def remember(*args: Any, **kwargs: Any) -> str:
+        fallbacks.append(args)
+        return "fallback"
+
+    breaker.fallback(remember)
     recorder = Recorder(breaker, "success", "failure", "fallback")
     with pytest.raises(KeyError) as info:
         await breaker.fire(7, strict=True)

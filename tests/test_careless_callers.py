@@ -259,8 +259,8 @@ async def test_rejecting_fallback_error_chains_the_rejection() -> None:
 def test_fallback_that_cannot_take_the_error_is_refused_at_once() -> None:
     """``fallback(fn)`` checks that ``fn`` can take the call's arguments and the error."""
 
-    async def action(order_id: int) -> None:
-        pass
+    async def action(order_id: int) -> str:
+        return "charged"
 
     breaker = CircuitBreaker(action)
     with pytest.raises(TypeError, match="fallback"):

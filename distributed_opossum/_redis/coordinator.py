@@ -438,7 +438,7 @@ class Coordinator:
 
     async def _report(self, due: list[SharedLink]) -> bool:
         """One pipelined round trip for ``due``; False when Redis could not be used."""
-        reports = [link.take_report(link.breaker._monotonic()) for link in due]
+        reports = [link.take_report() for link in due]
         try:
             try:
                 results = await self._send_reports(due, reports)

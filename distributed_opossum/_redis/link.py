@@ -16,13 +16,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from distributed_opossum._cluster_view import ClusterView
 from distributed_opossum._errors import RegistryError
 from distributed_opossum._options import BreakerOptions, DistributedOptions
 from distributed_opossum._state import Cause, State
+from distributed_opossum._window import RollingWindow
 
 from .coordinator import REGISTRY_ERRORS, coordinator_for
 from .keys import BreakerKeys
@@ -39,8 +41,6 @@ from .scripts import (
 )
 
 if TYPE_CHECKING:
-    from distributed_opossum._breaker import CircuitBreaker
-
     from .coordinator import Coordinator
 
 __all__ = ["SharedLink", "TrialLease"]
@@ -113,12 +113,49 @@ def decision_params(options: BreakerOptions, distributed: DistributedOptions) ->
     )
 
 
+class Follow(Protocol):
+    """How the breaker mirrors a shared state (see ``CircuitBreaker._follow_shared``)."""
+
+    def __call__(
+        self,
+        state: str,
+        *,
+        deadline: float,
+        attempts: int,
+        new_opening: bool,
+        same_gen: bool,
+        cause: Cause,
+    ) -> None:
+        """Follow ``state`` (an open one until the local monotonic ``deadline``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPort:
+    """What the link may read of its breaker, and the calls it may make on it.
+
+    Attributes:
+        window: the rolling window the reports are taken from.
+        monotonic: the breaker's clock.
+        local_state: the breaker's own state now.
+        follow: mirror a shared state.
+        emit: announce an event on the breaker (``registry_down``, ``registry_up``).
+        coordinator_changed: the link joined or lost its coordinator.
+    """
+
+    window: RollingWindow
+    monotonic: Callable[[], float]
+    local_state: Callable[[], State]
+    follow: Follow
+    emit: Callable[..., None]
+    coordinator_changed: Callable[[], None]
+
+
 class SharedLink:
-    """The distributed side of one :class:`CircuitBreaker`."""
+    """The distributed side of one breaker, reached through its :class:`BreakerPort`."""
 
     def __init__(
         self,
-        breaker: CircuitBreaker[Any, Any],
+        breaker: BreakerPort,
         options: BreakerOptions,
         distributed: DistributedOptions,
     ) -> None:
@@ -175,7 +212,7 @@ class SharedLink:
         self.client_closed = coordinator is None
         if coordinator is None:
             return False
-        self._reported_seq = self.breaker._window.head_seq - 1
+        self._reported_seq = self.breaker.window.head_seq - 1
         self.coordinator = coordinator
         coordinator.register(self)
         return True
@@ -199,11 +236,11 @@ class SharedLink:
         if self.coordinator is coordinator:
             self.coordinator = None
         self.client_closed = self.client_closed or client_closed
-        self.breaker._refresh_gate()
+        self.breaker.coordinator_changed()
 
     def view(self) -> ClusterView:
         """What this pod knows of the cluster's breaker (no round trip)."""
-        now = self.breaker._monotonic()
+        now = self.breaker.monotonic()
         if self.gen is None:
             state = "unknown"
             retry_after: float | None = None
@@ -256,13 +293,14 @@ class SharedLink:
         """A report carrying this pod's trip vote was lost: send the vote again next time."""
         self._vote = True
 
-    def take_report(self, now: float) -> WindowReport:
+    def take_report(self) -> WindowReport:
         """The finished buckets not reported yet, summed, plus a pending trip vote."""
-        window = self.breaker._window
+        now = self.breaker.monotonic()
+        window = self.breaker.window
         finished = window.finished_since(self._reported_seq, now)
         self._reported_seq = window.head_seq - 1
         # A kept vote is void once this pod has closed again.
-        vote = self._vote and self.breaker._core.state is not State.CLOSED
+        vote = self._vote and self.breaker.local_state() is not State.CLOSED
         self._vote = False
         return WindowReport(
             fires=sum(b.fires for b in finished),
@@ -311,7 +349,7 @@ class SharedLink:
             return
         verified, self._verifying = self._verifying, False
         if state.window is not None:
-            self._window, self._window_at = state.window, self.breaker._monotonic()
+            self._window, self._window_at = state.window, self.breaker.monotonic()
         if not state.exists:
             return
         same_gen = state.gen == self.gen
@@ -371,7 +409,7 @@ class SharedLink:
         self._attempts = state.attempts
         # Redis' clock never meets ours: only the time left travels.
         remaining = max(0, state.open_until_ms - state.now_ms) / 1000.0
-        self._deadline = self.breaker._monotonic() + remaining
+        self._deadline = self.breaker.monotonic() + remaining
 
     def _rolled_back(self, state: SharedState) -> None:
         """Redis holds an older history than this pod followed (it lost its data, a
@@ -382,7 +420,7 @@ class SharedLink:
         follows what Redis holds.
         """
         self._remember(state)
-        if self._tripped and self.breaker._core.state is State.OPEN and state.state == "closed":
+        if self._tripped and self.breaker.local_state() is State.OPEN and state.state == "closed":
             self.keep_vote()
             if self.coordinator is not None:
                 self.coordinator.report_soon(self)
@@ -395,7 +433,7 @@ class SharedLink:
             self._follow(new_opening=True, same_gen=False, cause=Cause.REMOTE)
 
     def _follow(self, *, new_opening: bool, same_gen: bool, cause: Cause) -> None:
-        self.breaker._follow_shared(
+        self.breaker.follow(
             self.shared,
             deadline=self._deadline,
             attempts=self._attempts,
@@ -406,7 +444,7 @@ class SharedLink:
 
     def emit(self, event: str, *args: Any) -> None:
         """Announce a registry event on the breaker."""
-        self.breaker._events.emit(event, *args)
+        self.breaker.emit(event, *args)
 
     # -- trials (call path, only when the cluster's open period is over) ---------------------
 
