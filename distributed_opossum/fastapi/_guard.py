@@ -1,10 +1,11 @@
 """``breakers.guard(name)``: ``async with breaker:`` around a whole endpoint.
 
-A guard is a dependency with ``yield``. FastAPI (0.121 and later) throws the
-endpoint's exception into it before the app's exception handlers see it, so
-the breaker records the failure and the exception then goes on, unchanged, to
-the handlers (a ``CircuitTimeoutError`` to the 504 handler, an
-``HTTPException`` to FastAPI's). The guard asks for ``scope="function"``: the
+A guard is a dependency with ``yield``. FastAPI throws the endpoint's
+exception into it before the app's exception handlers see it (checked on
+0.165, and by ``tests/test_fastapi_guard.py``), so the breaker records the
+failure and the exception then goes on, unchanged, to the handlers (a
+``CircuitTimeoutError`` to the 504 handler, an ``HTTPException`` to
+FastAPI's). The guard asks for ``scope="function"``: the
 block ends when the endpoint function returns, before the response is sent,
 so a slow client reading a large response never counts against the
 downstream, nor runs into the breaker's timeout.
