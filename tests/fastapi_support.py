@@ -20,7 +20,9 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 
-__all__ = ["Boom", "Gate", "served"]
+from distributed_opossum import breakers
+
+__all__ = ["Boom", "Gate", "breakers_made_here_shut_down", "served"]
 
 
 class Boom(Exception):
@@ -47,3 +49,14 @@ async def served(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
             yield client
+
+
+@asynccontextmanager
+async def breakers_made_here_shut_down() -> AsyncIterator[None]:
+    """Shut down, when the block ends, the breakers made in it (and only those: other
+    test modules keep module-level breakers alive across tests)."""
+    before = breakers()
+    try:
+        yield
+    finally:
+        await asyncio.gather(*(b.shutdown() for b in breakers() if b not in before))

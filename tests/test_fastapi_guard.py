@@ -18,9 +18,9 @@ from typing import Annotated, Any
 import pytest
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from fastapi_support import Boom, served
+from fastapi_support import Boom, breakers_made_here_shut_down, served
 
-from distributed_opossum import CircuitBreaker, shutdown_all
+from distributed_opossum import CircuitBreaker
 from distributed_opossum.fastapi import Breakers, install_exception_handlers
 
 AnyBreaker = CircuitBreaker[..., Any]
@@ -28,8 +28,8 @@ AnyBreaker = CircuitBreaker[..., Any]
 
 @pytest.fixture(autouse=True)
 async def _no_breaker_left() -> AsyncIterator[None]:
-    yield
-    await shutdown_all()
+    async with breakers_made_here_shut_down():
+        yield
 
 
 def make_app(made: Breakers) -> FastAPI:

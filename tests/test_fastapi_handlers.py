@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from fastapi_support import Gate, served
+from fastapi_support import Gate, breakers_made_here_shut_down, served
 
-from distributed_opossum import CircuitBreaker, shutdown_all
+from distributed_opossum import CircuitBreaker
 from distributed_opossum.fastapi import Breakers, install_exception_handlers
 from distributed_opossum.testing import FakeClock
 
 
 @pytest.fixture(autouse=True)
 async def _no_breaker_left() -> AsyncIterator[None]:
-    yield
-    await shutdown_all()
+    async with breakers_made_here_shut_down():
+        yield
 
 
 def guarded_app(made: Breakers, gate: Gate | None = None) -> FastAPI:

@@ -9,16 +9,15 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-
-from distributed_opossum import shutdown_all
+from fastapi_support import breakers_made_here_shut_down
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture(autouse=True)
 async def _no_breaker_left() -> AsyncIterator[None]:
-    yield
-    await shutdown_all()
+    async with breakers_made_here_shut_down():
+        yield
 
 
 def quick_start() -> str:
