@@ -373,6 +373,15 @@ class BreakerInstruments:
         )
         self._instruments.scraped = self._tracker.scraped
 
+    def start(self) -> None:
+        """Follow the breakers (what :func:`register` does)."""
+        try:
+            self._tracker.start()
+            self._tracker.scraped()
+        except BaseException:  # a breakers= callable that fails, or gives something else
+            self.close()
+            raise
+
     def refresh(self) -> None:
         """Look for new breakers and read every gauge now (on the breakers' event loop)."""
         self._tracker.refresh()
@@ -432,10 +441,5 @@ def register(
     instruments = BreakerInstruments(
         meter_provider, breakers=breakers, buckets=buckets, refresh_interval=refresh_interval
     )
-    try:
-        instruments._tracker.start()
-        instruments._tracker.scraped()
-    except BaseException:  # a breakers= callable that fails, or gives something else
-        instruments.close()
-        raise
+    instruments.start()
     return instruments

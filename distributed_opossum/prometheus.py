@@ -346,6 +346,17 @@ class BreakerCollector(Collector):
 
     # -- control ---------------------------------------------------------------------------------
 
+    def start(self, registry: CollectorRegistry) -> None:
+        """Follow the breakers, registered on ``registry`` (what :func:`register` does)."""
+        registry.register(self)
+        self._registry = registry
+        try:
+            self._tracker.start()
+            self._tracker.scraped()
+        except BaseException:  # a breakers= callable that fails, or gives something else
+            self.close()
+            raise
+
     def refresh(self) -> None:
         """Look for new breakers and read every gauge now.
 
@@ -410,13 +421,5 @@ def register(
     collector = BreakerCollector(
         breakers=breakers, namespace=namespace, buckets=buckets, refresh_interval=refresh_interval
     )
-    target = REGISTRY if registry is None else registry
-    target.register(collector)
-    collector._registry = target
-    try:
-        collector._tracker.start()
-        collector._tracker.scraped()
-    except BaseException:  # a breakers= callable that fails, or gives something else
-        collector.close()
-        raise
+    collector.start(REGISTRY if registry is None else registry)
     return collector
