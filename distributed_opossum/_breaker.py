@@ -224,18 +224,15 @@ class CircuitBreaker(Generic[P, R]):
                 # call on another loop, go the gated way.
                 now = self._monotonic()
                 open_until = self._core.open_until
-                if now < open_until and _running_loop() is self._loop:
-                    window = self._window
-                    (window.head if now < window.bucket_end else window.roll(now)).fires += 1
-                    events = self._events
-                    if events.call_listened:
-                        events.emit("fire", args)
-                    error = self._engine.reject(now, open_until - now)
+                if now < open_until and _task_of(self._loop) is not None:
                     fallback = self._fallback
                     if fallback is None:
-                        raise error
+                        # Raised unnamed: a local naming it would make a reference
+                        # cycle through the traceback, left to the garbage collector.
+                        raise self._engine.reject(now, open_until - now, args)
+                    error = self._engine.reject(now, open_until - now, args)
                     fell_back: R = call_fallback(fallback, error, args, kwargs)
-                    if inspect.isawaitable(fell_back):
+                    if hasattr(fell_back, "__await__"):
                         fell_back = await await_fallback(fell_back, error)
                     self._fallback_done(fell_back, error)
                     return fell_back
@@ -246,11 +243,15 @@ class CircuitBreaker(Generic[P, R]):
         # case where both are a counter; every failure goes to the engine.
         # A call on another loop than the breaker's goes the gated way once,
         # which re-arms the breaker's timers and coordinator on that loop.
+        # The loop checks ask for the breaker's loop's current task, not for the
+        # running loop (a getpid system call each time on 3.11): a loop has a
+        # current task only while it runs, and a breaker is used from one loop
+        # at a time (see the README's Lifecycle).
         monotonic = self._monotonic
         window = self._window
         deadlines = self._deadlines
         if deadlines is None:
-            if self._loop_bound and _running_loop() is not self._loop:
+            if self._loop_bound and _task_of(self._loop) is None:
                 gated = await self._fire_gated(args, kwargs)
                 return gated
             now = monotonic()
@@ -268,15 +269,17 @@ class CircuitBreaker(Generic[P, R]):
                 ):
                     fell_back = await self._run_fallback(error, args, kwargs)
                     return fell_back
-                raise  # here rather than in a helper: one coroutine hop less per failure
+                # Re-raised here rather than in a helper (one coroutine hop less), and
+                # unnamed (no reference cycle through the traceback: see above).
+                del error
+                raise
         else:
-            loop = _running_loop()
-            if loop is not self._loop:
+            task = _task_of(self._loop)
+            if task is None:
                 gated = await self._fire_gated(args, kwargs)
                 return gated
             now = monotonic()
             (window.head if now < window.bucket_end else window.roll(now)).fires += 1
-            task = _task_of(loop)
             entry = [now + deadlines.timeout, task, 0]  # DeadlineQueue.push, inlined
             entries = deadlines.entries
             entries.append(entry)
@@ -291,13 +294,17 @@ class CircuitBreaker(Generic[P, R]):
                         result = await result
             except asyncio.CancelledError:
                 deadlines.pop(entry)
-                if task is None or not timed_out(entry, task):
+                if not timed_out(entry, task):
                     raise  # the caller's own cancellation: neither success nor failure
                 fell_back = await self._timed_out(args, kwargs, now, 0)
                 return fell_back
             except Exception as error:
-                deadlines.pop(entry)
-                if entry[2] and task is not None and timed_out(entry, task):
+                entry[1] = None  # DeadlineQueue.pop, inlined for the usual, in-order case
+                if entries and entries[0] is entry:
+                    entries.popleft()
+                    if entries and entries[0][1] is None:
+                        deadlines.pop(entries[0])
+                if entry[2] and timed_out(entry, task):
                     # The action turned our cancellation into an error of its own.
                     fell_back = await self._timed_out(args, kwargs, now, 0)
                     return fell_back
@@ -306,13 +313,14 @@ class CircuitBreaker(Generic[P, R]):
                 ):
                     fell_back = await self._run_fallback(error, args, kwargs)
                     return fell_back
+                del error
                 raise
             entry[1] = None  # DeadlineQueue.pop, inlined for the usual, in-order case
             if entries and entries[0] is entry:
                 entries.popleft()
                 if entries and entries[0][1] is None:
                     deadlines.pop(entries[0])
-            if entry[2] and task is not None and timed_out(entry, task):
+            if entry[2] and timed_out(entry, task):
                 # The action swallowed our cancellation and returned late.
                 fell_back = await self._timed_out(args, kwargs, now, 0)
                 return fell_back
@@ -375,10 +383,9 @@ class CircuitBreaker(Generic[P, R]):
                 raise
             return await self._run_fallback(rejected, args, kwargs)
         if not engine.take_slot():
-            locked = engine.locked(now, permit, args)
             if self._fallback is None:
-                raise locked
-            return await self._run_fallback(locked, args, kwargs)
+                raise engine.locked(now, permit, args)
+            return await self._run_fallback(engine.locked(now, permit, args), args, kwargs)
         deadlines = self._deadlines
         entry = task = None
         if deadlines is not None:
@@ -414,7 +421,10 @@ class CircuitBreaker(Generic[P, R]):
         if error is not None:
             if engine.failed(error, now, end, permit, args, kwargs) and self._fallback is not None:
                 return await self._run_fallback(error, args, kwargs)
-            raise error
+            try:
+                raise error
+            finally:
+                error = None  # no reference cycle through the traceback
         engine.succeeded(result, now, end, permit)
         if cache_key is not None and self._cache is not None:
             await maybe_await(self._cache.set(cache_key, result, self._options.cache_ttl))
@@ -450,7 +460,10 @@ class CircuitBreaker(Generic[P, R]):
         )
         if failed and self._fallback is not None:
             return await self._run_fallback(error, args, kwargs)
-        raise error from None
+        try:
+            raise error from None
+        finally:
+            del error  # no reference cycle through the traceback
 
     async def _run_fallback(
         self, error: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -458,13 +471,15 @@ class CircuitBreaker(Generic[P, R]):
         """``fallback(*args, error, **kwargs)``, counted and announced."""
         assert self._fallback is not None  # every caller checked it
         result = call_fallback(self._fallback, error, args, kwargs)
-        if inspect.isawaitable(result):
+        if hasattr(result, "__await__"):  # inspect.isawaitable, minus old generator coroutines
             result = await await_fallback(result, error)
         self._fallback_done(result, error)
         return result
 
     def _fallback_done(self, result: Any, error: BaseException) -> None:
-        self._window.roll(self._monotonic()).fallbacks += 1
+        now = self._monotonic()
+        window = self._window
+        (window.head if now < window.bucket_end else window.roll(now)).fallbacks += 1
         if self._events.call_listened:
             self._events.emit("fallback", result, error)
 

@@ -34,6 +34,7 @@ from ._window import RollingWindow
 __all__ = ["CallEngine", "TrialListener"]
 
 _CLOSED = State.CLOSED
+_new_exception = BaseException.__new__
 
 
 class TrialListener(Protocol):
@@ -121,12 +122,29 @@ class CallEngine:
         """Seconds until a trial may be admitted; None when forced open."""
         return self.core.retry_after(now)
 
-    def reject(self, now: float, retry_after: float | None) -> OpenCircuitError:
-        """Count and announce a rejection; returns the error to raise (or to fall back on)."""
-        self.window.roll(now).rejects += 1
-        error = OpenCircuitError(breaker_name=self.name, retry_after=retry_after)
-        if self.events.call_listened:
-            self.events.emit("reject", error)
+    def reject(
+        self, now: float, retry_after: float | None, fired: tuple[Any, ...] | None = None
+    ) -> OpenCircuitError:
+        """Count and announce a rejection; returns the error to raise (or to fall back on).
+
+        ``fired``: the arguments of a ``fire()`` not counted yet, which an open
+        breaker rejects at once; its fire is counted and announced here too, in
+        one step (an outage makes this the hot path).
+        """
+        window = self.window
+        bucket = window.head if now < window.bucket_end else window.roll(now)
+        events = self.events
+        if fired is not None:
+            bucket.fires += 1
+            if events.call_listened:
+                events.emit("fire", fired)
+        bucket.rejects += 1
+        # Made without running __init__ (a Python frame): the same two attributes.
+        error: OpenCircuitError = _new_exception(OpenCircuitError)
+        error.breaker_name = self.name
+        error.retry_after = retry_after
+        if events.call_listened:
+            events.emit("reject", error)
         return error
 
     # -- capacity --------------------------------------------------------------------------------
@@ -146,10 +164,10 @@ class CallEngine:
         """Every slot was taken: give ``permit`` back, count the rejection as a failure."""
         self.released(permit)
         self.window.roll(now).semaphore_rejections += 1
-        error = SemaphoreLockedError(breaker_name=self.name, capacity=self.capacity)
+        error = SemaphoreLockedError(self.name, self.capacity)
         if self.events.call_listened:
             self.events.emit("semaphore_locked", error, 0.0)
-        self._record_failure(error, now, now, 0, args, expired=False, ran=False)
+        self.failed(error, now, now, 0, args, {}, False, False)
         return error
 
     # -- outcomes --------------------------------------------------------------------------------
@@ -177,10 +195,11 @@ class CallEngine:
         permit: int,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        *,
         expired: bool = False,
+        ran: bool = True,
     ) -> bool:
-        """The call raised ``error`` (a timeout when ``expired``).
+        """The call raised ``error`` (a timeout when ``expired``; ``ran`` False: it was
+        refused before it ran).
 
         Returns:
             True when it counts as a failure (the fallback may run); False when
@@ -190,7 +209,44 @@ class CallEngine:
         if error_filter is not None and error_filter(error, *args, **kwargs):
             self.succeeded(error, start, end, permit)
             return False
-        self._record_failure(error, start, end, permit, args, expired=expired)
+        window = self.window
+        bucket = window.head if end < window.bucket_end else window.roll(end)
+        if expired:
+            bucket.timeouts += 1
+        bucket.failures += 1
+        core = self.core
+        # A call that began before the latest state change is a fact for the
+        # stats, but the window's decision (local, and the cluster's through
+        # the reports) belongs to the new state, which it must never flip.
+        late = start < core.changed_at  # core.started_before_change, inlined
+        if late:
+            bucket.late_failures += 1
+        if ran and window.percentiles_enabled:
+            bucket.other.append(end - start)
+        events = self.events
+        if events.call_listened:
+            if expired:
+                events.emit("timeout", error, end - start, args)
+            events.emit("failure", error, end - start, args)
+        if permit:
+            trials = self.trials
+            if trials is not None:
+                trials.trial_finished(permit, False)
+            core.trial_failed(end, permit)
+        elif (
+            core.state is _CLOSED
+            and not late
+            and end >= self.warm_up_until
+            and exceeds_threshold(
+                window.earlier_successes + bucket.successes + len(bucket.ok),
+                window.earlier_failures + bucket.failures - bucket.late_failures,
+                self.volume_threshold,
+                self.error_threshold_percentage,
+            )
+        ):
+            core.trip(end, Cause.LOCAL)
+        if core.pending:
+            self.on_transitions()
         return True
 
     def timed_out(self) -> CircuitTimeoutError:
@@ -204,53 +260,3 @@ class CallEngine:
             trials = self.trials
             if trials is not None:
                 trials.trial_released(permit)
-
-    def _record_failure(
-        self,
-        error: BaseException,
-        start: float,
-        end: float,
-        permit: int,
-        args: tuple[Any, ...],
-        *,
-        expired: bool,
-        ran: bool = True,
-    ) -> None:
-        window = self.window
-        bucket = window.roll(end)
-        if expired:
-            bucket.timeouts += 1
-        bucket.failures += 1
-        core = self.core
-        late = core.started_before_change(start)
-        if late:
-            # The call began before the latest state change: a fact for the
-            # stats, but the window's decision (local, and the cluster's through
-            # the reports) belongs to the new state, which it must never flip.
-            bucket.late_failures += 1
-        latency = end - start
-        if ran and window.percentiles_enabled:
-            bucket.record_latency(latency)
-        events = self.events
-        if events.call_listened:
-            if expired:
-                events.emit("timeout", error, latency, args)
-            events.emit("failure", error, latency, args)
-        if permit:
-            trials = self.trials
-            if trials is not None:
-                trials.trial_finished(permit, False)
-            core.trial_failed(end, permit)
-        elif (
-            core.state is _CLOSED
-            and not late
-            and end >= self.warm_up_until
-            and exceeds_threshold(
-                *window.totals(end),
-                volume_threshold=self.volume_threshold,
-                error_threshold_percentage=self.error_threshold_percentage,
-            )
-        ):
-            core.trip(end, Cause.LOCAL)
-        if core.pending:
-            self.on_transitions()

@@ -30,16 +30,31 @@ __all__ = [
 class CircuitBreakerError(Exception):
     """Base class of the errors raised by a breaker rather than by its action.
 
+    The message is built when it is read, not when the error is made: during
+    an outage an open breaker makes one per rejected call, and formatting a
+    message nobody reads would cost more than the rest of the rejection.
+
     Attributes:
         code: opossum's error code (``"EOPENBREAKER"``, ``"ETIMEDOUT"``, ...).
         breaker_name: the name of the breaker that raised it.
     """
 
     code: str = "EBREAKER"
+    _text: str | None = None
 
-    def __init__(self, message: str, *, breaker_name: str = "") -> None:
-        super().__init__(message)
+    def __init__(self, message: str | None = None, *, breaker_name: str = "") -> None:
+        self._text = message
         self.breaker_name = breaker_name
+
+    def __str__(self) -> str:
+        return self._text if self._text is not None else self.message()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+    def message(self) -> str:
+        """The error's message (what ``str(error)`` gives)."""
+        return f"Breaker {self.breaker_name!r} failed"
 
 
 class OpenCircuitError(CircuitBreakerError):
@@ -52,13 +67,17 @@ class OpenCircuitError(CircuitBreakerError):
 
     code = "EOPENBREAKER"
 
-    def __init__(self, *, breaker_name: str = "", retry_after: float | None = None) -> None:
-        if retry_after is None:
-            message = f"Breaker {breaker_name!r} is open"
-        else:
-            message = f"Breaker {breaker_name!r} is open; retry after {retry_after:.3f} s"
-        super().__init__(message, breaker_name=breaker_name)
+    # Positional parameters (the library's own calls use them): an exception made
+    # with keyword arguments costs several times more to make.
+    def __init__(self, breaker_name: str = "", retry_after: float | None = None) -> None:
+        self.breaker_name = breaker_name
         self.retry_after = retry_after
+
+    def message(self) -> str:
+        """``Breaker 'payments' is open; retry after 2.500 s``."""
+        if self.retry_after is None:
+            return f"Breaker {self.breaker_name!r} is open"
+        return f"Breaker {self.breaker_name!r} is open; retry after {self.retry_after:.3f} s"
 
 
 class CircuitTimeoutError(CircuitBreakerError, TimeoutError):
@@ -70,12 +89,13 @@ class CircuitTimeoutError(CircuitBreakerError, TimeoutError):
 
     code = "ETIMEDOUT"
 
-    def __init__(self, *, breaker_name: str = "", timeout: float = 0.0) -> None:
-        super().__init__(
-            f"Breaker {breaker_name!r} timed out after {timeout * 1000:g} ms",
-            breaker_name=breaker_name,
-        )
+    def __init__(self, breaker_name: str = "", timeout: float = 0.0) -> None:
+        self.breaker_name = breaker_name
         self.timeout = timeout
+
+    def message(self) -> str:
+        """``Breaker 'payments' timed out after 3000 ms``."""
+        return f"Breaker {self.breaker_name!r} timed out after {self.timeout * 1000:g} ms"
 
 
 class SemaphoreLockedError(CircuitBreakerError):
@@ -83,12 +103,13 @@ class SemaphoreLockedError(CircuitBreakerError):
 
     code = "ESEMLOCKED"
 
-    def __init__(self, *, breaker_name: str = "", capacity: int = 0) -> None:
-        super().__init__(
-            f"Breaker {breaker_name!r} semaphore locked: {capacity} calls in flight",
-            breaker_name=breaker_name,
-        )
+    def __init__(self, breaker_name: str = "", capacity: int = 0) -> None:
+        self.breaker_name = breaker_name
         self.capacity = capacity
+
+    def message(self) -> str:
+        """``Breaker 'payments' semaphore locked: 10 calls in flight``."""
+        return f"Breaker {self.breaker_name!r} semaphore locked: {self.capacity} calls in flight"
 
 
 class ShutdownError(CircuitBreakerError):
@@ -96,8 +117,12 @@ class ShutdownError(CircuitBreakerError):
 
     code = "ESHUTDOWN"
 
-    def __init__(self, *, breaker_name: str = "") -> None:
-        super().__init__(f"Breaker {breaker_name!r} has been shut down", breaker_name=breaker_name)
+    def __init__(self, breaker_name: str = "") -> None:
+        self.breaker_name = breaker_name
+
+    def message(self) -> str:
+        """``Breaker 'payments' has been shut down``."""
+        return f"Breaker {self.breaker_name!r} has been shut down"
 
 
 class RegistryError(CircuitBreakerError):

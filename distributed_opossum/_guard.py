@@ -109,7 +109,10 @@ class Guards(Generic[Owner]):
         if expired:
             error = engine.timed_out()
             engine.failed(error, guard.start, end, guard.permit, (), {}, expired=True)
-            raise error from None
+            try:
+                raise error from None
+            finally:
+                del error  # no reference cycle through the traceback
         if exc is None:
             engine.succeeded(None, guard.start, end, guard.permit)
         else:

@@ -69,7 +69,7 @@ class Transition:
 
 
 def exceeds_threshold(
-    successes: int, failures: int, *, volume_threshold: int, error_threshold_percentage: float
+    successes: int, failures: int, volume_threshold: int, error_threshold_percentage: float
 ) -> bool:
     """The open rule: volume ≥ threshold and failure rate strictly above the percentage."""
     volume = successes + failures

@@ -6,17 +6,19 @@ current bucket's end behind it rotates min(elapsed buckets, N) buckets.
 
 The call path's cheapest record is one append to an ``array('d')``: a
 successful call adds its latency to the current bucket's ``ok`` array, which
-counts as one success and one latency sample (8 bytes). When the bucket stops
+counts as one success and one latency sample (8 bytes); a failed call adds its
+latency to ``other`` (its count is a plain counter). When the bucket stops
 being current (or the stats are read) those raw samples are folded into the
 bucket's histogram in C loops, so raw samples never outlive one bucket
-interval and reading percentiles never sorts samples.
+interval, a failure costs no more to record than a success, and reading
+percentiles never sorts samples.
 """
 
 from __future__ import annotations
 
 from array import array
 
-from ._latency import PERCENTILES, bin_of, count_bins, percentiles
+from ._latency import PERCENTILES, count_bins, percentiles
 from ._stats import COUNTER_NAMES, Stats
 
 __all__ = ["Bucket", "RollingWindow"]
@@ -28,15 +30,19 @@ class Bucket:
     Attributes:
         ok: latencies of successful calls not yet folded (an ``array('d')``);
             each one is a success and a latency sample.
+        other: latencies of the other calls (failures) not yet folded.
         histogram: folded latency samples by bin (see ``_latency``).
         latency_total: sum of the folded latency samples (seconds).
     """
 
-    __slots__ = (*COUNTER_NAMES, "histogram", "late_failures", "latency_total", "ok", "seq")
+    __slots__ = (
+        *COUNTER_NAMES, "histogram", "late_failures", "latency_total", "ok", "other", "seq",
+    )
 
     def __init__(self) -> None:
         self.seq = 0  # which bucket interval this is, counted from the window's start
         self.ok = array("d")
+        self.other = array("d")
         self.histogram: dict[int, int] = {}
         self.clear()
 
@@ -59,32 +65,37 @@ class Bucket:
         self.latency_total = 0.0
         if self.ok:
             self.ok = array("d")
+        if self.other:
+            self.other = array("d")
         if self.histogram:
             self.histogram = {}
 
     def record_latency(self, latency: float) -> None:
-        """Add one latency sample (seconds) that is not a plain success."""
-        self.latency_total += latency
-        index = bin_of(latency)
-        self.histogram[index] = self.histogram.get(index, 0) + 1
+        """Add one latency sample (seconds) that is not a plain success (binned at the fold)."""
+        self.other.append(latency)
 
     def fold(self, histograms: bool) -> None:
-        """Turn the raw ``ok`` latencies into successes (and histogram samples)."""
-        ok = self.ok
-        if not ok:
-            return
-        self.ok = array("d")
-        self.successes += len(ok)
-        if histograms:
-            self.latency_total += sum(ok)
-            histogram = self.histogram
-            for index, count in count_bins(ok).items():
-                histogram[index] = histogram.get(index, 0) + count
+        """Turn the raw ``ok`` latencies into successes, and every raw latency into samples."""
+        ok, other = self.ok, self.other
+        if ok:
+            self.ok = array("d")
+            self.successes += len(ok)
+            if histograms:
+                self._bin(ok)
+        if other:
+            self.other = array("d")
+            self._bin(other)
+
+    def _bin(self, samples: array[float]) -> None:
+        self.latency_total += sum(samples)
+        histogram = self.histogram
+        for index, count in count_bins(samples).items():
+            histogram[index] = histogram.get(index, 0) + count
 
     @property
     def latency_count(self) -> int:
         """Latency samples in this bucket."""
-        return sum(self.histogram.values()) + len(self.ok)
+        return sum(self.histogram.values()) + len(self.ok) + len(self.other)
 
 
 class RollingWindow:

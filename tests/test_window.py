@@ -48,10 +48,12 @@ def test_bucket_clear_zeroes_everything() -> None:
 
 
 def test_record_latency_adds_one_sample() -> None:
-    """record_latency bins the sample and adds it to the total, without counting a success."""
+    """record_latency keeps a sample that the fold bins and totals, without a success."""
     bucket = Bucket()
     bucket.record_latency(0.3)
     bucket.record_latency(0.3)
+    assert bucket.latency_count == 2
+    bucket.fold(True)
     assert bucket.histogram == {bin_of(0.3): 2}
     assert bucket.latency_total == pytest.approx(0.6)
     assert bucket.latency_count == 2
