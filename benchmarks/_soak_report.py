@@ -124,6 +124,7 @@ def _agreement(record: SoakRecord, grace: float) -> dict[str, Any]:
         hit = [s for s in record.samples if any(_overlaps(s, f, 0.0) for f in faults)]
         if hit:
             inside[kind.name] = {"samples": len(hit), "agreed": sum(s.agreed for s in hit)}
+    judged = {id(s) for s in outside}
     return {
         "samples": len(record.samples),
         "outside": len(outside),
@@ -140,6 +141,16 @@ def _agreement(record: SoakRecord, grace: float) -> dict[str, Any]:
             for s in odd
         ],
         "inside_fault_windows": inside,
+        "disagreements_inside_fault_windows": [
+            {
+                "at": record.clock(s.start),
+                "where": record.where(s.start),
+                "detail": s.detail,
+                "settled_two_ticks_later": s.settled,
+            }
+            for s in record.samples
+            if not s.agreed and id(s) not in judged
+        ],
     }
 
 
