@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import distributed_support
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import Boom, eventually_async
+from distributed_support import eventually_async
+from helpers import Boom, as_told
 
 from distributed_opossum import CircuitBreaker
 from distributed_opossum._redis.keys import DEFAULT_PREFIX, BreakerKeys
@@ -39,7 +39,6 @@ __all__ = [
     "ROOT",
     "Ran",
     "console_script",
-    "readme_acl_rule",
     "reported_breakers",
     "run_cli",
     "run_process",
@@ -103,23 +102,12 @@ def run_process(*command: str | Path, env: Mapping[str, str] | None = None) -> R
     return Ran(done.returncode, done.stdout, done.stderr)
 
 
-def readme_acl_rule(user: str) -> list[str]:
-    """The README's ``ACL SETUSER <user>`` arguments (after ``ACL SETUSER``)."""
-    return distributed_support.readme_acl_rule("dopossum", user)
-
-
 async def _fire(breaker: CircuitBreaker[Any, Any], successes: int, failures: int) -> None:
     for _ in range(successes):
         await breaker.fire(True)
     for _ in range(failures):
         with suppress(Boom):
             await breaker.fire(False)
-
-
-async def _action(ok: bool) -> str:
-    if not ok:
-        raise Boom
-    return "ok"
 
 
 @asynccontextmanager
@@ -148,7 +136,7 @@ async def reported_breakers(
                     "prefix": prefix,
                 }
                 breakers.append(
-                    CircuitBreaker(_action, name=name, distributed=distributed, **BREAKER_OPTIONS)
+                    CircuitBreaker(as_told, name=name, distributed=distributed, **BREAKER_OPTIONS)
                 )
         for breaker in breakers:
             successes, failures = calls[breaker.name]

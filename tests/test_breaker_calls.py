@@ -14,7 +14,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import pytest
-from helpers import Boom, Pending, Recorder, fail, gate, settle, succeed
+from helpers import Boom, EventLog, Pending, as_told, fail, settle, succeed, take_general_path
 
 from distributed_opossum import (
     Cause,
@@ -41,14 +41,7 @@ def clock() -> FakeClock:
 def prepare(breaker: CircuitBreaker[..., Any], path: str) -> None:
     """Route calls through the general path when ``path`` is ``"gated"``."""
     if path == "gated":
-        gate(breaker)
-
-
-async def outcome(ok: bool) -> str:
-    """Succeed or fail as told."""
-    if ok:
-        return "ok"
-    raise Boom("told to fail")
+        take_general_path(breaker)
 
 
 class DictCache:
@@ -90,7 +83,7 @@ async def test_opens_only_when_failure_rate_is_strictly_above_threshold(
     clock: FakeClock, path: str
 ) -> None:
     """5 successes + 5 failures (50 %) stay closed at threshold 50; one more failure opens."""
-    breaker = CircuitBreaker(outcome, clock=clock, error_threshold_percentage=50, timeout=None)
+    breaker = CircuitBreaker(as_told, clock=clock, error_threshold_percentage=50, timeout=None)
     prepare(breaker, path)
     for _ in range(5):
         await breaker.fire(True)
@@ -149,7 +142,7 @@ async def test_volume_threshold_counts_completed_calls_not_cache_hits(clock: Fak
 
 async def test_fallback_results_do_not_count_as_successes(clock: FakeClock) -> None:
     """A failure answered by the fallback still counts as a failure in the rate."""
-    breaker = CircuitBreaker(outcome, clock=clock, error_threshold_percentage=50, timeout=None)
+    breaker = CircuitBreaker(as_told, clock=clock, error_threshold_percentage=50, timeout=None)
     breaker.fallback(lambda *args: "fallback")
     assert await breaker.fire(True) == "ok"
     assert await breaker.fire(False) == "fallback"
@@ -174,7 +167,7 @@ async def test_rejects_count_as_fires_only(clock: FakeClock) -> None:
 async def test_rate_is_judged_over_the_rolling_window(clock: FakeClock) -> None:
     """Failures that left the window no longer count towards opening."""
     breaker = CircuitBreaker(
-        outcome,
+        as_told,
         clock=clock,
         error_threshold_percentage=50,
         volume_threshold=4,
@@ -220,7 +213,7 @@ async def test_open_breaker_rejects_with_retry_after_counting_down(
 
 async def test_rejection_goes_to_the_fallback(clock: FakeClock) -> None:
     """A rejected call returns the fallback's result; events fire, reject, fallback."""
-    breaker = CircuitBreaker(outcome, clock=clock)
+    breaker = CircuitBreaker(as_told, clock=clock)
     received: list[tuple[Any, ...]] = []
 
     def fallback(*args: Any) -> str:
@@ -228,7 +221,7 @@ async def test_rejection_goes_to_the_fallback(clock: FakeClock) -> None:
         return "fallback"
 
     breaker.fallback(fallback)
-    recorder = Recorder(breaker, "fire", "reject", "fallback", "success", "failure")
+    recorder = EventLog().attach(breaker, "fire", "reject", "fallback", "success", "failure")
     breaker.open()
     assert await breaker.fire(True) == "fallback"
     assert recorder.names == ["fire", "reject", "fallback"]
@@ -243,7 +236,7 @@ async def test_rejection_goes_to_the_fallback(clock: FakeClock) -> None:
 async def test_half_open_event_fires_when_the_period_ends(clock: FakeClock) -> None:
     """The timer announces half_open at the end of the period, with no call needed."""
     breaker = CircuitBreaker(succeed, clock=clock, reset_timeout=5.0)
-    recorder = Recorder(breaker, "open", "half_open", "close")
+    recorder = EventLog().attach(breaker, "open", "half_open", "close")
     breaker.open()
     await clock.advance(2.5)
     assert recorder.names == ["open"]
@@ -283,9 +276,9 @@ async def test_half_open_admits_exactly_max_calls_trials(clock: FakeClock, n: in
 async def test_trial_success_closes_and_clears_the_window(clock: FakeClock) -> None:
     """A successful trial closes (cause trial) and starts a fresh window."""
     breaker = CircuitBreaker(
-        outcome, clock=clock, volume_threshold=3, reset_timeout=5.0, timeout=None
+        as_told, clock=clock, volume_threshold=3, reset_timeout=5.0, timeout=None
     )
-    recorder = Recorder(breaker, "close")
+    recorder = EventLog().attach(breaker, "close")
     for _ in range(3):
         with pytest.raises(Boom):
             await breaker.fire(False)
@@ -311,7 +304,7 @@ async def test_failed_trials_back_off_up_to_the_cap(clock: FakeClock) -> None:
         max_reset_timeout=3.0,
         timeout=None,
     )
-    recorder = Recorder(breaker, "open", "half_open")
+    recorder = EventLog().attach(breaker, "open", "half_open")
     breaker.open()
     for attempt, period in enumerate([1.0, 2.0, 3.0, 3.0], start=1):
         assert breaker.attempts == attempt
@@ -496,7 +489,7 @@ async def test_without_warm_up_the_first_failure_may_open(clock: FakeClock) -> N
 
 async def test_reset_timeout_zero_makes_the_next_call_a_trial(clock: FakeClock) -> None:
     """reset_timeout=0: right after opening, the next call runs as a trial."""
-    breaker = CircuitBreaker(outcome, clock=clock, reset_timeout=0.0, timeout=None)
+    breaker = CircuitBreaker(as_told, clock=clock, reset_timeout=0.0, timeout=None)
     with pytest.raises(Boom):
         await breaker.fire(False)
     with pytest.raises(Boom):
@@ -510,7 +503,7 @@ async def test_reset_timeout_zero_makes_the_next_call_a_trial(clock: FakeClock) 
 async def test_force_open_rejects_without_trials_until_reset(clock: FakeClock) -> None:
     """force_open() holds the breaker open past any period; reset() closes it."""
     breaker = CircuitBreaker(succeed, clock=clock, reset_timeout=1.0)
-    recorder = Recorder(breaker, "open", "half_open", "close")
+    recorder = EventLog().attach(breaker, "open", "half_open", "close")
     await breaker.force_open()
     assert breaker.state is State.FORCED_OPEN
     assert breaker.opened
@@ -532,19 +525,19 @@ async def test_force_open_rejects_without_trials_until_reset(clock: FakeClock) -
 async def test_open_and_close_act_at_once(clock: FakeClock) -> None:
     """open() and close() are synchronous and announce a manual cause."""
     breaker = CircuitBreaker(succeed, clock=clock)
-    recorder = Recorder(breaker, "open", "close")
+    recorder = EventLog().attach(breaker, "open", "close")
     breaker.open()
     assert breaker.opened
     breaker.close()
     assert breaker.closed
-    assert recorder.events == [("open", (Cause.MANUAL,)), ("close", (Cause.MANUAL,))]
+    assert recorder.entries == [("open", (Cause.MANUAL,)), ("close", (Cause.MANUAL,))]
     assert await breaker.fire() == "ok"
 
 
 async def test_open_on_an_open_breaker_does_not_rearm(clock: FakeClock) -> None:
     """A second open() keeps the first period and the attempt count."""
     breaker = CircuitBreaker(succeed, clock=clock, reset_timeout=10.0)
-    recorder = Recorder(breaker, "open", "half_open")
+    recorder = EventLog().attach(breaker, "open", "half_open")
     breaker.open()
     await clock.advance(6.0)
     breaker.open()
@@ -557,7 +550,7 @@ async def test_open_on_an_open_breaker_does_not_rearm(clock: FakeClock) -> None:
 async def test_close_cancels_the_half_open_timer(clock: FakeClock) -> None:
     """A breaker closed by hand holds no timer and never announces half_open."""
     breaker = CircuitBreaker(succeed, clock=clock, reset_timeout=5.0, timeout=None)
-    recorder = Recorder(breaker, "half_open")
+    recorder = EventLog().attach(breaker, "half_open")
     breaker.open()
     assert clock.pending == 1
     breaker.close()
@@ -653,7 +646,7 @@ async def test_timeout_counts_failure_timeout_and_one_latency_sample(
 async def test_timeout_emits_timeout_then_failure(clock: FakeClock) -> None:
     """Events of a timeout: timeout(error, latency, args) then failure(error, latency, args)."""
     breaker = CircuitBreaker(clock.sleep, clock=clock, timeout=1.0)
-    recorder = Recorder(breaker, "timeout", "failure", "success")
+    recorder = EventLog().attach(breaker, "timeout", "failure", "success")
     task = asyncio.create_task(breaker.fire(5.0))
     await clock.advance(1.0)
     with pytest.raises(CircuitTimeoutError) as info:
@@ -727,7 +720,7 @@ async def test_success_counts_in_the_window_where_the_call_ends(
     async def action(delay: float, ok: bool) -> str:
         if delay:
             await clock.sleep(delay)
-        return await outcome(ok)
+        return await as_told(ok)
 
     breaker = CircuitBreaker(
         action, clock=clock, timeout=None, rolling_count_timeout=10.0, error_threshold_percentage=50
@@ -1066,7 +1059,7 @@ async def test_over_capacity_raises_semaphore_locked_as_a_failure(clock: FakeClo
     breaker = CircuitBreaker(
         pending.action, clock=clock, capacity=2, timeout=None, error_threshold_percentage=100
     )
-    recorder = Recorder(breaker, "semaphore_locked", "failure")
+    recorder = EventLog().attach(breaker, "semaphore_locked", "failure")
     first = asyncio.create_task(breaker.fire())
     second = asyncio.create_task(breaker.fire())
     await settle()
@@ -1090,7 +1083,7 @@ async def test_over_capacity_raises_semaphore_locked_as_a_failure(clock: FakeClo
 async def test_capacity_slot_is_freed_after_a_failure(clock: FakeClock) -> None:
     """A failed call returns its slot too."""
     breaker = CircuitBreaker(
-        outcome, clock=clock, capacity=1, timeout=None, error_threshold_percentage=100
+        as_told, clock=clock, capacity=1, timeout=None, error_threshold_percentage=100
     )
     for _ in range(3):
         with pytest.raises(Boom):
@@ -1161,7 +1154,7 @@ async def test_error_filter_true_is_a_success_reraised_without_fallback(
         return "fallback"
 
     breaker.fallback(remember)
-    recorder = Recorder(breaker, "success", "failure", "fallback")
+    recorder = EventLog().attach(breaker, "success", "failure", "fallback")
     with pytest.raises(KeyError) as info:
         await breaker.fire(7, strict=True)
     assert seen == [(info.value, (7,), {"strict": True})]
@@ -1207,7 +1200,7 @@ async def test_disabled_breaker_counts_fires_and_calls_straight_through(
 
     breaker = CircuitBreaker(action, clock=clock, enabled=False, timeout=1.0)
     breaker.fallback(lambda *args: "fallback")
-    recorder = Recorder(breaker, "fire", "success", "failure", "timeout", "fallback")
+    recorder = EventLog().attach(breaker, "fire", "success", "failure", "timeout", "fallback")
     with pytest.raises(Boom):
         await breaker.fire("fail")
     task = asyncio.create_task(breaker.fire("slow"))
@@ -1247,7 +1240,7 @@ async def test_shutdown_refuses_calls_without_a_fire_event(clock: FakeClock) -> 
     assert await breaker.fire("a") == "A"
     assert cache.data != {}
     breaker.open()
-    recorder = Recorder(breaker, "fire", "shutdown")
+    recorder = EventLog().attach(breaker, "fire", "shutdown")
     await breaker.shutdown()
     with pytest.raises(ShutdownError) as info:
         await breaker.fire("a")
@@ -1264,7 +1257,7 @@ async def test_shutdown_refuses_calls_without_a_fire_event(clock: FakeClock) -> 
 async def test_shutdown_stops_the_half_open_timer(clock: FakeClock) -> None:
     """A breaker shut down while open holds no timer and announces nothing later."""
     breaker = CircuitBreaker(succeed, clock=clock, reset_timeout=5.0, timeout=None)
-    recorder = Recorder(breaker, "half_open")
+    recorder = EventLog().attach(breaker, "half_open")
     breaker.open()
     await breaker.shutdown()
     assert clock.pending == 0
@@ -1275,7 +1268,7 @@ async def test_shutdown_stops_the_half_open_timer(clock: FakeClock) -> None:
 async def test_shutdown_state_keeps_its_last_value(clock: FakeClock) -> None:
     """The state of a shut-down breaker stays what it was, however much time passes."""
     breaker = CircuitBreaker(succeed, clock=clock, reset_timeout=5.0, timeout=None)
-    recorder = Recorder(breaker, "half_open")
+    recorder = EventLog().attach(breaker, "half_open")
     breaker.open()
     await breaker.shutdown()
     await clock.advance(10.0)
@@ -1286,7 +1279,7 @@ async def test_shutdown_state_keeps_its_last_value(clock: FakeClock) -> None:
 async def test_shutdown_twice_is_harmless(clock: FakeClock) -> None:
     """A second shutdown() emits nothing more."""
     breaker = CircuitBreaker(succeed, clock=clock)
-    recorder = Recorder(breaker, "shutdown")
+    recorder = EventLog().attach(breaker, "shutdown")
     await breaker.shutdown()
     await breaker.shutdown()
     assert recorder.names == ["shutdown"]

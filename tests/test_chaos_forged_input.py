@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from chaos_scenario import CONVERGE_WITHIN, TICK, ChaosRun, chaos_run
-from distributed_support import redis_now_ms
 from redis_server import RedisServer
+from transport_support import redis_now_ms
 
 pytestmark = [pytest.mark.chaos, pytest.mark.redis]
 

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from cli_support import reported_breakers, run_cli
-from distributed_support import eventually, redis_now_ms
+from distributed_support import eventually
 from redis_server import RedisServer
+from transport_support import redis_now_ms
 
 from distributed_opossum import State
 from distributed_opossum._redis.keys import BreakerKeys

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from helpers import Boom, Recorder, settle, succeed
+from helpers import Boom, EventLog, settle, succeed
 
 from distributed_opossum import (
     CircuitBreaker,
@@ -44,7 +44,7 @@ def _block_loop(seconds: float) -> None:
 async def test_block_success_counts_one_fire_and_one_success(clock: FakeClock) -> None:
     """A block that completes is one fire and one success with the block's latency."""
     breaker = CircuitBreaker(succeed, clock=clock, timeout=5.0)
-    recorder = Recorder(breaker, "fire", "success", "failure")
+    recorder = EventLog().attach(breaker, "fire", "success", "failure")
 
     async def body() -> str:
         await clock.sleep(0.5)
@@ -97,7 +97,7 @@ async def test_block_timeout_raises_circuit_timeout_error(clock: FakeClock) -> N
         return "late"
 
     breaker = CircuitBreaker(succeed, clock=clock, timeout=2.0, error_threshold_percentage=100)
-    recorder = Recorder(breaker, "timeout", "failure")
+    recorder = EventLog().attach(breaker, "timeout", "failure")
     task = asyncio.create_task(run_block(breaker, body))
     await clock.advance(1.5)
     assert not task.done()
@@ -155,7 +155,7 @@ async def test_block_without_timeout_runs_as_long_as_it_takes(clock: FakeClock) 
 async def test_block_exception_propagates_and_counts_as_failure(clock: FakeClock) -> None:
     """The body's own exception leaves the block unchanged, is a failure and may open."""
     breaker = CircuitBreaker(succeed, clock=clock)
-    recorder = Recorder(breaker, "failure")
+    recorder = EventLog().attach(breaker, "failure")
     error = Boom("body failed")
 
     async def body() -> None:
@@ -198,7 +198,7 @@ async def test_block_error_filter_gets_the_exception_only(clock: FakeClock) -> N
         return isinstance(args[0], KeyError)
 
     breaker = CircuitBreaker(succeed, clock=clock, error_filter=not_a_failure)
-    recorder = Recorder(breaker, "success", "failure")
+    recorder = EventLog().attach(breaker, "success", "failure")
     error = KeyError("missing")
 
     async def body() -> None:

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import pytest
-from support_api import Boom, EventLog, Recorder, settle
+from helpers import Boom, EventLog, Recorder, settle
 
 from distributed_opossum import (
     Cause,

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import pytest
-from support_api import API_EVENTS, Boom, EventLog, Gate, Recorder, Sleeper, settle
+from helpers import API_EVENTS, Boom, EventLog, Gate, Recorder, Sleeper, settle
 
 from distributed_opossum import (
     Cause,

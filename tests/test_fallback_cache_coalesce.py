@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from support_api import Boom, EventLog, Gate, Recorder, Sleeper, settle
+from helpers import Boom, EventLog, Gate, Recorder, Sleeper, settle
 
 from distributed_opossum import (
     CircuitBreaker,
@@ -502,12 +502,12 @@ async def test_coalesce_ttl_counts_from_the_start_of_the_call() -> None:
     assert await first == "r"
     await clock.advance(1.5)  # start + 2.5: still shared
     assert await breaker.fire("k") == "r"
-    assert action.calls == 1
+    assert len(action.calls) == 1
     await clock.advance(1.0)  # start + 3.5 (settle + 2.5): expired
     late = asyncio.ensure_future(breaker.fire("k"))
     await clock.advance(1.0)
     assert await late == "r"
-    assert action.calls == 2
+    assert len(action.calls) == 2
 
 
 async def test_without_ttl_only_in_flight_calls_are_shared() -> None:
@@ -593,7 +593,7 @@ async def test_coalesce_reset_on_timeout() -> None:
     await clock.advance(1.0)
     with pytest.raises(CircuitTimeoutError):
         await second
-    assert action.calls == 2
+    assert len(action.calls) == 2
 
 
 async def test_timeout_is_not_an_error_for_reset_on() -> None:
@@ -615,7 +615,7 @@ async def test_timeout_is_not_an_error_for_reset_on() -> None:
         await first
     with pytest.raises(CircuitTimeoutError):
         await breaker.fire(1)
-    assert action.calls == 1
+    assert len(action.calls) == 1
 
 
 async def test_action_raising_timeout_error_is_an_error_for_reset_on() -> None:

@@ -6,7 +6,7 @@ import asyncio
 import math
 
 import pytest
-from helpers import Boom, gate
+from helpers import Boom, take_general_path
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -153,7 +153,7 @@ async def test_breaker_success_latency_uses_bin_of(path: str, latency: float) ->
 
     breaker = CircuitBreaker(action, clock=clock, timeout=None)
     if path == "gated":
-        gate(breaker)
+        take_general_path(breaker)
     start = clock.monotonic()
     task = asyncio.create_task(breaker.fire())
     await clock.advance(latency)

@@ -69,10 +69,15 @@ def entry(
     )
 
 
-async def redis_now(client: aioredis.Redis) -> int:
+async def redis_now_ms(client: aioredis.Redis) -> int:
     """Redis' clock in ms, as the scripts read it."""
     seconds, micros = await client.time()
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (redis-py types replies as bytes or str)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def seed(client: aioredis.Redis, *entries: str, keys: BreakerKeys = KEYS) -> None:
