@@ -232,7 +232,8 @@ class Downstream:
     async def action(self, *args: Any) -> str:
         """The guarded call."""
         self.calls += 1
-        if self.takes and self.clock is not None:
+        if self.takes:
+            assert self.clock is not None, "a Downstream takes fake time on its clock only"
             await self.clock.sleep(self.takes)
         mode = self.mode
         if mode == "fail":
