@@ -193,7 +193,12 @@ class Gate(Recorder):
 
 
 class Sleeper(Recorder):
-    """A :class:`Recorder` whose calls first sleep ``delay`` seconds on a fake clock."""
+    """A :class:`Recorder` whose calls first sleep ``delay`` seconds on a fake clock.
+
+    ``cancelled`` counts the sleeps cancelled (by a timeout, or the caller). A cancelled
+    call re-raises the cancellation, unless told to raise ``on_cancel`` instead (an action
+    whose clean-up fails) or to swallow it and return ``result`` (``swallow_cancel``).
+    """
 
     def __init__(
         self,
@@ -201,14 +206,28 @@ class Sleeper(Recorder):
         delay: float,
         result: Any = "ok",
         error: BaseException | None = None,
+        *,
+        on_cancel: BaseException | None = None,
+        swallow_cancel: bool = False,
     ) -> None:
         super().__init__(result, error)
         self.clock = clock
         self.delay = delay
+        self.on_cancel = on_cancel
+        self.swallow_cancel = swallow_cancel
+        self.cancelled = 0
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls.append((args, kwargs))
-        await self.clock.sleep(self.delay)
+        try:
+            await self.clock.sleep(self.delay)
+        except asyncio.CancelledError as cancel:
+            self.cancelled += 1
+            if self.swallow_cancel:
+                return self.result
+            if self.on_cancel is not None:
+                raise self.on_cancel from cancel
+            raise
         return self._outcome()
 
 

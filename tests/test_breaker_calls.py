@@ -14,7 +14,17 @@ from collections.abc import Coroutine
 from typing import Any
 
 import pytest
-from helpers import Boom, EventLog, Pending, as_told, fail, settle, succeed, take_general_path
+from helpers import (
+    Boom,
+    EventLog,
+    Pending,
+    Sleeper,
+    as_told,
+    fail,
+    settle,
+    succeed,
+    take_general_path,
+)
 
 from distributed_opossum import (
     Cause,
@@ -595,22 +605,13 @@ async def test_opened_at_is_the_opening_time(clock: FakeClock) -> None:
 @PATHS
 async def test_timeout_cancels_the_action_at_the_deadline(clock: FakeClock, path: str) -> None:
     """On expiry the action sees CancelledError and the caller gets CircuitTimeoutError."""
-    seen: list[str] = []
-
-    async def slow() -> str:
-        try:
-            await clock.sleep(100.0)
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-        return "late"
-
+    slow = Sleeper(clock, 100.0, result="late")
     breaker = CircuitBreaker(slow, clock=clock, timeout=2.0)
     prepare(breaker, path)
     task = asyncio.create_task(breaker.fire())
     await clock.advance(1.5)
     assert not task.done()
-    assert seen == []
+    assert slow.cancelled == 0
     await clock.advance(0.5)
     assert task.done()
     with pytest.raises(CircuitTimeoutError) as info:
@@ -619,7 +620,7 @@ async def test_timeout_cancels_the_action_at_the_deadline(clock: FakeClock, path
     assert isinstance(info.value, CircuitBreakerError)
     assert info.value.code == "ETIMEDOUT"
     assert info.value.timeout == 2.0
-    assert seen == ["cancelled"]
+    assert slow.cancelled == 1
 
 
 @PATHS
@@ -800,13 +801,7 @@ async def test_calls_time_out_at_their_own_deadlines(clock: FakeClock, path: str
 async def test_action_swallowing_cancellation_still_times_out(clock: FakeClock, path: str) -> None:
     """An action that catches the cancel and returns late still yields a timeout."""
 
-    async def stubborn() -> str:
-        try:
-            await clock.sleep(100.0)
-        except asyncio.CancelledError:
-            return "late"
-        return "never"
-
+    stubborn = Sleeper(clock, 100.0, result="late", swallow_cancel=True)
     breaker = CircuitBreaker(stubborn, clock=clock, timeout=1.0)
     prepare(breaker, path)
 
@@ -825,14 +820,7 @@ async def test_action_swallowing_cancellation_still_times_out(clock: FakeClock, 
 @PATHS
 async def test_action_raising_on_cancellation_still_times_out(clock: FakeClock, path: str) -> None:
     """An action that turns the timeout's cancel into its own error is still a timeout."""
-
-    async def messy() -> str:
-        try:
-            await clock.sleep(100.0)
-        except asyncio.CancelledError as exc:
-            raise Boom("cleanup failed") from exc
-        return "never"
-
+    messy = Sleeper(clock, 100.0, on_cancel=Boom("cleanup failed"))
     breaker = CircuitBreaker(messy, clock=clock, timeout=1.0, error_threshold_percentage=100)
     prepare(breaker, path)
     task = asyncio.create_task(breaker.fire())
@@ -845,14 +833,7 @@ async def test_action_raising_on_cancellation_still_times_out(clock: FakeClock, 
 @PATHS
 async def test_timeout_leaves_no_cancel_request_on_the_caller(clock: FakeClock, path: str) -> None:
     """After any timed-out call the caller's task has no pending cancellation request."""
-
-    async def messy() -> str:
-        try:
-            await clock.sleep(100.0)
-        except asyncio.CancelledError as exc:
-            raise Boom("cleanup failed") from exc
-        return "never"
-
+    messy = Sleeper(clock, 100.0, on_cancel=Boom("cleanup failed"))
     breaker = CircuitBreaker(messy, clock=clock, timeout=1.0, error_threshold_percentage=100)
     prepare(breaker, path)
 

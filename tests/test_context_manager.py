@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from helpers import Boom, EventLog, settle, succeed
+from helpers import Boom, EventLog, Sleeper, settle, succeed
 
 from distributed_opossum import (
     CircuitBreaker,
@@ -86,16 +86,7 @@ async def test_block_is_rejected_on_enter_when_open(clock: FakeClock) -> None:
 
 async def test_block_timeout_raises_circuit_timeout_error(clock: FakeClock) -> None:
     """The breaker's timeout cancels the body and CircuitTimeoutError leaves the block."""
-    seen: list[str] = []
-
-    async def body() -> str:
-        try:
-            await clock.sleep(100.0)
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-        return "late"
-
+    body = Sleeper(clock, 100.0, result="late")
     breaker = CircuitBreaker(succeed, clock=clock, timeout=2.0, error_threshold_percentage=100)
     recorder = EventLog().attach(breaker, "timeout", "failure")
     task = asyncio.create_task(run_block(breaker, body))
@@ -106,7 +97,7 @@ async def test_block_timeout_raises_circuit_timeout_error(clock: FakeClock) -> N
     with pytest.raises(CircuitTimeoutError) as info:
         await task
     assert isinstance(info.value, TimeoutError)
-    assert seen == ["cancelled"]
+    assert body.cancelled == 1
     stats = breaker.stats
     assert (stats.failures, stats.timeouts, stats.successes) == (1, 1, 0)
     assert stats.latency_mean == pytest.approx(2.0)
@@ -115,14 +106,7 @@ async def test_block_timeout_raises_circuit_timeout_error(clock: FakeClock) -> N
 
 async def test_block_swallowing_the_timeout_still_times_out(clock: FakeClock) -> None:
     """A body that catches the cancel and finishes late still leaves with a timeout."""
-
-    async def body() -> str:
-        try:
-            await clock.sleep(100.0)
-        except asyncio.CancelledError:
-            return "late"
-        return "never"
-
+    body = Sleeper(clock, 100.0, result="late", swallow_cancel=True)
     breaker = CircuitBreaker(succeed, clock=clock, timeout=1.0, error_threshold_percentage=100)
 
     async def caller() -> int:
@@ -289,21 +273,13 @@ async def test_nested_blocks_in_one_task(clock: FakeClock) -> None:
 async def test_caller_cancellation_inside_a_block(clock: FakeClock) -> None:
     """Cancelling the task in a block propagates, records nothing and frees the slot."""
     breaker = CircuitBreaker(succeed, clock=clock, timeout=5.0, capacity=1)
-    cancelled: list[bool] = []
-
-    async def body() -> None:
-        try:
-            await clock.sleep(100.0)
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-
+    body = Sleeper(clock, 100.0)
     task = asyncio.create_task(run_block(breaker, body))
     await settle()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert cancelled == [True]
+    assert body.cancelled == 1
     stats = breaker.stats
     assert (stats.successes, stats.failures, stats.timeouts) == (0, 0, 0)
     assert await run_block(breaker, succeed) == "ok"

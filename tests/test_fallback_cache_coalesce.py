@@ -532,18 +532,22 @@ async def test_settled_failure_is_shared_within_ttl_without_reset_on() -> None:
     assert len(action.calls) == 1
 
 
-async def test_coalesce_reset_on_error() -> None:
-    """``coalesce_reset_on=["error"]`` drops a failed entry at once."""
-    action = Recorder(error=Boom())
+@pytest.mark.parametrize(
+    "error", [Boom(), TimeoutError("upstream")], ids=["error", "action-own-timeout-error"]
+)
+async def test_coalesce_reset_on_error(error: Exception) -> None:
+    """``coalesce_reset_on=["error"]`` drops a failed entry at once; an action's own
+    ``TimeoutError`` is an ``error`` outcome, not a breaker ``timeout``."""
+    action = Recorder(error=error)
     breaker = breaker_on(
         FakeClock(),
         action,
         coalesce=True,
-        coalesce_ttl=10.0,
+        coalesce_ttl=30.0,
         coalesce_reset_on=["error"],
         volume_threshold=10,
     )
-    with pytest.raises(Boom):
+    with pytest.raises(type(error)):
         await breaker.fire(1)
     action.error = None
     assert await breaker.fire(1) == "ok"
@@ -572,8 +576,10 @@ async def test_coalesce_reset_on_success() -> None:
     assert len(action.calls) == 2
 
 
-async def test_coalesce_reset_on_timeout() -> None:
-    """``coalesce_reset_on=["timeout"]`` drops an entry whose call timed out."""
+async def timed_out_once(
+    reset_on: list[str],
+) -> tuple[CircuitBreaker[..., Any], Sleeper, FakeClock]:
+    """A coalescing breaker (1 s timeout, 30 s TTL) whose first call, for key 1, timed out."""
     clock = FakeClock()
     action = Sleeper(clock, 5.0)
     breaker = breaker_on(
@@ -582,13 +588,19 @@ async def test_coalesce_reset_on_timeout() -> None:
         timeout=1.0,
         coalesce=True,
         coalesce_ttl=30.0,
-        coalesce_reset_on=["timeout"],
+        coalesce_reset_on=reset_on,
         volume_threshold=10,
     )
     first = asyncio.ensure_future(breaker.fire(1))
     await clock.advance(1.0)
     with pytest.raises(CircuitTimeoutError):
         await first
+    return breaker, action, clock
+
+
+async def test_coalesce_reset_on_timeout() -> None:
+    """``coalesce_reset_on=["timeout"]`` drops an entry whose call timed out."""
+    breaker, action, clock = await timed_out_once(["timeout"])
     second = asyncio.ensure_future(breaker.fire(1))
     await clock.advance(1.0)
     with pytest.raises(CircuitTimeoutError):
@@ -598,42 +610,10 @@ async def test_coalesce_reset_on_timeout() -> None:
 
 async def test_timeout_is_not_an_error_for_reset_on() -> None:
     """With ``coalesce_reset_on=["error"]`` a breaker timeout keeps the entry for the TTL."""
-    clock = FakeClock()
-    action = Sleeper(clock, 5.0)
-    breaker = breaker_on(
-        clock,
-        action,
-        timeout=1.0,
-        coalesce=True,
-        coalesce_ttl=30.0,
-        coalesce_reset_on=["error"],
-        volume_threshold=10,
-    )
-    first = asyncio.ensure_future(breaker.fire(1))
-    await clock.advance(1.0)
-    with pytest.raises(CircuitTimeoutError):
-        await first
+    breaker, action, _ = await timed_out_once(["error"])
     with pytest.raises(CircuitTimeoutError):
         await breaker.fire(1)
     assert len(action.calls) == 1
-
-
-async def test_action_raising_timeout_error_is_an_error_for_reset_on() -> None:
-    """An action's own ``TimeoutError`` is an ``error`` outcome, not a breaker ``timeout``."""
-    action = Recorder(error=TimeoutError("upstream"))
-    breaker = breaker_on(
-        FakeClock(),
-        action,
-        coalesce=True,
-        coalesce_ttl=30.0,
-        coalesce_reset_on=["error"],
-        volume_threshold=10,
-    )
-    with pytest.raises(TimeoutError):
-        await breaker.fire(1)
-    action.error = None
-    assert await breaker.fire(1) == "ok"
-    assert len(action.calls) == 2
 
 
 async def test_coalesce_size_evicts_the_oldest_entry() -> None:

@@ -117,7 +117,7 @@ async def test_connection_refused_raises_and_counts(
     server: LocalHttpServer, clock: FakeClock
 ) -> None:
     """A stopped server: httpx.ConnectError reaches the caller and is a failure."""
-    await server.stop()
+    await server.close()
     async with client_for(breaker_options=options(clock)) as (client, transport):
         with pytest.raises(httpx.ConnectError):
             await client.get(server.url())
@@ -274,7 +274,7 @@ async def test_custom_is_failure(server: LocalHttpServer, clock: FakeClock) -> N
         assert (await client.get(server.url())).status_code == 503
         server.status = 429
         assert (await client.get(server.url())).status_code == 429
-        await server.stop()
+        await server.close()
         with pytest.raises(httpx.ConnectError):  # not a failure, still the caller's error
             await client.get(server.url())
         stats = transport.breakers[server.netloc].stats
