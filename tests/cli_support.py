@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from distributed_opossum.cli import main
 
 __all__ = [
     "ROOT",
+    "Cli",
     "Ran",
     "console_script",
     "reported_breakers",
@@ -57,6 +58,25 @@ BREAKER_OPTIONS: dict[str, Any] = {
     "rolling_count_buckets": 50,
 }
 """Options of the breakers :func:`reported_breakers` makes."""
+
+
+@dataclass(frozen=True)
+class Cli:
+    """The CLI aimed at one redis-server (``--url``), run in-process, its output captured."""
+
+    url: str
+    admin: aioredis.Redis
+    capsys: pytest.CaptureFixture[str]
+
+    async def __call__(self, *argv: str) -> Ran:
+        """``dopossum --url URL *argv``."""
+        return await run_cli(self.capsys, "--url", self.url, *argv)
+
+    def reported(
+        self, calls: Mapping[str, tuple[int, int]], **options: Any
+    ) -> AbstractAsyncContextManager[list[CircuitBreaker[Any, Any]]]:
+        """:func:`reported_breakers` on this server."""
+        return reported_breakers(self.url, calls, **options)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ Fixtures:
     make_cluster          ``await make_cluster(**options)``: a distributed_support.Cluster on
                           the session server (emptied first) or on ``server=``, with an admin
                           client; closed when the test ends
+    cli                   ``await cli("status")``: the operator CLI in-process, aimed at the
+                          session server (emptied first), its output captured
     no_breaker_left       shuts down, when the test ends, the breakers the test made
                           (for modules whose breakers are registered by name)
 
@@ -37,6 +39,7 @@ from typing import Any
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
+from cli_support import Cli
 from distributed_support import Cluster, ClusterFactory, admin_client
 from redis_cluster import RedisClusterTopology, redis_cli_binary
 from redis_sentinel import SentinelTopology
@@ -216,3 +219,13 @@ async def no_breaker_left() -> AsyncIterator[None]:
         yield
     finally:
         await asyncio.gather(*(b.shutdown() for b in breakers() if b not in before))
+
+
+@pytest.fixture
+def cli(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> Cli:
+    """The operator CLI aimed at the session's redis-server (emptied first), in-process."""
+    return Cli(redis_server_session.url, redis_client, capsys)

@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 RedisT = TypeVar("RedisT", bound=aioredis.Redis)
+T = TypeVar("T")
 
 PREFIX = "dtest"
 """Key prefix of every distributed test."""
@@ -324,6 +325,19 @@ class Cluster:
         pods = [self.pod(f"pod{first + i}", **options) for i in range(count)]
         await self.ready()
         return pods
+
+    async def observed(self, observe: Callable[[Pod], T]) -> tuple[list[Pod], list[T]]:
+        """Two new pods, each handed to ``observe`` as it is made (to hang a metrics reader on
+        it, say); once they are ready, pod0 makes three successful calls and pod1 a failed one
+        (pooled: 4 calls, 25 % failed). Returns the pods and what ``observe`` returned."""
+        pods = [self.pod(f"pod{len(self.pods)}") for _ in range(2)]
+        observers = [observe(pod) for pod in pods]
+        await self.ready()
+        for _ in range(3):
+            assert await pods[0].call() == "ok"
+        pods[1].downstream.mode = "fail"
+        assert await pods[1].call() == "failed"
+        return pods, observers
 
     async def ready(
         self, admin: aioredis.Redis | None = None, *, within: float = 2.0, user: str | None = None

@@ -54,6 +54,19 @@ def prepare(breaker: CircuitBreaker[..., Any], path: str) -> None:
         take_general_path(breaker)
 
 
+async def half_open_on(
+    clock: FakeClock, pending: Pending, **options: Any
+) -> CircuitBreaker[..., Any]:
+    """A breaker around ``pending`` (reset_timeout 5 s, no timeout unless told), opened, and
+    half-open once its open period passed on ``clock``."""
+    breaker = CircuitBreaker(
+        pending.action, clock=clock, **{"reset_timeout": 5.0, "timeout": None, **options}
+    )
+    breaker.open()
+    await clock.advance(5.0)
+    return breaker
+
+
 class DictCache:
     """A cache transport over a plain dict."""
 
@@ -261,11 +274,7 @@ async def test_half_open_event_fires_when_the_period_ends(clock: FakeClock) -> N
 async def test_half_open_admits_exactly_max_calls_trials(clock: FakeClock, n: int) -> None:
     """Exactly half_open_max_calls trials run; concurrent others are rejected."""
     pending = Pending()
-    breaker = CircuitBreaker(
-        pending.action, clock=clock, reset_timeout=5.0, half_open_max_calls=n, timeout=None
-    )
-    breaker.open()
-    await clock.advance(5.0)
+    breaker = await half_open_on(clock, pending, half_open_max_calls=n)
     tasks = [asyncio.create_task(breaker.fire(i)) for i in range(n + 2)]
     await settle()
     assert pending.started == n
@@ -358,9 +367,7 @@ async def test_close_and_reset_forget_the_attempts(clock: FakeClock, how: str) -
 async def test_trial_timeout_reopens(clock: FakeClock) -> None:
     """A trial that times out is a failed trial: open again, one more attempt."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, reset_timeout=5.0, timeout=2.0)
-    breaker.open()
-    await clock.advance(5.0)
+    breaker = await half_open_on(clock, pending, timeout=2.0)
     trial = asyncio.create_task(breaker.fire())
     await clock.advance(2.0)
     with pytest.raises(CircuitTimeoutError):
@@ -416,9 +423,7 @@ async def test_failure_of_a_call_started_before_closing_does_not_reopen(
 async def test_hung_trial_without_timeout_expires_after_reset_timeout(clock: FakeClock) -> None:
     """With timeout=None a trial that never returns frees its permit after reset_timeout."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, reset_timeout=5.0, timeout=None)
-    breaker.open()
-    await clock.advance(5.0)
+    breaker = await half_open_on(clock, pending)
     hung = asyncio.create_task(breaker.fire("hung"))
     await settle()
     await clock.advance(4.0)
@@ -945,9 +950,7 @@ async def test_caller_cancellation_releases_the_capacity_slot(clock: FakeClock) 
 async def test_caller_cancellation_releases_the_trial_permit(clock: FakeClock) -> None:
     """A cancelled trial gives its permit back: the next call is a trial, not a reject."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, reset_timeout=5.0, timeout=None)
-    breaker.open()
-    await clock.advance(5.0)
+    breaker = await half_open_on(clock, pending)
     trial = asyncio.create_task(breaker.fire())
     await settle()
     trial.cancel()

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from distributed_support import ClusterFactory, eventually
+from distributed_support import ClusterFactory, Pod, eventually
 from helpers import Downstream, Ignored, outcome_of
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
@@ -259,15 +259,13 @@ async def test_cluster_gauges_are_the_same_on_every_pod(
     cluster = await make_cluster(
         reset_timeout=30.0, volume_threshold=2, rolling_count_timeout=10.0, sync_interval=0.05
     )
-    pods = [cluster.pod(f"pod{i}") for i in range(2)]
-    meters = [Meter() for _ in pods]
-    for pod, meter in zip(pods, meters, strict=True):
+
+    def metered(pod: Pod) -> Meter:
+        meter = Meter()
         instruments(meter.provider, breakers=[pod.breaker])
-    await cluster.ready()
-    for _ in range(3):
-        assert await pods[0].call() == "ok"
-    pods[1].downstream.mode = "fail"
-    assert await pods[1].call() == "failed"
+        return meter
+
+    pods, meters = await cluster.observed(metered)
 
     def pooled(meter: Meter) -> bool:
         figures = cluster_figures(meter)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed_support import ClusterFactory, eventually, eventually_async
+from distributed_support import ClusterFactory, Pod, eventually, eventually_async
 from helpers import Downstream, Ignored, outcome_of
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -477,15 +477,13 @@ async def test_cluster_gauges_are_the_same_on_every_pod(
     cluster = await make_cluster(
         reset_timeout=30.0, volume_threshold=100, rolling_count_timeout=10.0, sync_interval=0.05
     )
-    pods = [cluster.pod(f"pod{i}") for i in range(2)]
-    registries = [CollectorRegistry() for _ in pods]
-    for pod, registry in zip(pods, registries, strict=True):
+
+    def registered(pod: Pod) -> CollectorRegistry:
+        registry = CollectorRegistry()
         collectors(registry, breakers=[pod.breaker])
-    await cluster.ready()
-    for _ in range(3):
-        assert await pods[0].call() == "ok"
-    pods[1].downstream.mode = "fail"
-    assert await pods[1].call() == "failed"
+        return registry
+
+    pods, registries = await cluster.observed(registered)
 
     def pooled(pod: int) -> bool:
         figures = cluster_figures(registries[pod])
