@@ -48,10 +48,13 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def prepare(breaker: CircuitBreaker[..., Any], path: str) -> None:
-    """Route calls through the general path when ``path`` is ``"gated"``."""
+def on_path(path: str, action: Any, **options: Any) -> CircuitBreaker[..., Any]:
+    """A breaker around ``action`` whose calls take the general path when ``path`` is
+    ``"gated"`` (the fast path otherwise)."""
+    breaker: CircuitBreaker[..., Any] = CircuitBreaker(action, **options)
     if path == "gated":
         take_general_path(breaker)
+    return breaker
 
 
 async def half_open_on(
@@ -106,8 +109,7 @@ async def test_opens_only_when_failure_rate_is_strictly_above_threshold(
     clock: FakeClock, path: str
 ) -> None:
     """5 successes + 5 failures (50 %) stay closed at threshold 50; one more failure opens."""
-    breaker = CircuitBreaker(as_told, clock=clock, error_threshold_percentage=50, timeout=None)
-    prepare(breaker, path)
+    breaker = on_path(path, as_told, clock=clock, error_threshold_percentage=50, timeout=None)
     for _ in range(5):
         await breaker.fire(True)
     for _ in range(5):
@@ -125,8 +127,7 @@ async def test_opens_only_when_failure_rate_is_strictly_above_threshold(
 @PATHS
 async def test_first_failure_opens_without_volume_threshold(clock: FakeClock, path: str) -> None:
     """With volume_threshold 0, one failure out of one call is 100 % and opens."""
-    breaker = CircuitBreaker(fail, clock=clock)
-    prepare(breaker, path)
+    breaker = on_path(path, fail, clock=clock)
     with pytest.raises(Boom):
         await breaker.fire()
     assert breaker.opened
@@ -217,8 +218,7 @@ async def test_open_breaker_rejects_with_retry_after_counting_down(
 ) -> None:
     """An open breaker raises OpenCircuitError with the time left until a trial."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, reset_timeout=10.0)
-    prepare(breaker, path)
+    breaker = on_path(path, pending.action, clock=clock, reset_timeout=10.0)
     breaker.open()
     with pytest.raises(OpenCircuitError) as first:
         await breaker.fire()
@@ -383,8 +383,7 @@ async def test_success_of_a_call_started_before_opening_does_not_close(
 ) -> None:
     """A call that began while closed and succeeds after the opening changes nothing."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, reset_timeout=5.0, timeout=None)
-    prepare(breaker, path)
+    breaker = on_path(path, pending.action, clock=clock, reset_timeout=5.0, timeout=None)
     old = asyncio.create_task(breaker.fire())
     await settle()
     breaker.open()
@@ -402,8 +401,7 @@ async def test_failure_of_a_call_started_before_closing_does_not_reopen(
 ) -> None:
     """A call that began before the breaker closed cannot open the fresh window."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, reset_timeout=5.0, timeout=None)
-    prepare(breaker, path)
+    breaker = on_path(path, pending.action, clock=clock, reset_timeout=5.0, timeout=None)
     old = asyncio.create_task(breaker.fire())
     await settle()
     breaker.open()
@@ -611,8 +609,7 @@ async def test_opened_at_is_the_opening_time(clock: FakeClock) -> None:
 async def test_timeout_cancels_the_action_at_the_deadline(clock: FakeClock, path: str) -> None:
     """On expiry the action sees CancelledError and the caller gets CircuitTimeoutError."""
     slow = Sleeper(clock, 100.0, result="late")
-    breaker = CircuitBreaker(slow, clock=clock, timeout=2.0)
-    prepare(breaker, path)
+    breaker = on_path(path, slow, clock=clock, timeout=2.0)
     task = asyncio.create_task(breaker.fire())
     await clock.advance(1.5)
     assert not task.done()
@@ -633,8 +630,7 @@ async def test_timeout_counts_failure_timeout_and_one_latency_sample(
     clock: FakeClock, path: str
 ) -> None:
     """A timeout is one failure, one timeout and a single latency sample of `timeout`."""
-    breaker = CircuitBreaker(clock.sleep, clock=clock, timeout=2.0, error_threshold_percentage=100)
-    prepare(breaker, path)
+    breaker = on_path(path, clock.sleep, clock=clock, timeout=2.0, error_threshold_percentage=100)
     quick = asyncio.create_task(breaker.fire(0.5))
     await clock.advance(0.5)
     await quick
@@ -706,8 +702,7 @@ async def test_falsy_timeout_disables_it(clock: FakeClock, path: str, disabled: 
         await clock.sleep(1000.0)
         return "done"
 
-    breaker = CircuitBreaker(slow, clock=clock, timeout=disabled, rolling_count_timeout=10_000.0)
-    prepare(breaker, path)
+    breaker = on_path(path, slow, clock=clock, timeout=disabled, rolling_count_timeout=10_000.0)
     task = asyncio.create_task(breaker.fire())
     await settle()
     assert clock.pending == 1  # the action's own sleep, no deadline timer
@@ -728,10 +723,14 @@ async def test_success_counts_in_the_window_where_the_call_ends(
             await clock.sleep(delay)
         return await as_told(ok)
 
-    breaker = CircuitBreaker(
-        action, clock=clock, timeout=None, rolling_count_timeout=10.0, error_threshold_percentage=50
+    breaker = on_path(
+        path,
+        action,
+        clock=clock,
+        timeout=None,
+        rolling_count_timeout=10.0,
+        error_threshold_percentage=50,
     )
-    prepare(breaker, path)
     task = asyncio.create_task(breaker.fire(12.0, True))
     await clock.advance(12.0)
     assert await task == "ok"
@@ -745,8 +744,7 @@ async def test_success_counts_in_the_window_where_the_call_ends(
 async def test_concurrent_calls_share_one_deadline_timer(clock: FakeClock, path: str) -> None:
     """100 calls in flight hold a single timer between them; results go to their callers."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, timeout=5.0)
-    prepare(breaker, path)
+    breaker = on_path(path, pending.action, clock=clock, timeout=5.0)
     tasks = []
     peak = 0
     for index in range(100):
@@ -773,10 +771,9 @@ async def test_concurrent_calls_share_one_deadline_timer(clock: FakeClock, path:
 async def test_calls_time_out_at_their_own_deadlines(clock: FakeClock, path: str) -> None:
     """Calls started at different times expire at start + timeout, whatever finishes first."""
     pending = Pending()
-    breaker = CircuitBreaker(
-        pending.action, clock=clock, timeout=5.0, error_threshold_percentage=100
+    breaker = on_path(
+        path, pending.action, clock=clock, timeout=5.0, error_threshold_percentage=100
     )
-    prepare(breaker, path)
     a = asyncio.create_task(breaker.fire("a"))
     await clock.advance(1.0)
     b = asyncio.create_task(breaker.fire("b"))
@@ -807,8 +804,7 @@ async def test_action_swallowing_cancellation_still_times_out(clock: FakeClock, 
     """An action that catches the cancel and returns late still yields a timeout."""
 
     stubborn = Sleeper(clock, 100.0, result="late", swallow_cancel=True)
-    breaker = CircuitBreaker(stubborn, clock=clock, timeout=1.0)
-    prepare(breaker, path)
+    breaker = on_path(path, stubborn, clock=clock, timeout=1.0)
 
     async def caller() -> int:
         with pytest.raises(CircuitTimeoutError):
@@ -826,8 +822,7 @@ async def test_action_swallowing_cancellation_still_times_out(clock: FakeClock, 
 async def test_action_raising_on_cancellation_still_times_out(clock: FakeClock, path: str) -> None:
     """An action that turns the timeout's cancel into its own error is still a timeout."""
     messy = Sleeper(clock, 100.0, on_cancel=Boom("cleanup failed"))
-    breaker = CircuitBreaker(messy, clock=clock, timeout=1.0, error_threshold_percentage=100)
-    prepare(breaker, path)
+    breaker = on_path(path, messy, clock=clock, timeout=1.0, error_threshold_percentage=100)
     task = asyncio.create_task(breaker.fire())
     await clock.advance(1.0)
     with pytest.raises(CircuitTimeoutError):
@@ -839,8 +834,7 @@ async def test_action_raising_on_cancellation_still_times_out(clock: FakeClock, 
 async def test_timeout_leaves_no_cancel_request_on_the_caller(clock: FakeClock, path: str) -> None:
     """After any timed-out call the caller's task has no pending cancellation request."""
     messy = Sleeper(clock, 100.0, on_cancel=Boom("cleanup failed"))
-    breaker = CircuitBreaker(messy, clock=clock, timeout=1.0, error_threshold_percentage=100)
-    prepare(breaker, path)
+    breaker = on_path(path, messy, clock=clock, timeout=1.0, error_threshold_percentage=100)
 
     async def caller() -> int:
         with pytest.raises((CircuitTimeoutError, Boom)):
@@ -891,8 +885,7 @@ async def test_real_clock_fast_calls_are_not_cut() -> None:
 async def test_real_clock_caller_cancel_arriving_with_the_deadline_propagates(path: str) -> None:
     """A caller's cancel that lands in the same loop step as the deadline stays a cancel."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, timeout=0.02)
-    prepare(breaker, path)
+    breaker = on_path(path, pending.action, timeout=0.02)
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(breaker.fire())
     loop.call_later(0.01, task.cancel)  # due before the breaker's deadline
@@ -914,8 +907,7 @@ async def test_caller_cancellation_is_neither_failure_nor_success(
 ) -> None:
     """task.cancel() from outside propagates; nothing is recorded but the fire."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, timeout=5.0)
-    prepare(breaker, path)
+    breaker = on_path(path, pending.action, clock=clock, timeout=5.0)
     fallbacks: list[Any] = []
     breaker.fallback(lambda *args: fallbacks.append(args))
     task = asyncio.create_task(breaker.fire())
@@ -972,8 +964,7 @@ async def test_outer_asyncio_timeout_is_the_callers_cancellation(
 ) -> None:
     """An enclosing asyncio.timeout ends the call as a caller cancellation, not a failure."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, timeout=5.0, capacity=1)
-    prepare(breaker, path)
+    breaker = on_path(path, pending.action, clock=clock, timeout=5.0, capacity=1)
 
     async def caller() -> Any:
         async with asyncio.timeout(0):
@@ -1002,8 +993,7 @@ async def test_sync_action_value_is_accepted(clock: FakeClock, path: str) -> Non
     def add(a: int, b: int) -> int:
         return a + b
 
-    breaker = CircuitBreaker(add, clock=clock)
-    prepare(breaker, path)
+    breaker = on_path(path, add, clock=clock)
     assert await breaker.fire(2, 3) == 5
     assert breaker.stats.successes == 1
 
@@ -1015,8 +1005,7 @@ async def test_sync_action_error_is_a_failure(clock: FakeClock, path: str) -> No
     def broken() -> int:
         raise Boom("sync")
 
-    breaker = CircuitBreaker(broken, clock=clock, error_threshold_percentage=100)
-    prepare(breaker, path)
+    breaker = on_path(path, broken, clock=clock, error_threshold_percentage=100)
     with pytest.raises(Boom, match="sync"):
         await breaker.fire()
     assert breaker.stats.failures == 1
@@ -1029,8 +1018,7 @@ async def test_sync_action_returning_an_awaitable_is_awaited(clock: FakeClock, p
     def indirect() -> Coroutine[Any, Any, str]:
         return succeed()
 
-    breaker = CircuitBreaker(indirect, clock=clock)
-    prepare(breaker, path)
+    breaker = on_path(path, indirect, clock=clock)
     assert await breaker.fire() == "ok"
 
 
