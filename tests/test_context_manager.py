@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from helpers import Boom, EventLog, Sleeper, settle, succeed
+from helpers import Boom, EventLog, Recorder, Sleeper, fail, settle, succeed
 
 from distributed_opossum import (
     CircuitBreaker,
@@ -71,14 +71,10 @@ async def test_block_is_rejected_on_enter_when_open(clock: FakeClock) -> None:
     breaker = CircuitBreaker(succeed, clock=clock, reset_timeout=10.0)
     breaker.open()
     await clock.advance(3.0)
-    ran: list[bool] = []
-
-    async def body() -> None:
-        ran.append(True)
-
+    body = Recorder()
     with pytest.raises(OpenCircuitError) as info:
         await run_block(breaker, body)
-    assert ran == []
+    assert body.calls == []
     assert info.value.retry_after == pytest.approx(7.0)
     stats = breaker.stats
     assert (stats.fires, stats.rejects, stats.failures) == (1, 1, 0)
@@ -142,11 +138,8 @@ async def test_block_exception_propagates_and_counts_as_failure(clock: FakeClock
     recorder = EventLog().attach(breaker, "failure")
     error = Boom("body failed")
 
-    async def body() -> None:
-        raise error
-
     with pytest.raises(Boom) as info:
-        await run_block(breaker, body)
+        await run_block(breaker, Recorder(error=error))
     assert info.value is error
     assert breaker.stats.failures == 1
     assert recorder.args_of("failure")[0][0] is error
@@ -158,18 +151,12 @@ async def test_block_failure_rate_uses_threshold(clock: FakeClock) -> None:
     """Blocks feed the same open decision as fire()."""
     breaker = CircuitBreaker(succeed, clock=clock, error_threshold_percentage=50)
 
-    async def good() -> None:
-        return None
-
-    async def bad() -> None:
-        raise Boom("bad")
-
-    await run_block(breaker, good)
+    await run_block(breaker, succeed)
     with pytest.raises(Boom):
-        await run_block(breaker, bad)
+        await run_block(breaker, fail)
     assert breaker.closed
     with pytest.raises(Boom):
-        await run_block(breaker, bad)
+        await run_block(breaker, fail)
     assert breaker.opened
 
 
@@ -185,11 +172,8 @@ async def test_block_error_filter_gets_the_exception_only(clock: FakeClock) -> N
     recorder = EventLog().attach(breaker, "success", "failure")
     error = KeyError("missing")
 
-    async def body() -> None:
-        raise error
-
     with pytest.raises(KeyError) as info:
-        await run_block(breaker, body)
+        await run_block(breaker, Recorder(error=error))
     assert info.value is error
     assert seen == [(error,)]
     assert recorder.names == ["success"]
@@ -201,12 +185,8 @@ async def test_block_error_filter_gets_the_exception_only(clock: FakeClock) -> N
 async def test_block_error_filter_false_is_a_failure(clock: FakeClock) -> None:
     """An exception the filter does not excuse is a failure."""
     breaker = CircuitBreaker(succeed, clock=clock, error_filter=lambda error: False)
-
-    async def body() -> None:
-        raise Boom("bad")
-
     with pytest.raises(Boom):
-        await run_block(breaker, body)
+        await run_block(breaker, fail)
     assert breaker.stats.failures == 1
 
 

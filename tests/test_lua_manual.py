@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis.asyncio as aioredis
 from transport_support import (
     KEYS,
     PARAMS,
+    Client,
     entry,
     next_message,
     open_then_half_open,
@@ -23,9 +23,6 @@ from transport_support import (
 )
 
 from distributed_opossum._redis.scripts import script_source, scripts_for
-
-Client = aioredis.Redis
-
 
 # --------------------------------------------------------------------------- force_open
 

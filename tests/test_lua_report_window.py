@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis.asyncio as aioredis
 from transport_support import (
     KEYS,
     PARAMS,
+    Client,
     assert_no_broadcast,
     entry,
     next_message,
@@ -26,9 +26,6 @@ from transport_support import (
 
 from distributed_opossum._redis.keys import BreakerKeys
 from distributed_opossum._redis.scripts import DecisionParams, parse_broadcast
-
-Client = aioredis.Redis
-
 
 # --------------------------------------------------------------------------- basics
 

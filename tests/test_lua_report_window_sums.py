@@ -17,14 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from test_lua_report_window import GARBAGE_ENTRIES
-from transport_support import KEYS, PARAMS, entry, params, redis_now_ms, report, seed, text
+from transport_support import KEYS, PARAMS, Client, entry, params, redis_now_ms, report, seed, text
 
 from distributed_opossum._redis.keys import BreakerKeys
 from distributed_opossum._redis.scripts import DecisionParams, SharedState, scripts_for
-
-Client = aioredis.Redis
 
 MAX_EXACT = 2**53
 HEADER_COUNTS = (

@@ -35,7 +35,7 @@ from distributed_support import (
     stays,
 )
 from redis_server import RedisServer
-from transport_support import redis_now_ms
+from transport_support import entry, redis_now_ms
 
 from distributed_opossum import State
 
@@ -189,19 +189,9 @@ async def test_stats_entry_with_absurd_counts_does_not_open_the_fleet(
     for pod in pods:
         for _ in range(20):
             assert await pod.call() == "ok"
-    entry = {
-        "v": 1,
-        "timestamp": await redis_now_ms(cluster.admin),
-        "instance": "ghost",
-        "fires": 10**12,
-        "successes": 0,
-        "failures": 10**12,
-        "timeouts": 0,
-        "rejects": 0,
-        "local_open": False,
-        "epoch": pods[0].link.epoch,
-    }
-    await cluster.admin.rpush(cluster.keys.stats, json.dumps(entry))
+    now = await redis_now_ms(cluster.admin)
+    forged = entry(now, "ghost", failures=10**12, epoch=pods[0].link.epoch)
+    await cluster.admin.rpush(cluster.keys.stats, forged)
     await stays(
         lambda: all(p.breaker.closed for p in pods),
         duration=4 * TICK,
