@@ -230,6 +230,16 @@ class Pod:
         """One call through the breaker: ``"ok"``, ``"failed"`` or ``"rejected"``."""
         return await outcome_of(self.breaker)
 
+    async def hanging_call(self) -> asyncio.Future[str]:
+        """A call whose downstream hangs (until ``downstream.release()``), once it runs there."""
+        self.downstream.mode = "hang"
+        running = self.downstream.running
+        call = asyncio.ensure_future(self.call())
+        await eventually(
+            lambda: self.downstream.running > running, what=f"{self.instance}'s call running"
+        )
+        return call
+
     async def trip(self, limit: int = 1000) -> int:
         """Fail calls until this pod opens (locally); returns how many calls it took."""
         self.downstream.mode = "fail"
@@ -382,6 +392,16 @@ class Cluster:
         )
         for pod in self.pods:
             pod.downstream.mode = "ok"
+
+    async def half_opened(
+        self, count: int = 2, *, within: float = 2.0, **options: Any
+    ) -> list[Pod]:
+        """:meth:`started` pods, tripped through pod0 (:meth:`trip`), every pod half-open and
+        healed (:meth:`half_open`, ``within`` seconds)."""
+        pods = await self.started(count, **options)
+        await self.trip()
+        await self.half_open(within=within)
+        return pods
 
     async def stats_entries(self, admin: aioredis.Redis | None = None) -> list[dict[str, Any]]:
         """The stats list, parsed, oldest first."""

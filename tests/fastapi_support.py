@@ -13,13 +13,21 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import redis.asyncio as aioredis
+from distributed_support import PREFIX
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from helpers import succeed
 
-__all__ = ["served"]
+from distributed_opossum import CircuitBreaker
+
+__all__ = ["from_another_pod", "served", "status_becomes"]
 
 
 @asynccontextmanager
@@ -29,3 +37,32 @@ async def served(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
             yield client
+
+
+def from_another_pod(url: str, command: str) -> None:
+    """``force_open()`` or ``reset()`` the cluster's "payments" (prefix PREFIX) through a pod
+    of its own, on an event loop of its own."""
+
+    async def run() -> None:
+        client = aioredis.Redis.from_url(url)
+        other = CircuitBreaker(
+            succeed, name="payments", distributed={"client": client, "prefix": PREFIX}
+        )
+        try:
+            await getattr(other, command)()
+        finally:
+            await other.shutdown()
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def status_becomes(
+    client: TestClient, status: int, *, method: str = "POST", within: float = 2.0
+) -> dict[str, str]:
+    """Poll ``/pay`` until it answers ``status``; the headers of that answer."""
+    deadline = time.monotonic() + within
+    while (response := client.request(method, "/pay")).status_code != status:
+        assert time.monotonic() < deadline, f"/pay answered {response.status_code}, not {status}"
+        time.sleep(0.02)
+    return dict(response.headers)

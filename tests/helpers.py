@@ -32,6 +32,7 @@ __all__ = [
     "Recorder",
     "Sleeper",
     "as_told",
+    "breaker_on",
     "fail",
     "outcome_of",
     "settle",
@@ -99,6 +100,11 @@ async def outcome_of(breaker: CircuitBreaker[..., Any], *args: Any) -> str:
     except Ignored:
         return "ignored"
     return "ok"
+
+
+def breaker_on(clock: FakeClock, action: Any = None, **options: Any) -> CircuitBreaker[..., Any]:
+    """A breaker on ``clock`` around ``action`` (a succeeding :class:`Recorder` by default)."""
+    return CircuitBreaker(action if action is not None else Recorder(), clock=clock, **options)
 
 
 def take_general_path(breaker: CircuitBreaker[..., Any]) -> None:

@@ -71,9 +71,7 @@ async def test_readme_acl_line_covers_everything_the_library_does(
             await admin.script_flush()  # the next reports reload the scripts
             await cluster.trip()  # report + broadcast
             await cluster.half_open(within=1.0)
-            pods[1].downstream.mode = "hang"  # a trial whose caller is cancelled
-            trial = asyncio.get_running_loop().create_task(pods[1].call())
-            await eventually(lambda: pods[1].downstream.running == 1, what="trial running")
+            trial = await pods[1].hanging_call()  # a trial whose caller is cancelled
             trial.cancel()
             await asyncio.gather(trial, return_exceptions=True)
             pods[1].downstream.mode = "ok"

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import pytest
-from helpers import Boom, EventLog, Recorder, settle
+from helpers import Boom, EventLog, Recorder, breaker_on, settle
 
 from distributed_opossum import (
     Cause,
@@ -36,11 +36,6 @@ STATE_KEYS = {
     "attempts",
 }
 PERCENTILE_POINTS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 1.0)
-
-
-def breaker_on(clock: FakeClock, action: Any = None, **options: Any) -> CircuitBreaker[..., Any]:
-    """A breaker on ``clock`` around ``action`` (a succeeding recorder by default)."""
-    return CircuitBreaker(action if action is not None else Recorder(), clock=clock, **options)
 
 
 # --------------------------------------------------------------------------- decorator

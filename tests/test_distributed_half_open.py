@@ -23,9 +23,7 @@ async def test_exactly_half_open_max_calls_reach_the_action_across_pods(
     cluster = await make_cluster(
         half_open_max_calls=2, reset_timeout=0.3, timeout=5.0, sync_interval=0.5
     )
-    pods = await cluster.started(3, downstream=shared)
-    await cluster.trip()
-    await cluster.half_open(within=1.0)
+    pods = await cluster.half_opened(3, downstream=shared, within=1.0)
     assert all(p.count("half_open") == 1 for p in pods)
     before = shared.calls
     shared.mode = "hang"
@@ -51,9 +49,7 @@ async def test_trial_failure_reopens_every_pod_with_doubled_period(
 ) -> None:
     """A failed trial re-opens all pods; with multiplier 2 the next open period is twice as long."""
     cluster = await make_cluster(reset_timeout=0.3, reset_timeout_multiplier=2.0, sync_interval=0.5)
-    pods = await cluster.started(3)
-    await cluster.trip()
-    await cluster.half_open(within=1.0)
+    pods = await cluster.half_opened(3, within=1.0)
     assert all(p.count("half_open") == 1 for p in pods)
     pods[1].downstream.mode = "fail"
     assert await pods[1].call() == "failed"
@@ -93,13 +89,9 @@ async def test_hung_trial_lease_expires_so_another_trial_goes(
 ) -> None:
     """A trial that never returns (timeout=None) loses its lease; another pod's trial then runs."""
     cluster = await make_cluster(timeout=None, reset_timeout=0.3, sync_interval=0.5)
-    stuck, other = await cluster.started(2)
-    await cluster.trip()
-    await cluster.half_open(within=1.0)
+    stuck, other = await cluster.half_opened(2, within=1.0)
     assert stuck.count("half_open") == other.count("half_open") == 1
-    stuck.downstream.mode = "hang"
-    hung = asyncio.ensure_future(stuck.call())
-    await eventually(lambda: stuck.downstream.running == 1, within=1.0, what="trial running")
+    hung = await stuck.hanging_call()
     trial_started = time.monotonic()
 
     with pytest.raises(OpenCircuitError) as info:
@@ -137,12 +129,8 @@ async def test_late_failure_of_an_expired_trial_does_not_reopen(
 ) -> None:
     """A trial that fails after its lease expired and the cluster closed changes no state."""
     cluster = await make_cluster(timeout=None, reset_timeout=0.3, sync_interval=0.3)
-    stuck, other = await cluster.started(2)
-    await cluster.trip()
-    await cluster.half_open(within=1.0)
-    stuck.downstream.mode = "hang"
-    hung = asyncio.ensure_future(stuck.call())
-    await eventually(lambda: stuck.downstream.running == 1, within=1.0, what="trial running")
+    stuck, other = await cluster.half_opened(2, within=1.0)
+    hung = await stuck.hanging_call()
     deadline = time.monotonic() + 2.5
     while await other.call() != "ok":  # once the hung trial's lease (1 s) expired
         assert time.monotonic() < deadline, "no second trial after the lease expired"
@@ -182,12 +170,8 @@ async def test_cancelled_trial_gives_its_cluster_permit_back(
 ) -> None:
     """A trial whose caller is cancelled frees the cluster permit at once, not at lease expiry."""
     cluster = await make_cluster(timeout=None, reset_timeout=0.3, sync_interval=0.5)
-    first, second = await cluster.started(2)
-    await cluster.trip()
-    await cluster.half_open(within=1.0)
-    first.downstream.mode = "hang"
-    trial = asyncio.ensure_future(first.call())
-    await eventually(lambda: first.downstream.running == 1, within=1.0, what="trial runs")
+    first, second = await cluster.half_opened(2, within=1.0)
+    trial = await first.hanging_call()
     assert await second.call() == "rejected"
     trial.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -211,9 +195,7 @@ async def test_trial_timeout_counts_as_failure_and_reopens_everywhere(
     cluster = await make_cluster(
         timeout=0.1, reset_timeout=0.3, reset_timeout_multiplier=2.0, sync_interval=0.5
     )
-    pods = await cluster.started(2)
-    await cluster.trip()
-    await cluster.half_open(within=1.0)
+    pods = await cluster.half_opened(2, within=1.0)
     pods[1].downstream.mode = "hang"
     with pytest.raises(TimeoutError):
         await pods[1].breaker.fire()
@@ -231,9 +213,7 @@ async def test_trial_timeout_counts_as_failure_and_reopens_everywhere(
 async def test_two_permits_on_one_pod_close_the_cluster(make_cluster: ClusterFactory) -> None:
     """With half_open_max_calls=2, two successful trials on one pod close every pod."""
     cluster = await make_cluster(half_open_max_calls=2, reset_timeout=0.3, sync_interval=0.5)
-    busy, quiet = await cluster.started(2)
-    await cluster.trip()
-    await cluster.half_open(within=1.0)
+    busy, quiet = await cluster.half_opened(2, within=1.0)
     busy.downstream.mode = "hang"
     trials = asyncio.gather(busy.call(), busy.call())
     await eventually(lambda: busy.downstream.running == 2, within=1.0, what="2 trials")
@@ -249,12 +229,8 @@ async def test_two_permits_on_one_pod_close_the_cluster(make_cluster: ClusterFac
 async def test_force_open_during_a_running_trial_wins(make_cluster: ClusterFactory) -> None:
     """A trial that succeeds after force_open() does not close the forced-open cluster."""
     cluster = await make_cluster(reset_timeout=0.3, sync_interval=0.5)
-    trialist, operator = await cluster.started(2)
-    await cluster.trip()
-    await cluster.half_open(within=1.0)
-    trialist.downstream.mode = "hang"
-    trial = asyncio.ensure_future(trialist.call())
-    await eventually(lambda: trialist.downstream.running == 1, within=1.0, what="trial")
+    trialist, operator = await cluster.half_opened(2, within=1.0)
+    trial = await trialist.hanging_call()
     await operator.breaker.force_open()
     await eventually(lambda: trialist.breaker.state is State.FORCED_OPEN, within=0.5, what="forced")
     trialist.downstream.release("ok")

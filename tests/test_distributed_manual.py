@@ -186,9 +186,7 @@ async def test_local_close_during_forced_open_stays_forced(make_cluster: Cluster
 async def test_reset_clears_backoff_on_every_pod(make_cluster: ClusterFactory) -> None:
     """After failed trials doubled the period, reset() makes the next opening a first attempt."""
     cluster = await make_cluster(reset_timeout=0.2, reset_timeout_multiplier=2.0, sync_interval=0.5)
-    pod0, pod1 = await cluster.started(2)
-    await cluster.trip()
-    await cluster.half_open(within=1.0)
+    pod0, pod1 = await cluster.half_opened(2, within=1.0)
     pod1.downstream.mode = "fail"
     assert await pod1.call() == "failed"
     await eventually(lambda: pod0.breaker.attempts == 2, within=0.5, what="attempt 2")

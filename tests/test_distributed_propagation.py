@@ -150,9 +150,7 @@ async def test_stats_list_state_hash_and_broadcast_layout(make_cluster: ClusterF
 async def test_half_open_and_trial_close_propagate(make_cluster: ClusterFactory) -> None:
     """Every pod half-opens when the shared open period ends; a trial success on one closes all."""
     cluster = await make_cluster(reset_timeout=0.3, sync_interval=0.2)
-    pods = await cluster.started(3)
-    await cluster.trip()
-    await cluster.half_open(within=1.0)
+    pods = await cluster.half_opened(3, within=1.0)
     assert all(p.count("half_open") == 1 for p in pods)
     for pod in pods:
         assert pod.causes("half_open") == ["timer"]
@@ -308,9 +306,7 @@ async def test_stale_and_echoed_broadcasts_are_ignored(make_cluster: ClusterFact
 async def test_jittered_open_period_is_the_same_on_every_pod(make_cluster: ClusterFactory) -> None:
     """With reset_timeout_jitter every pod half-opens at the cluster's one deadline."""
     cluster = await make_cluster(reset_timeout=0.4, reset_timeout_jitter=0.5, sync_interval=2.0)
-    pods = await cluster.started(4)
-    await cluster.trip()
-    await cluster.half_open(within=1.5)
+    pods = await cluster.half_opened(4, within=1.5)
     assert all(p.count("half_open") == 1 for p in pods)
     ends = [p.times("half_open")[0] for p in pods]
     assert max(ends) - min(ends) < 0.05, ends

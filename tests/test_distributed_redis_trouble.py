@@ -624,9 +624,7 @@ async def test_lease_request_that_timed_out_does_not_block_later_trials(
         reset_timeout=0.3,
         sync_interval=1.0,
     )
-    pods = await cluster.started(2)
-    await cluster.trip()
-    await cluster.half_open(within=1.0)
+    pods = await cluster.half_opened(2, within=1.0)
     redis_server.pause()
     try:
         assert await pods[0].call() == "rejected"  # the lease request timed out

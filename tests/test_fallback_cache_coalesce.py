@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from helpers import Boom, EventLog, Gate, Recorder, Sleeper, settle
+from helpers import Boom, EventLog, Gate, Recorder, Sleeper, breaker_on, settle
 
 from distributed_opossum import (
     CircuitBreaker,
@@ -16,12 +16,6 @@ from distributed_opossum import (
     ShutdownError,
 )
 from distributed_opossum.testing import FakeClock
-
-
-def breaker_on(clock: FakeClock, action: Any, **options: Any) -> CircuitBreaker[..., Any]:
-    """A breaker on ``clock`` around ``action``."""
-    return CircuitBreaker(action, clock=clock, **options)
-
 
 # --------------------------------------------------------------------------- fallback
 
@@ -554,26 +548,21 @@ async def test_coalesce_reset_on_error(error: Exception) -> None:
     assert len(action.calls) == 2
 
 
-async def test_coalesce_reset_on_error_keeps_successes() -> None:
-    """``coalesce_reset_on=["error"]`` keeps successful results for the TTL."""
+@pytest.mark.parametrize(
+    ("reset_on", "calls"),
+    [("error", 1), ("success", 2)],
+    ids=["error-keeps-successes", "success-drops-them"],
+)
+async def test_coalesce_reset_on_and_successes(reset_on: str, calls: int) -> None:
+    """``coalesce_reset_on=["error"]`` keeps successful results for the TTL;
+    ``["success"]`` drops a successful entry at once."""
     action = Recorder()
     breaker = breaker_on(
-        FakeClock(), action, coalesce=True, coalesce_ttl=10.0, coalesce_reset_on=["error"]
+        FakeClock(), action, coalesce=True, coalesce_ttl=10.0, coalesce_reset_on=[reset_on]
     )
     await breaker.fire(1)
     await breaker.fire(1)
-    assert len(action.calls) == 1
-
-
-async def test_coalesce_reset_on_success() -> None:
-    """``coalesce_reset_on=["success"]`` drops a successful entry at once."""
-    action = Recorder()
-    breaker = breaker_on(
-        FakeClock(), action, coalesce=True, coalesce_ttl=10.0, coalesce_reset_on=["success"]
-    )
-    await breaker.fire(1)
-    await breaker.fire(1)
-    assert len(action.calls) == 2
+    assert len(action.calls) == calls
 
 
 async def timed_out_once(

@@ -10,13 +10,13 @@ the library's reload and its retry, and every error class redis-py has
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 import redis.exceptions
-from distributed_support import ClusterFactory, assert_no_leak, call_outcome
+from distributed_support import Cluster, ClusterFactory, Pod, assert_no_leak, call_outcome
 from redis_server import RedisServer
 
 from distributed_opossum import RegistryError
@@ -48,6 +48,22 @@ async def test_trial_at_maxmemory_lets_no_redis_error_through(
     assert_no_leak(outcomes)
 
 
+ClientT = TypeVar("ClientT", bound=aioredis.Redis)
+
+
+async def half_open_with(cluster: Cluster, client_class: type[ClientT]) -> tuple[ClientT, Pod]:
+    """pod0 on a client of its own, pod1 on a ``client_class`` client; tripped through pod0,
+    every pod half-open. Returns pod1's client and pod1."""
+    client = cluster.adopt(client_class.from_url(cluster.url, client_name="pod1"))
+    assert isinstance(client, client_class)
+    cluster.pod("pod0")
+    pod1 = cluster.pod("pod1", client=client)
+    await cluster.ready()
+    await cluster.trip()
+    await cluster.half_open()
+    return client, pod1
+
+
 class FlushAfterLoad(aioredis.Redis):
     """A real client whose ``SCRIPT LOAD`` is followed by a ``SCRIPT FLUSH`` while armed.
 
@@ -70,15 +86,10 @@ async def test_script_cache_flushed_between_reload_and_retry_stays_hidden(
 ) -> None:
     """NOSCRIPT on the retry after a reload (a flush in between) does not reach the caller."""
     cluster = await make_cluster(server=redis_server, reset_timeout=0.3, sync_interval=2.0)
-    client = cluster.adopt(FlushAfterLoad.from_url(redis_server.url, client_name="pod1"))
-    assert isinstance(client, FlushAfterLoad)
-    pods = [cluster.pod("pod0"), cluster.pod("pod1", client=client)]
-    await cluster.ready()
-    await cluster.trip()
-    await cluster.half_open()
+    client, pod1 = await half_open_with(cluster, FlushAfterLoad)
     await cluster.admin.script_flush()
     client.flush_after_load = True
-    outcomes = [await call_outcome(pods[1]) for _ in range(3)]
+    outcomes = [await call_outcome(pod1) for _ in range(3)]
     client.flush_after_load = False
     assert_no_leak(outcomes)
 
@@ -122,20 +133,15 @@ async def test_lease_request_lets_no_redis_error_through(
     """Whatever redis-py raises on the lease request, fire() raises none of it; commands raise
     RegistryError."""
     cluster = await make_cluster(reset_timeout=0.1, sync_interval=2.0)
-    client = cluster.adopt(FailingEvalsha.from_url(cluster.url, client_name="pod1"))
-    assert isinstance(client, FailingEvalsha)
-    pods = [cluster.pod("pod0"), cluster.pod("pod1", client=client)]
-    await cluster.ready()
-    await cluster.trip()
-    await cluster.half_open()
+    client, pod1 = await half_open_with(cluster, FailingEvalsha)
     client.error = _instance(error_class)
-    outcomes = [await call_outcome(pods[1])]
+    outcomes = [await call_outcome(pod1)]
     if error_class is redis.exceptions.NoScriptError:
         # The script's source goes out instead (EVAL): the command works.
-        await pods[1].breaker.reset()
+        await pod1.breaker.reset()
     else:
         with pytest.raises(Exception) as command:  # noqa: PT011 (checked below)
-            await pods[1].breaker.reset()
+            await pod1.breaker.reset()
         assert isinstance(command.value, RegistryError), repr(command.value)
     client.error = None
     assert_no_leak(outcomes)

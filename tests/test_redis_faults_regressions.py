@@ -252,9 +252,7 @@ async def test_half_open_never_admits_more_than_max_calls_trials(
 ) -> None:
     """half_open_max_calls=2: a pod whose trial succeeded gets no third trial in the period."""
     cluster = await make_cluster(reset_timeout=0.3, half_open_max_calls=2, sync_interval=2.0)
-    pods = await cluster.started(3)
-    await cluster.trip()
-    await cluster.half_open()
+    pods = await cluster.half_opened(3)
     calls = sum(p.downstream.calls for p in pods)
 
     pods[1].downstream.mode = "hang"  # trial 1: holds its lease
