@@ -58,6 +58,7 @@ __all__ = [
     "eventually",
     "eventually_async",
     "gather_calls",
+    "kill_pubsub",
     "more_counted",
     "pattern_subscribers",
     "readme_acl_rule",
@@ -170,6 +171,12 @@ def user_url(url: str, user: str, password: str) -> str:
 def dead_port_url() -> str:
     """A ``redis://`` URL of a localhost port nothing listens on."""
     return f"redis://127.0.0.1:{free_port()}/0"
+
+
+async def kill_pubsub(admin: aioredis.Redis) -> int:
+    """``CLIENT KILL TYPE pubsub`` (every pub/sub connection but the admin's); how many."""
+    killed: int = await admin.client_kill_filter(_type="pubsub", skipme=True)
+    return killed
 
 
 async def pattern_subscribers(admin: aioredis.Redis, names: set[str]) -> set[str]:

@@ -168,6 +168,11 @@ class Recorder:
         self.calls.append((args, kwargs))
         return self._outcome()
 
+    def sync(self, *args: Any, **kwargs: Any) -> Any:
+        """The same action as a plain function (for a synchronous fallback, say)."""
+        self.calls.append((args, kwargs))
+        return self._outcome()
+
     def _outcome(self) -> Any:
         if self.error is not None:
             raise self.error

@@ -18,6 +18,7 @@ from helpers import (
     Boom,
     EventLog,
     Pending,
+    Recorder,
     Sleeper,
     as_told,
     fail,
@@ -1109,31 +1110,18 @@ async def test_error_filter_true_is_a_success_reraised_without_fallback(
     clock: FakeClock,
 ) -> None:
     """A filtered error counts as success, emits success, propagates, skips the fallback."""
-    seen: list[tuple[BaseException, tuple[Any, ...], dict[str, Any]]] = []
-
-    def not_a_failure(error: BaseException, *args: Any, **kwargs: Any) -> bool:
-        seen.append((error, args, kwargs))
-        return isinstance(error, KeyError)
-
-    async def lookup(key: int, *, strict: bool) -> str:
-        raise KeyError(key)
-
-    breaker = CircuitBreaker(lookup, clock=clock, error_filter=not_a_failure)
-    fallbacks: list[Any] = []
-
-    def remember(*args: Any, **kwargs: Any) -> str:
-        fallbacks.append(args)
-        return "fallback"
-
-    breaker.fallback(remember)
+    not_a_failure = Recorder(result=True)  # the filter, recording its calls
+    lookup = Recorder(error=KeyError(7))
+    breaker = CircuitBreaker(lookup, clock=clock, error_filter=not_a_failure.sync)
+    fallback = Recorder(result="fallback")
+    breaker.fallback(fallback.sync)
     recorder = EventLog().attach(breaker, "success", "failure", "fallback")
     with pytest.raises(KeyError) as info:
         await breaker.fire(7, strict=True)
-    assert seen == [(info.value, (7,), {"strict": True})]
-    assert fallbacks == []
+    assert not_a_failure.calls == [((info.value, 7), {"strict": True})]
+    assert fallback.calls == []
     assert recorder.names == ["success"]
-    stats = breaker.stats
-    assert (stats.successes, stats.failures) == (1, 0)
+    assert (breaker.stats.successes, breaker.stats.failures) == (1, 0)
     assert breaker.closed
 
 

@@ -20,14 +20,10 @@ from pathlib import Path
 import pytest
 import redis
 from chaos_scenario import ChaosRun, chaos_run
+from distributed_support import kill_pubsub
 from redis_server import RedisServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.redis]
-
-
-async def _kill_pubsub(run: ChaosRun) -> int:
-    killed: int = await run.admin.client_kill_filter(_type="pubsub", skipme=True)
-    return killed
 
 
 def _no_outage_announced(run: ChaosRun) -> None:
@@ -58,7 +54,7 @@ async def test_pubsub_connections_killed_once(tmp_path: Path, redis_server: Redi
     """CLIENT KILL TYPE pubsub once, while the fleet is open: no outage, one trial per period."""
     async with _while_the_downstream_fails(tmp_path, redis_server) as run:
         await asyncio.sleep(1.5)  # open, then a failing trial: open again
-        assert await _kill_pubsub(run) >= 6
+        assert await kill_pubsub(run.admin) >= 6
         await asyncio.sleep(1.0)
 
 
@@ -69,7 +65,7 @@ async def test_pubsub_connections_killed_repeatedly(
     async with _while_the_downstream_fails(tmp_path, redis_server) as run:
         end = time.monotonic() + 3.0
         while time.monotonic() < end:
-            await _kill_pubsub(run)
+            await kill_pubsub(run.admin)
             await asyncio.sleep(0.15)
 
 

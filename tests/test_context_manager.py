@@ -46,11 +46,7 @@ async def test_block_success_counts_one_fire_and_one_success(clock: FakeClock) -
     breaker = CircuitBreaker(succeed, clock=clock, timeout=5.0)
     recorder = EventLog().attach(breaker, "fire", "success", "failure")
 
-    async def body() -> str:
-        await clock.sleep(0.5)
-        return "done"
-
-    task = asyncio.create_task(run_block(breaker, body))
+    task = asyncio.create_task(run_block(breaker, Sleeper(clock, 0.5, result="done")))
     await clock.advance(0.5)
     assert await task == "done"
     stats = breaker.stats
@@ -122,11 +118,7 @@ async def test_block_without_timeout_runs_as_long_as_it_takes(clock: FakeClock) 
     """With timeout=None the body is never cut."""
     breaker = CircuitBreaker(succeed, clock=clock, timeout=None)
 
-    async def body() -> str:
-        await clock.sleep(500.0)
-        return "done"
-
-    task = asyncio.create_task(run_block(breaker, body))
+    task = asyncio.create_task(run_block(breaker, Sleeper(clock, 500.0, result="done")))
     await clock.advance(500.0)
     assert await task == "done"
     assert breaker.stats.timeouts == 0
@@ -162,23 +154,17 @@ async def test_block_failure_rate_uses_threshold(clock: FakeClock) -> None:
 
 async def test_block_error_filter_gets_the_exception_only(clock: FakeClock) -> None:
     """error_filter is called as error_filter(exc); True counts a success and re-raises."""
-    seen: list[tuple[Any, ...]] = []
-
-    def not_a_failure(*args: Any) -> bool:
-        seen.append(args)
-        return isinstance(args[0], KeyError)
-
-    breaker = CircuitBreaker(succeed, clock=clock, error_filter=not_a_failure)
+    not_a_failure = Recorder(result=True)  # the filter, recording its calls
+    breaker = CircuitBreaker(succeed, clock=clock, error_filter=not_a_failure.sync)
     recorder = EventLog().attach(breaker, "success", "failure")
     error = KeyError("missing")
 
     with pytest.raises(KeyError) as info:
         await run_block(breaker, Recorder(error=error))
     assert info.value is error
-    assert seen == [(error,)]
+    assert not_a_failure.calls == [((error,), {})]
     assert recorder.names == ["success"]
-    stats = breaker.stats
-    assert (stats.successes, stats.failures) == (1, 0)
+    assert (breaker.stats.successes, breaker.stats.failures) == (1, 0)
     assert breaker.closed
 
 

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from distributed_support import ClusterFactory, eventually, stays
+from distributed_support import Cluster, ClusterFactory, Pod, eventually, stays
 from redis_server import RedisServer
 
 from distributed_opossum import OpenCircuitError, RegistryError, State
@@ -85,12 +85,18 @@ async def test_local_open_does_not_open_other_pods(make_cluster: ClusterFactory)
     assert (await cluster.state_hash())["state"] == "closed"
 
 
+async def lone_pod(make_cluster: ClusterFactory, server: RedisServer) -> tuple[Cluster, Pod]:
+    """One ready pod on ``server``, whose open periods (5 s) outlast the test."""
+    cluster = await make_cluster(server=server, reset_timeout=5.0, sync_interval=0.2)
+    (pod,) = await cluster.started(1)
+    return cluster, pod
+
+
 async def test_manual_commands_raise_registry_error_when_redis_is_dead(
     redis_server: RedisServer, make_cluster: ClusterFactory
 ) -> None:
     """With Redis killed, force_open()/reset() raise RegistryError within 5 s and change nothing."""
-    cluster = await make_cluster(server=redis_server, reset_timeout=5.0, sync_interval=0.2)
-    (pod,) = await cluster.started(1)
+    _, pod = await lone_pod(make_cluster, redis_server)
     redis_server.kill()
 
     start = time.monotonic()
@@ -116,8 +122,7 @@ async def test_force_open_raises_registry_error_within_5s_when_redis_hangs(
     redis_server: RedisServer, make_cluster: ClusterFactory
 ) -> None:
     """With Redis frozen (SIGSTOP), force_open() gives up within ~5 s and changes nothing."""
-    cluster = await make_cluster(server=redis_server, reset_timeout=5.0, sync_interval=0.2)
-    (pod,) = await cluster.started(1)
+    cluster, pod = await lone_pod(make_cluster, redis_server)
     redis_server.pause()
     try:
         start = time.monotonic()

@@ -22,6 +22,7 @@ from distributed_support import (
     dead_port_url,
     eventually,
     eventually_async,
+    kill_pubsub,
     more_counted,
     pattern_subscribers,
     readme_acl_rule,
@@ -477,8 +478,7 @@ async def test_redis_pubsub_reconnects_after_listener_connection_is_killed(
     """A killed pub/sub connection is re-established and broadcasts reach the pod again."""
     cluster = await make_cluster(reset_timeout=2.0, sync_interval=2.0)
     _, pod1 = await cluster.started(2)
-    killed = await cluster.admin.client_kill_filter(_type="pubsub", skipme=True)
-    assert killed >= 2
+    assert await kill_pubsub(cluster.admin) >= 2
     await eventually_async(
         lambda: _subscribed(cluster.admin, {"pod0", "pod1"}),
         within=2.0,
@@ -645,8 +645,7 @@ async def test_broadcast_lost_while_listener_reconnects_is_caught_up(
     """A trip broadcast while a pod's pub/sub connection is gone reaches it on reconnect."""
     cluster = await make_cluster(reset_timeout=2.0, sync_interval=3.0)
     _, pod1 = await cluster.started(2)
-    killed = await cluster.admin.client_kill_filter(_type="pubsub", skipme=True)
-    assert killed >= 2
+    assert await kill_pubsub(cluster.admin) >= 2
     await cluster.trip(within=1.0)  # pod0's broadcast finds no subscriber: pod1 catches up
     assert pod1.causes("open") == ["remote"]
 

@@ -99,17 +99,11 @@ def test_fallback_must_be_callable() -> None:
 
 async def test_fallback_on_an_open_breaker_gets_the_open_error() -> None:
     """A rejected call runs the fallback with the ``OpenCircuitError`` after the args."""
-    action = Recorder()
-    seen: list[tuple[Any, ...]] = []
-
-    def fallback(*args: Any) -> str:
-        seen.append(args)
-        return "fb"
-
-    breaker = breaker_on(FakeClock(), action).fallback(fallback)
+    action, fallback = Recorder(), Recorder(result="fb")
+    breaker = breaker_on(FakeClock(), action).fallback(fallback.sync)
     breaker.open()
     assert await breaker.fire("a") == "fb"
-    [(arg, error)] = seen
+    [((arg, error), _)] = fallback.calls
     assert arg == "a"
     assert isinstance(error, OpenCircuitError)
     assert action.calls == []
@@ -119,35 +113,24 @@ async def test_fallback_on_an_open_breaker_gets_the_open_error() -> None:
 
 async def test_fallback_on_timeout_gets_the_timeout_error() -> None:
     """A timed-out call runs the fallback with the ``CircuitTimeoutError``."""
-    clock = FakeClock()
-    seen: list[BaseException] = []
-
-    def fallback(error: BaseException) -> str:
-        seen.append(error)
-        return "late"
-
-    breaker = breaker_on(clock, Sleeper(clock, 10.0), timeout=1.0).fallback(fallback)
+    clock, fallback = FakeClock(), Recorder(result="late")
+    breaker = breaker_on(clock, Sleeper(clock, 10.0), timeout=1.0).fallback(fallback.sync)
     task = asyncio.ensure_future(breaker.fire())
     await clock.advance(1.0)
     assert await task == "late"
-    assert len(seen) == 1
-    assert isinstance(seen[0], CircuitTimeoutError)
+    [((error,), _)] = fallback.calls
+    assert isinstance(error, CircuitTimeoutError)
 
 
 async def test_fallback_on_capacity_rejection() -> None:
     """A capacity rejection runs the fallback with the ``SemaphoreLockedError``."""
-    gate = Gate()
-    seen: list[BaseException] = []
-
-    def fallback(error: BaseException) -> str:
-        seen.append(error)
-        return "busy"
-
-    breaker = breaker_on(FakeClock(), gate, capacity=1, volume_threshold=5).fallback(fallback)
+    gate, fallback = Gate(), Recorder(result="busy")
+    breaker = breaker_on(FakeClock(), gate, capacity=1, volume_threshold=5)
+    breaker.fallback(fallback.sync)
     first = asyncio.ensure_future(breaker.fire())
     await settle()
     assert await breaker.fire() == "busy"
-    assert isinstance(seen[0], SemaphoreLockedError)
+    assert isinstance(fallback.calls[0][0][0], SemaphoreLockedError)
     gate.release()
     assert await first == "ok"
 

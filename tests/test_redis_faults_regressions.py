@@ -31,6 +31,7 @@ from distributed_support import (
     counted,
     eventually,
     eventually_async,
+    kill_pubsub,
     more_counted,
     stays,
 )
@@ -55,8 +56,7 @@ async def test_killed_pubsub_connection_is_not_an_outage(make_cluster: ClusterFa
     cluster = await make_cluster(reset_timeout=0.6, sync_interval=1.0)
     pods = await cluster.started(4)
     await cluster.trip()
-    killed = await cluster.admin.client_kill_filter(_type="pubsub", skipme=True)
-    assert killed >= 4
+    assert await kill_pubsub(cluster.admin) >= 4
     await eventually(lambda: all(p.breaker.half_open for p in pods), within=1.5)
     calls = sum(p.downstream.calls for p in pods)
     for pod in pods:
