@@ -33,6 +33,7 @@ __all__ = [
     "Sleeper",
     "as_told",
     "breaker_on",
+    "cancel",
     "fail",
     "outcome_of",
     "settle",
@@ -105,6 +106,16 @@ async def outcome_of(breaker: CircuitBreaker[..., Any], *args: Any) -> str:
 def breaker_on(clock: FakeClock, action: Any = None, **options: Any) -> CircuitBreaker[..., Any]:
     """A breaker on ``clock`` around ``action`` (a succeeding :class:`Recorder` by default)."""
     return CircuitBreaker(action if action is not None else Recorder(), clock=clock, **options)
+
+
+async def cancel(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and check that the cancellation reached its caller."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        return
+    raise AssertionError(f"{task!r} ended without the cancellation reaching its caller")
 
 
 def take_general_path(breaker: CircuitBreaker[..., Any]) -> None:

@@ -21,6 +21,7 @@ from helpers import (
     Recorder,
     Sleeper,
     as_told,
+    cancel,
     fail,
     settle,
     succeed,
@@ -913,9 +914,7 @@ async def test_caller_cancellation_is_neither_failure_nor_success(
     breaker.fallback(lambda *args: fallbacks.append(args))
     task = asyncio.create_task(breaker.fire())
     await settle()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel(task)
     assert pending.cancelled == 1
     stats = breaker.stats
     assert (stats.fires, stats.successes, stats.failures, stats.timeouts) == (1, 0, 0, 0)
@@ -929,9 +928,7 @@ async def test_caller_cancellation_releases_the_capacity_slot(clock: FakeClock) 
     breaker = CircuitBreaker(pending.action, clock=clock, capacity=1, timeout=None)
     first = asyncio.create_task(breaker.fire())
     await settle()
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
+    await cancel(first)
     second = asyncio.create_task(breaker.fire())
     await settle()
     assert pending.started == 2
@@ -946,9 +943,7 @@ async def test_caller_cancellation_releases_the_trial_permit(clock: FakeClock) -
     breaker = await half_open_on(clock, pending)
     trial = asyncio.create_task(breaker.fire())
     await settle()
-    trial.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await trial
+    await cancel(trial)
     assert breaker.half_open
     assert breaker.attempts == 1
     second = asyncio.create_task(breaker.fire())

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from distributed_support import ClusterFactory, eventually, eventually_async, gather_calls, stays
-from helpers import Downstream
+from helpers import Downstream, cancel
 from transport_support import redis_now_ms
 
 from distributed_opossum import OpenCircuitError, State
@@ -119,9 +119,7 @@ async def test_hung_trial_lease_expires_so_another_trial_goes(
     )
     assert stuck.causes("close") == ["remote"]
 
-    hung.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await hung
+    await cancel(hung)
 
 
 async def test_late_failure_of_an_expired_trial_does_not_reopen(
@@ -173,9 +171,7 @@ async def test_cancelled_trial_gives_its_cluster_permit_back(
     first, second = await cluster.half_opened(2, within=1.0)
     trial = await first.hanging_call()
     assert await second.call() == "rejected"
-    trial.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await trial
+    await cancel(trial)
     start = time.monotonic()
 
     async def leases() -> bool:
