@@ -15,6 +15,7 @@ Fixtures:
                           (also needs ``redis-cli``; marked ``cluster``)
     tls_redis_server      a private server listening for TLS too, with a certificate made
                           for it (a build without TLS skips, or fails under ``CI``)
+    clock                 a FakeClock (t = 1000 s) for the test
     make_cluster          ``await make_cluster(**options)``: a distributed_support.Cluster on
                           the session server (emptied first) or on ``server=``, with an admin
                           client; closed when the test ends
@@ -46,6 +47,7 @@ from redis_sentinel import SentinelTopology
 from redis_server import RedisServer, RedisServerError, TlsFiles, redis_server_binary
 
 from distributed_opossum import breakers
+from distributed_opossum.testing import FakeClock
 
 _REAL_SERVER_FIXTURES = frozenset(
     {"redis_server", "redis_server_session", "redis_client", "sentinel_topology",
@@ -73,6 +75,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.redis)
         if "cluster_topology" in fixtures:
             item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock (at t = 1000 s) for the test."""
+    return FakeClock()
 
 
 @pytest.fixture(scope="session")

@@ -44,12 +44,6 @@ from distributed_opossum.testing import FakeClock
 PATHS = pytest.mark.parametrize("path", ["plain", "gated"])
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    """A fake clock at t = 1000 s."""
-    return FakeClock()
-
-
 def on_path(path: str, action: Any, **options: Any) -> CircuitBreaker[..., Any]:
     """A breaker around ``action`` whose calls take the general path when ``path`` is
     ``"gated"`` (the fast path otherwise)."""

@@ -23,12 +23,6 @@ from distributed_opossum.testing import FakeClock
 T = TypeVar("T")
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    """A fake clock at t = 1000 s."""
-    return FakeClock()
-
-
 async def run_block(breaker: CircuitBreaker[..., Any], body: Callable[[], Awaitable[T]]) -> T:
     """Run ``body`` inside ``async with breaker:``."""
     async with breaker:

@@ -40,12 +40,6 @@ async def server() -> AsyncIterator[LocalHttpServer]:
         yield running
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    """The breakers' clock."""
-    return FakeClock()
-
-
 def options(clock: FakeClock, **changes: Any) -> dict[str, Any]:
     """Breaker options: open after 3 failing calls of 3, for 10 s, on the fake clock."""
     return {"clock": clock, "volume_threshold": 3, "reset_timeout": 10.0, **changes}

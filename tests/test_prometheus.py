@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from distributed_support import ClusterFactory, Pod, eventually, eventually_async
-from helpers import Downstream, Ignored, outcome_of
+from helpers import Downstream, Ignored, breaker_on, outcome_of
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.parser import text_string_to_metric_families
@@ -91,10 +91,11 @@ async def test_counters_count_each_kind_of_call(collectors: Register) -> None:
     assert value(registry, count, name="payments", kind="ignored") == 1.0
 
 
-async def test_counters_are_monotonic_when_the_window_forgets(collectors: Register) -> None:
+async def test_counters_are_monotonic_when_the_window_forgets(
+    collectors: Register, clock: FakeClock
+) -> None:
     """The totals keep counting after the rolling window has dropped the calls."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock=clock).action, name="payments", clock=clock)
+    breaker = breaker_on(clock, name="payments")
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker])
     for _ in range(4):
@@ -149,10 +150,9 @@ async def test_latency_histogram_buckets(collectors: Register) -> None:
     assert total == pytest.approx(0.305)
 
 
-async def test_no_histogram_without_buckets(collectors: Register) -> None:
+async def test_no_histogram_without_buckets(collectors: Register, clock: FakeClock) -> None:
     """``buckets=None`` leaves the latency histogram out (its cost with it); the counters stay."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock=clock).action, name="payments", clock=clock)
+    breaker = breaker_on(clock, name="payments")
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker], buckets=None)
     await outcome_of(breaker)
@@ -163,10 +163,9 @@ async def test_no_histogram_without_buckets(collectors: Register) -> None:
     assert value(registry, "circuitbreaker_calls_total", **labels) is None
 
 
-async def test_state_gauges_follow_every_state(collectors: Register) -> None:
+async def test_state_gauges_follow_every_state(collectors: Register, clock: FakeClock) -> None:
     """One gauge per state: 1 for the current state, 0 for the three others."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock=clock).action, name="payments", clock=clock)
+    breaker = breaker_on(clock, name="payments")
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker], refresh_interval=None)
     expected = dict.fromkeys(("closed", "open", "half_open", "forced_open"), 0.0)
@@ -181,10 +180,11 @@ async def test_state_gauges_follow_every_state(collectors: Register) -> None:
     assert states(registry, "payments") == {**expected, "closed": 1.0}
 
 
-async def test_state_events_update_the_gauges_without_a_scrape(collectors: Register) -> None:
+async def test_state_events_update_the_gauges_without_a_scrape(
+    collectors: Register, clock: FakeClock
+) -> None:
     """A state change sets the gauges at once: a scrape from another thread sees it."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock=clock).action, name="payments", clock=clock)
+    breaker = breaker_on(clock, name="payments")
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker], refresh_interval=None)
     breaker.open()
@@ -338,10 +338,9 @@ async def test_same_name_breakers_share_series_until_the_last_goes(collectors: R
     assert value(registry, "circuitbreaker_calls_total", **labels) is None
 
 
-async def test_the_exposition_parses(collectors: Register) -> None:
+async def test_the_exposition_parses(collectors: Register, clock: FakeClock) -> None:
     """The text exposition parses, with the documented names and types."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock=clock).action, name='pay"ments\\', clock=clock)
+    breaker = breaker_on(clock, name='pay"ments\\')
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker])
     await outcome_of(breaker)
@@ -374,10 +373,9 @@ async def test_the_exposition_parses(collectors: Register) -> None:
     }
 
 
-async def test_namespace_prefixes_every_name(collectors: Register) -> None:
+async def test_namespace_prefixes_every_name(collectors: Register, clock: FakeClock) -> None:
     """``namespace="resilience4j"`` gives resilience4j's own names."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock=clock).action, name="payments", clock=clock)
+    breaker = breaker_on(clock, name="payments")
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker], namespace="resilience4j")
     state = value(registry, "resilience4j_circuitbreaker_state", name="payments", state="closed")
@@ -393,20 +391,18 @@ async def test_one_register_per_registry(collectors: Register) -> None:
         collectors(registry, breakers=[])
 
 
-async def test_default_registry(collectors: Register) -> None:
+async def test_default_registry(collectors: Register, clock: FakeClock) -> None:
     """Without a registry, the metrics go to ``prometheus_client.REGISTRY``."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock=clock).action, name="metrics-default", clock=clock)
+    breaker = breaker_on(clock, name="metrics-default")
     collector = collectors(breakers=[breaker])
     assert value(REGISTRY, "circuitbreaker_state", name="metrics-default", state="closed") == 1.0
     collector.close()
     assert value(REGISTRY, "circuitbreaker_state", name="metrics-default", state="closed") is None
 
 
-async def test_close_unsubscribes(collectors: Register) -> None:
+async def test_close_unsubscribes(collectors: Register, clock: FakeClock) -> None:
     """``close()`` leaves the breaker as it was: no listener, back on its plain call path."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock=clock).action, name="payments", clock=clock)
+    breaker = breaker_on(clock, name="payments")
     registry = CollectorRegistry()
     collector = collectors(registry, breakers=[breaker])
     assert breaker._events.call_listened
