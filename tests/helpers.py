@@ -24,6 +24,7 @@ from distributed_opossum.testing import FakeClock, settle
 __all__ = [
     "API_EVENTS",
     "Boom",
+    "CacheTransport",
     "Downstream",
     "EventLog",
     "Gate",
@@ -35,6 +36,7 @@ __all__ = [
     "breaker_on",
     "cancel",
     "fail",
+    "on_path",
     "outcome_of",
     "settle",
     "succeed",
@@ -116,6 +118,15 @@ async def cancel(task: asyncio.Future[Any]) -> None:
     except asyncio.CancelledError:
         return
     raise AssertionError(f"{task!r} ended without the cancellation reaching its caller")
+
+
+def on_path(path: str, action: Any, **options: Any) -> CircuitBreaker[..., Any]:
+    """A breaker around ``action`` whose calls take the general path when ``path`` is
+    ``"gated"`` (the fast path when it is ``"plain"``)."""
+    breaker: CircuitBreaker[..., Any] = CircuitBreaker(action, **options)
+    if path == "gated":
+        take_general_path(breaker)
+    return breaker
 
 
 def take_general_path(breaker: CircuitBreaker[..., Any]) -> None:
@@ -295,6 +306,31 @@ class Downstream:
         """Let every hanging call finish with ``outcome`` (``"ok"`` or ``"fail"``)."""
         self._outcome = outcome
         self._release.set()
+
+
+class CacheTransport:
+    """A synchronous cache transport (get, set, flush) over a dict, recording its calls."""
+
+    def __init__(self) -> None:
+        self.store: dict[Any, Any] = {}
+        self.sets: list[tuple[Any, Any, float | None]] = []
+        self.gets: list[Any] = []
+        self.flushes = 0
+
+    def get(self, key: Any) -> Any:
+        """The cached value, or None."""
+        self.gets.append(key)
+        return self.store.get(key)
+
+    def set(self, key: Any, value: Any, ttl: float | None) -> None:
+        """Store ``value`` (the TTL is recorded, not applied)."""
+        self.sets.append((key, value, ttl))
+        self.store[key] = value
+
+    def flush(self) -> None:
+        """Forget everything."""
+        self.flushes += 1
+        self.store.clear()
 
 
 class EventLog:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from helpers import (
     Boom,
+    CacheTransport,
     EventLog,
     Pending,
     Recorder,
@@ -23,9 +24,9 @@ from helpers import (
     as_told,
     cancel,
     fail,
+    on_path,
     settle,
     succeed,
-    take_general_path,
 )
 
 from distributed_opossum import (
@@ -44,15 +45,6 @@ from distributed_opossum.testing import FakeClock
 PATHS = pytest.mark.parametrize("path", ["plain", "gated"])
 
 
-def on_path(path: str, action: Any, **options: Any) -> CircuitBreaker[..., Any]:
-    """A breaker around ``action`` whose calls take the general path when ``path`` is
-    ``"gated"`` (the fast path otherwise)."""
-    breaker: CircuitBreaker[..., Any] = CircuitBreaker(action, **options)
-    if path == "gated":
-        take_general_path(breaker)
-    return breaker
-
-
 async def half_open_on(
     clock: FakeClock, pending: Pending, **options: Any
 ) -> CircuitBreaker[..., Any]:
@@ -64,25 +56,6 @@ async def half_open_on(
     breaker.open()
     await clock.advance(5.0)
     return breaker
-
-
-class DictCache:
-    """A cache transport over a plain dict."""
-
-    def __init__(self) -> None:
-        self.data: dict[Any, Any] = {}
-
-    def get(self, key: Any) -> Any:
-        """The cached value or None."""
-        return self.data.get(key)
-
-    def set(self, key: Any, value: Any, ttl: float | None) -> None:
-        """Store a value."""
-        self.data[key] = value
-
-    def flush(self) -> None:
-        """Forget everything."""
-        self.data.clear()
 
 
 def current_cancelling() -> int:
@@ -1180,14 +1153,14 @@ async def test_disable_lets_calls_through_an_open_breaker(clock: FakeClock) -> N
 
 async def test_shutdown_refuses_calls_without_a_fire_event(clock: FakeClock) -> None:
     """After shutdown(): ShutdownError, no fire event, state kept, disabled, cache emptied."""
-    cache = DictCache()
+    cache = CacheTransport()
 
     async def action(key: str) -> str:
         return key.upper()
 
     breaker = CircuitBreaker(action, clock=clock, cache=True, cache_transport=cache)
     assert await breaker.fire("a") == "A"
-    assert cache.data != {}
+    assert cache.store != {}
     breaker.open()
     recorder = EventLog().attach(breaker, "fire", "shutdown")
     await breaker.shutdown()
@@ -1198,7 +1171,7 @@ async def test_shutdown_refuses_calls_without_a_fire_event(clock: FakeClock) -> 
     assert breaker.is_shutdown
     assert not breaker.enabled
     assert breaker.state is State.OPEN
-    assert cache.data == {}
+    assert cache.store == {}
     assert breaker.stats.fires == 1
     assert breaker.to_json()["state"]["shutdown"] is True
 

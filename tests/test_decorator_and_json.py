@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import pytest
-from helpers import Boom, EventLog, Recorder, breaker_on, settle
+from helpers import Boom, EventLog, Recorder, Sleeper, breaker_on, settle
 
 from distributed_opossum import (
     Cause,
@@ -590,12 +590,7 @@ async def test_stats_without_percentiles() -> None:
 async def test_stats_with_samples_measure_latency() -> None:
     """With samples the mean is exact and the percentiles are within the 1/32 bin error."""
     clock = FakeClock()
-
-    async def slow() -> str:
-        await clock.sleep(2.0)
-        return "ok"
-
-    breaker = breaker_on(clock, slow)
+    breaker = breaker_on(clock, Sleeper(clock, 2.0))
     task = asyncio.ensure_future(breaker.fire())
     await clock.advance(2.0)
     await task

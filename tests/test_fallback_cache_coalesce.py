@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from helpers import Boom, EventLog, Gate, Recorder, Sleeper, breaker_on, settle
+from helpers import Boom, CacheTransport, EventLog, Gate, Recorder, Sleeper, breaker_on, settle
 
 from distributed_opossum import (
     CircuitBreaker,
@@ -273,28 +273,6 @@ async def test_cache_get_key_decides_identity() -> None:
     assert keys[0] == ({"id": 1, "trace": "x"}, {"retry": True})
 
 
-class SyncTransport:
-    """A synchronous cache transport recording its calls."""
-
-    def __init__(self) -> None:
-        self.store: dict[Any, Any] = {}
-        self.sets: list[tuple[Any, Any, float | None]] = []
-        self.gets: list[Any] = []
-        self.flushes = 0
-
-    def get(self, key: Any) -> Any:
-        self.gets.append(key)
-        return self.store.get(key)
-
-    def set(self, key: Any, value: Any, ttl: float | None) -> None:
-        self.sets.append((key, value, ttl))
-        self.store[key] = value
-
-    def flush(self) -> None:
-        self.flushes += 1
-        self.store.clear()
-
-
 class AsyncTransport:
     """An asynchronous cache transport recording its calls."""
 
@@ -320,7 +298,7 @@ class AsyncTransport:
 
 async def test_sync_cache_transport() -> None:
     """A sync transport gets ``get(key)`` and ``set(key, value, ttl)`` with ``cache_ttl``."""
-    transport = SyncTransport()
+    transport = CacheTransport()
     action = Recorder(result=10)
     breaker = breaker_on(FakeClock(), action, cache=True, cache_ttl=7.0, cache_transport=transport)
     assert await breaker.fire(3) == 10
@@ -345,7 +323,7 @@ async def test_async_cache_transport() -> None:
 
 async def test_clear_cache_with_sync_transport() -> None:
     """``clear_cache()`` flushes a sync transport at once."""
-    transport = SyncTransport()
+    transport = CacheTransport()
     action = Recorder()
     breaker = breaker_on(FakeClock(), action, cache=True, cache_transport=transport)
     await breaker.fire(1)
@@ -384,7 +362,7 @@ def test_clear_cache_without_cache_is_harmless() -> None:
     assert breaker.clear_cache() is None  # type: ignore[func-returns-value]
 
 
-@pytest.mark.parametrize("transport_type", [SyncTransport, AsyncTransport])
+@pytest.mark.parametrize("transport_type", [CacheTransport, AsyncTransport])
 async def test_shutdown_empties_the_cache(transport_type: type[Any]) -> None:
     """``shutdown()`` flushes the cache transport before returning."""
     transport = transport_type()
