@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import eventually_async
 from helpers import Boom, as_told
+from waiting import eventually_async
 
 from distributed_opossum import CircuitBreaker
 from distributed_opossum._redis.keys import DEFAULT_PREFIX, BreakerKeys

@@ -41,7 +41,8 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 from cli_support import Cli
-from distributed_support import Cluster, ClusterFactory, admin_client
+from distributed_support import Cluster, ClusterFactory
+from redis_admin import admin_client
 from redis_cluster import RedisClusterTopology, redis_cli_binary
 from redis_sentinel import SentinelTopology
 from redis_server import RedisServer, RedisServerError, TlsFiles, redis_server_binary
@@ -188,7 +189,7 @@ async def make_cluster(redis_server_session: RedisServer) -> AsyncIterator[Clust
     async with AsyncExitStack() as stack:
         admins: dict[str, aioredis.Redis] = {}
 
-        async def admin_of(server: RedisServer) -> aioredis.Redis:
+        async def admin_for(server: RedisServer) -> aioredis.Redis:
             if server.url not in admins:
                 admin = admins[server.url] = admin_client(server.url)
                 stack.push_async_callback(admin.aclose)
@@ -207,11 +208,11 @@ async def make_cluster(redis_server_session: RedisServer) -> AsyncIterator[Clust
             **options: Any,
         ) -> Cluster:
             options.setdefault("rolling_count_timeout", 1.0)
-            if server is None and url is None:
-                server = redis_server_session
-            admin = await admin_of(server) if server is not None else None
-            address = url if url is not None else server.url if server is not None else ""
-            cluster = Cluster(address, name, admin=admin, **options)
+            if url is None:
+                server = server if server is not None else redis_server_session
+                url = server.url
+            admin = await admin_for(server) if server is not None else None
+            cluster = Cluster(url, name, admin=admin, **options)
             stack.push_async_callback(cluster.aclose)
             return cluster
 

@@ -21,20 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import redis
 import redis.asyncio as aioredis
 from helpers import Downstream, EventLog, outcome_of
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis_server import RedisServer, free_port
+from redis_admin import pattern_subscribers, user_subscriptions
+from redis_server import RedisServer
 from transport_support import text
+from waiting import eventually, eventually_async
 
 from distributed_opossum import CircuitBreaker
 from distributed_opossum._redis.coordinator import Coordinator
@@ -47,25 +44,13 @@ __all__ = [
     "Cluster",
     "ClusterFactory",
     "Pod",
-    "acl_setuser",
-    "admin_client",
-    "admin_of",
     "assert_no_leak",
     "call_outcome",
     "coordinator_idle",
     "counted",
-    "dead_port_url",
-    "eventually",
-    "eventually_async",
     "gather_calls",
-    "kill_pubsub",
     "more_counted",
-    "pattern_subscribers",
-    "readme_acl_rule",
-    "stays",
     "stop",
-    "user_subscriptions",
-    "user_url",
 ]
 
 RedisT = TypeVar("RedisT", bound=aioredis.Redis)
@@ -85,113 +70,6 @@ RECORDED_EVENTS = (
 
 None of them is a call event, so a closed pod keeps the plain call path.
 """
-
-
-async def eventually_async(
-    predicate: Callable[[], Awaitable[bool]],
-    *,
-    within: float = 1.0,
-    interval: float = 0.01,
-    what: str = "condition",
-) -> float:
-    """Poll ``predicate`` (awaited: a Redis read) until it holds; fail after ``within`` s.
-
-    Returns how long it took.
-    """
-    start = time.monotonic()
-    deadline = start + within
-    while not await predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} did not hold within {within:.3f} s")
-        await asyncio.sleep(interval)
-    return time.monotonic() - start
-
-
-async def eventually(
-    predicate: Callable[[], bool],
-    *,
-    within: float = 1.0,
-    interval: float = 0.002,
-    what: str = "condition",
-) -> float:
-    """Like :func:`eventually_async` for a plain predicate, polled every 2 ms."""
-
-    async def holds() -> bool:
-        return predicate()
-
-    return await eventually_async(holds, within=within, interval=interval, what=what)
-
-
-async def stays(
-    predicate: Callable[[], bool], *, duration: float, interval: float = 0.01, what: str = ""
-) -> None:
-    """Assert ``predicate`` holds at every poll for ``duration`` seconds."""
-    deadline = time.monotonic() + duration
-    while time.monotonic() < deadline:
-        assert predicate(), f"{what or 'condition'} stopped holding"
-        await asyncio.sleep(interval)
-    assert predicate(), f"{what or 'condition'} stopped holding"
-
-
-def admin_client(url: str) -> aioredis.Redis:
-    """A client for the test's own reads and writes (it reconnects after a restart)."""
-    return aioredis.Redis.from_url(
-        url, retry=Retry(NoBackoff(), 3), retry_on_error=[redis.exceptions.ConnectionError]
-    )
-
-
-@asynccontextmanager
-async def admin_of(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """:func:`admin_client` of ``server``, closed when the block ends."""
-    admin = admin_client(server.url)
-    try:
-        yield admin
-    finally:
-        await admin.aclose()
-
-
-async def acl_setuser(admin: aioredis.Redis, *rule: str) -> None:
-    """``ACL SETUSER`` with raw rule words (redis-py leaves execute_command unannotated)."""
-    await admin.execute_command("ACL", "SETUSER", *rule)  # type: ignore[no-untyped-call]
-
-
-def readme_acl_rule(prefix: str, user: str = "dopossum") -> list[str]:
-    """The README's ``ACL SETUSER <user>`` arguments, with the key prefix ``prefix``."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    line = next(line for line in readme.splitlines() if line.startswith(f"ACL SETUSER {user} "))
-    words = line.split()[2:]
-    return [w.replace("dopossum", prefix, 1) if w.startswith(("~", "&")) else w for w in words]
-
-
-def user_url(url: str, user: str, password: str) -> str:
-    """``url`` with ``user:password@`` in it."""
-    return url.replace("://", f"://{user}:{password}@", 1)
-
-
-def dead_port_url() -> str:
-    """A ``redis://`` URL of a localhost port nothing listens on."""
-    return f"redis://127.0.0.1:{free_port()}/0"
-
-
-async def kill_pubsub(admin: aioredis.Redis) -> int:
-    """``CLIENT KILL TYPE pubsub`` (every pub/sub connection but the admin's); how many."""
-    killed: int = await admin.client_kill_filter(_type="pubsub", skipme=True)
-    return killed
-
-
-async def pattern_subscribers(admin: aioredis.Redis, names: set[str]) -> set[str]:
-    """Which of the client ``names`` hold a pattern subscription on the server."""
-    found = set()
-    for entry in await admin.client_list():
-        if entry.get("name") in names and int(entry.get("psub", 0)) > 0:
-            found.add(entry["name"])
-    return found
-
-
-async def user_subscriptions(admin: aioredis.Redis, user: str) -> int:
-    """How many connections of the Redis ``user`` hold a pattern subscription."""
-    entries = await admin.client_list()
-    return sum(1 for e in entries if e.get("user") == user and int(e.get("psub", 0)) > 0)
 
 
 @dataclass

@@ -88,8 +88,7 @@ def test_no_jitter_does_not_draw() -> None:
     ids=["upwards-clamped-to-the-cap", "downwards-below-the-cap"],
 )
 def test_jitter_of_a_capped_period(draw: float, expected: object) -> None:
-    """A period at the cap jittered upwards is clamped back to the cap; jitter below 1
-    shortens it (the clamp only limits from above)."""
+    """Jitter at the cap: upwards it is clamped back to the cap, downwards it goes below."""
     period = open_period(
         10,
         reset_timeout=1.0,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 from chaos_scenario import ChaosRun, chaos_run
-from distributed_support import kill_pubsub
+from redis_admin import kill_pubsub
 from redis_server import RedisServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.redis]

@@ -26,18 +26,10 @@ from typing import Any
 import pytest
 from chaos_fleet import url_client
 from chaos_scenario import CONVERGE_WITHIN, chaos_run, open_spread
-from distributed_support import (
-    PREFIX,
-    Cluster,
-    Pod,
-    acl_setuser,
-    admin_of,
-    eventually,
-    eventually_async,
-    readme_acl_rule,
-    user_url,
-)
+from distributed_support import PREFIX, Cluster, Pod
+from redis_admin import acl_setuser, admin_of, readme_acl_rule, user_url
 from redis_server import RedisServer
+from waiting import eventually, eventually_async
 
 from distributed_opossum import State
 

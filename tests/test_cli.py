@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from cli_support import Cli, run_cli
-from distributed_support import eventually
 from transport_support import redis_now_ms
+from waiting import eventually
 
 from distributed_opossum import State
 from distributed_opossum._redis.keys import BreakerKeys

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 from cli_support import reported_breakers, run_cli
-from distributed_support import acl_setuser, admin_of, dead_port_url, readme_acl_rule, user_url
+from redis_admin import acl_setuser, admin_of, dead_port_url, readme_acl_rule, user_url
 from redis_server import RedisServer
 
 from distributed_opossum import cli

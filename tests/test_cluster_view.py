@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from distributed_support import ClusterFactory, eventually
+from distributed_support import ClusterFactory
 from helpers import succeed
+from waiting import eventually
 
 from distributed_opossum import CircuitBreaker, ClusterView
 

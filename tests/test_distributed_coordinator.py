@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import PREFIX, Cluster, coordinator_idle, dead_port_url, eventually
+from distributed_support import PREFIX, Cluster, coordinator_idle
 from helpers import succeed
+from redis_admin import dead_port_url
 from redis_server import RedisServer
+from waiting import eventually
 
 from distributed_opossum import CircuitBreaker
 from distributed_opossum._redis.coordinator import Coordinator, coordinator_for

@@ -6,9 +6,10 @@ import asyncio
 import time
 
 import pytest
-from distributed_support import ClusterFactory, eventually, eventually_async, gather_calls, stays
+from distributed_support import ClusterFactory, gather_calls
 from helpers import Downstream, cancel
 from transport_support import redis_now_ms
+from waiting import eventually, eventually_async, stays
 
 from distributed_opossum import OpenCircuitError, State
 

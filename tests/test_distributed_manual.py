@@ -6,8 +6,9 @@ import asyncio
 import time
 
 import pytest
-from distributed_support import Cluster, ClusterFactory, Pod, eventually, stays
+from distributed_support import Cluster, ClusterFactory, Pod
 from redis_server import RedisServer
+from waiting import eventually, stays
 
 from distributed_opossum import OpenCircuitError, RegistryError, State
 

@@ -13,8 +13,9 @@ import re
 import time
 
 import pytest
-from distributed_support import PREFIX, ClusterFactory, eventually, eventually_async, stays
+from distributed_support import PREFIX, ClusterFactory
 from transport_support import next_message, redis_now_ms, subscribed, text
+from waiting import eventually, eventually_async, stays
 
 from distributed_opossum import OpenCircuitError, State
 from distributed_opossum._redis.keys import encode_name

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from distributed_support import Cluster, ClusterFactory, Pod, eventually, eventually_async, stays
+from distributed_support import Cluster, ClusterFactory, Pod
+from waiting import eventually, eventually_async, stays
 
 pytestmark = pytest.mark.redis
 

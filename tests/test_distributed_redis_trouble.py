@@ -14,23 +14,18 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from distributed_support import (
-    PREFIX,
-    ClusterFactory,
-    Pod,
+from distributed_support import PREFIX, ClusterFactory, Pod, more_counted
+from helpers import take_general_path
+from redis_admin import (
     acl_setuser,
     dead_port_url,
-    eventually,
-    eventually_async,
     kill_pubsub,
-    more_counted,
     pattern_subscribers,
     readme_acl_rule,
-    stays,
     user_url,
 )
-from helpers import take_general_path
 from redis_server import RedisServer
+from waiting import eventually, eventually_async, stays
 
 import distributed_opossum
 from distributed_opossum import State

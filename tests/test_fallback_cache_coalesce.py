@@ -491,8 +491,7 @@ async def test_settled_failure_is_shared_within_ttl_without_reset_on() -> None:
     "error", [Boom(), TimeoutError("upstream")], ids=["error", "action-own-timeout-error"]
 )
 async def test_coalesce_reset_on_error(error: Exception) -> None:
-    """``coalesce_reset_on=["error"]`` drops a failed entry at once; an action's own
-    ``TimeoutError`` is an ``error`` outcome, not a breaker ``timeout``."""
+    """``reset_on=["error"]`` drops a failed entry at once (an action's TimeoutError included)."""
     action = Recorder(error=error)
     breaker = breaker_on(
         FakeClock(),
@@ -515,8 +514,7 @@ async def test_coalesce_reset_on_error(error: Exception) -> None:
     ids=["error-keeps-successes", "success-drops-them"],
 )
 async def test_coalesce_reset_on_and_successes(reset_on: str, calls: int) -> None:
-    """``coalesce_reset_on=["error"]`` keeps successful results for the TTL;
-    ``["success"]`` drops a successful entry at once."""
+    """A success stays for the TTL under ``reset_on=["error"]``, not under ``["success"]``."""
     action = Recorder()
     breaker = breaker_on(
         FakeClock(), action, coalesce=True, coalesce_ttl=10.0, coalesce_reset_on=[reset_on]

@@ -6,10 +6,10 @@ from typing import Any
 
 import fakeredis
 import pytest
-from distributed_support import eventually
 from fastapi import FastAPI
 from fastapi_support import served
 from helpers import Boom, fail
+from waiting import eventually
 
 from distributed_opossum import CircuitBreaker, breakers
 from distributed_opossum.fastapi import Breakers

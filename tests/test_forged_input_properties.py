@@ -28,12 +28,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import Cluster, Pod, counted, eventually, more_counted, stays
+from distributed_support import Cluster, Pod, counted, more_counted
 from helpers import Boom
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from redis_server import RedisServer
 from transport_support import redis_now_ms
+from waiting import eventually, stays
 
 from distributed_opossum import OpenCircuitError, State
 

@@ -17,10 +17,11 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import eventually, eventually_async, pattern_subscribers
 from helpers import cancel
 from local_http_server import LocalHttpServer
+from redis_admin import pattern_subscribers
 from redis_server import RedisServer
+from waiting import eventually, eventually_async
 
 from distributed_opossum import (
     CircuitBreaker,

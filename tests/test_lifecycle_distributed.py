@@ -15,9 +15,10 @@ import weakref
 
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import PREFIX, ClusterFactory, eventually, stays
+from distributed_support import PREFIX, ClusterFactory
 from helpers import Boom, Downstream, EventLog, succeed
 from redis_server import RedisServer
+from waiting import eventually, stays
 
 from distributed_opossum import CircuitBreaker, OpenCircuitError, State, _registry, shutdown_all
 from distributed_opossum._options import MAX_NAME_LENGTH

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import PREFIX, eventually
+from distributed_support import PREFIX
 from helpers import Boom, EventLog, fail, succeed
 from redis_server import RedisServer
+from waiting import eventually
 
 from distributed_opossum import CircuitBreaker, CircuitTimeoutError, OpenCircuitError, State
 

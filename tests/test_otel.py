@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from distributed_support import ClusterFactory, Pod, eventually
+from distributed_support import ClusterFactory, Pod
 from helpers import Downstream, Ignored, outcome_of
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
@@ -16,6 +16,7 @@ from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
     NumberDataPoint,
 )
+from waiting import eventually
 
 from distributed_opossum import CircuitBreaker, otel
 from distributed_opossum.testing import FakeClock

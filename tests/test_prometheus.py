@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from distributed_support import ClusterFactory, Pod, eventually, eventually_async
+from distributed_support import ClusterFactory, Pod
 from helpers import Downstream, Ignored, breaker_on, outcome_of
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.parser import text_string_to_metric_families
 from redis_server import RedisServer
+from waiting import eventually, eventually_async
 
 from distributed_opossum import CircuitBreaker, SemaphoreLockedError, prometheus
 from distributed_opossum.testing import FakeClock

@@ -24,19 +24,11 @@ from collections.abc import Callable
 import pytest
 import redis
 import redis.exceptions
-from distributed_support import (
-    ClusterFactory,
-    assert_no_leak,
-    call_outcome,
-    counted,
-    eventually,
-    eventually_async,
-    kill_pubsub,
-    more_counted,
-    stays,
-)
+from distributed_support import ClusterFactory, assert_no_leak, call_outcome, counted, more_counted
+from redis_admin import kill_pubsub
 from redis_server import RedisServer
 from transport_support import entry, redis_now_ms
+from waiting import eventually, eventually_async, stays
 
 from distributed_opossum import State
 
