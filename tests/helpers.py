@@ -4,8 +4,10 @@ One of each, shared by every test (and the benchmarks): the error actions raise
 (:class:`Boom`), actions that return at once (:func:`succeed`, :func:`fail`,
 :func:`as_told`), that wait for the test (:class:`Pending`, :class:`Gate`), that
 take fake time (:class:`Sleeper`), that record their calls (:class:`Recorder`),
-the service behind a breaker (:class:`Downstream`), and what a breaker emitted
-(:class:`EventLog`).
+the service behind a breaker (:class:`Downstream`), a cache transport
+(:class:`CacheTransport`), and what a breaker emitted (:class:`EventLog`); with
+a few ways to build and call breakers (:func:`breaker_on`, :func:`on_path`,
+:func:`outcome_of`, :func:`cancel`).
 
 Nothing here sleeps for real: actions return at once, wait for the test to
 settle them, or sleep on a :class:`FakeClock`.
