@@ -2,128 +2,45 @@
 percentiles and the pipe protocol between a benchmark and its worker processes.
 
 Every distributed benchmark starts its own ``redis-server`` (from ``PATH``, or
-``$REDIS_SERVER``) on a free localhost port with persistence off, and stops it at the
-end, so nothing else on the machine is touched and nothing is left behind.
+``$REDIS_SERVER``) on a free localhost port with persistence off, with the tests' launcher
+(``tests/redis_server.py``), and stops it at the end, so nothing else on the machine is
+touched and nothing is left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import os
 import re
-import shutil
-import signal
-import socket
 import struct
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from _harness import versions
+from redis_server import RedisServer, redis_server_binary
 
-START_TIMEOUT_S = 10.0
 
-
-def redis_server_binary() -> str:
-    binary = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
-    if not binary:
+def private_redis() -> RedisServer:
+    """A ``redis-server`` of this benchmark only; use it as a context manager."""
+    if redis_server_binary() is None:
         raise SystemExit("redis-server is not on PATH (or set $REDIS_SERVER)")
-    return binary
+    return RedisServer()
 
 
 def redis_server_version() -> str:
-    out = subprocess.run(
-        [redis_server_binary(), "--version"], capture_output=True, text=True, check=False
-    ).stdout
+    binary = redis_server_binary()
+    if binary is None:
+        return "redis-server not found"
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
     match = re.search(r"v=(\S+)", out)
     return f"redis-server {match.group(1) if match else 'unknown'}"
 
 
 def library_versions() -> str:
     return f"{versions(['distributed-opossum', 'redis', 'hiredis'])}, {redis_server_version()}"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-class PrivateRedis:
-    """A ``redis-server`` of this benchmark only: free port, no persistence, own directory.
-
-    Use as a context manager; the server is stopped and its directory removed on exit.
-    """
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._dir = Path(tempfile.mkdtemp(prefix="dopossum-bench-redis-"))
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> PrivateRedis:
-        binary = redis_server_binary()
-        for _ in range(5):
-            self.port = _free_port()
-            args = [
-                binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self._dir),
-                "--logfile", "redis.log",
-            ]  # fmt: skip
-            self._proc = subprocess.Popen(args, cwd=self._dir, stdin=subprocess.DEVNULL)
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while time.monotonic() < deadline and self._proc.poll() is None:
-                if _answers_ping(self.port):
-                    return self
-                time.sleep(0.01)
-            self._kill()
-        raise RuntimeError(f"redis-server did not start; log in {self._dir}")
-
-    def _kill(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-
-    def stop(self) -> None:
-        self._kill()
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> PrivateRedis:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def new_client(port: int) -> Any:

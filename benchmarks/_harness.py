@@ -1,7 +1,9 @@
 """Shared helpers for the benchmark scripts: timing, medians, markdown output.
 
 Every script in this folder is run as ``python benchmarks/<name>.py``; this module is
-imported from the script's own directory.
+imported from the script's own directory. It puts ``tests/`` on the import path too, so
+the benchmarks share the tests' support (the private ``redis-server`` launcher and the
+test doubles) instead of keeping copies.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ import sysconfig
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+if str(TESTS) not in sys.path:
+    sys.path.append(str(TESTS))  # last: the script's folder and installed packages come first
 
 #: ``await loop(n)`` performs ``n`` sequential calls of the thing being measured.
 Loop = Callable[[int], Awaitable[None]]

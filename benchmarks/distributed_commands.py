@@ -24,12 +24,12 @@ from typing import Any
 
 from _distributed import (
     CommandTap,
-    PrivateRedis,
     calls_delta,
     command_calls,
     first_sync,
     library_versions,
     new_client,
+    private_redis,
 )
 from _harness import header, machine, md_table, verdict
 
@@ -232,7 +232,7 @@ def targets_table(busy: Measured, idle: Measured) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> str:
-    with PrivateRedis() as server:
+    with private_redis() as server:
         busy = await measure(
             server.port,
             f"{args.pods} pods × {args.rate:g} calls/s",

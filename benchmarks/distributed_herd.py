@@ -30,15 +30,16 @@ from typing import Any
 
 from _distributed import (
     Inbox,
-    PrivateRedis,
     first_sync,
     fmt_ms,
     library_versions,
     new_client,
     next_record,
+    private_redis,
     send_record,
 )
 from _harness import header, machine, md_table, verdict
+from helpers import Boom, fail
 
 from distributed_opossum import CircuitBreaker, OpenCircuitError
 
@@ -56,10 +57,6 @@ def counter_key(round_no: int) -> str:
 
 
 # ------------------------------------------------------------------------------ worker side
-
-
-class Sick(Exception):
-    """The downstream is still failing."""
 
 
 class Pods:
@@ -95,7 +92,7 @@ class Pods:
         await self.counter.incr(self.key)
         await asyncio.sleep(self.args.trial_latency)
         if self.args.trial_outcome == "fail":
-            raise Sick
+            raise Boom
         return 1
 
     def stamp(self, kind: int, pod: int) -> Callable[..., None]:
@@ -125,7 +122,7 @@ class Pods:
                 await breaker.fire()
             except OpenCircuitError:
                 return REJECTED
-            except Sick:
+            except Boom:
                 return RAN
             except Exception:
                 return OTHER
@@ -174,10 +171,6 @@ def worker_main(
 # ------------------------------------------------------------------------------ main side
 
 
-async def failing() -> int:
-    raise Sick
-
-
 Records = list[tuple[int, int, int, int]]
 
 
@@ -194,8 +187,8 @@ class Controller:
         self.client = new_client(port)
         self.inbox = inbox
         self.pods = args.workers * args.pods_per_worker
-        self.breaker: CircuitBreaker[[], int] = CircuitBreaker(
-            failing,
+        self.breaker: CircuitBreaker[[], str] = CircuitBreaker(
+            fail,
             name=NAME,
             reset_timeout=args.reset_timeout,
             half_open_max_calls=HALF_OPEN_MAX_CALLS,
@@ -206,7 +199,7 @@ class Controller:
         self.reset_fallbacks = 0
 
     async def trip(self) -> None:
-        with contextlib.suppress(Sick):
+        with contextlib.suppress(Boom):
             await self.breaker.fire()
 
     async def reset(self, prior: Records) -> None:
@@ -283,7 +276,7 @@ async def main_async(args: argparse.Namespace) -> str:
     context = multiprocessing.get_context("spawn")
     pods = args.workers * args.pods_per_worker
     rows: list[list[str]] = []
-    with PrivateRedis() as server:
+    with private_redis() as server:
         pipes = [
             (context.Pipe(duplex=False), context.Pipe(duplex=False)) for _ in range(args.workers)
         ]

@@ -26,10 +26,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from _distributed import (
-    PrivateRedis,
     first_sync,
     library_versions,
     new_client,
+    private_redis,
 )
 from _harness import (
     Loop,
@@ -190,7 +190,7 @@ def noise(tables: list[tuple[str, list[Result]]]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> str:
-    with PrivateRedis() as server:
+    with private_redis() as server:
         fixture = Fixture(server.port)
         try:
             fast = await measure_interleaved(

@@ -29,16 +29,17 @@ from typing import Any
 
 from _distributed import (
     Inbox,
-    PrivateRedis,
     first_sync,
     fmt_ms,
     library_versions,
     new_client,
     next_record,
     percentile,
+    private_redis,
     send_record,
 )
 from _harness import header, machine, md_table, verdict
+from helpers import Boom, fail
 
 from distributed_opossum import CircuitBreaker
 
@@ -117,14 +118,6 @@ def worker_main(port: int, worker: int, pods: int, events: Connection, control: 
 # ------------------------------------------------------------------------------ main side
 
 
-class Boom(Exception):
-    pass
-
-
-async def failing() -> int:
-    raise Boom
-
-
 class Trips:
     """The tripping pod and what it measured."""
 
@@ -132,8 +125,8 @@ class Trips:
         self.client = new_client(port)
         self.inbox = inbox
         self.others = others
-        self.breaker: CircuitBreaker[[], int] = CircuitBreaker(
-            failing,
+        self.breaker: CircuitBreaker[[], str] = CircuitBreaker(
+            fail,
             name=NAME,
             reset_timeout=LONG,
             volume_threshold=1,
@@ -266,7 +259,7 @@ def summary(trips: Trips, workers: int, pods: int) -> tuple[str, str, float | No
 async def main_async(args: argparse.Namespace) -> str:
     context = multiprocessing.get_context("spawn")
     others = args.workers * args.pods_per_worker
-    with PrivateRedis() as server:
+    with private_redis() as server:
         pipes = [
             (context.Pipe(duplex=False), context.Pipe(duplex=False)) for _ in range(args.workers)
         ]

@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from _distributed import (
-    PrivateRedis,
     calls_delta,
     command_calls,
     first_sync,
     library_versions,
     new_client,
+    private_redis,
     server_cpu_seconds,
 )
 from _harness import fmt_bytes, header, machine, md_table, verdict
@@ -399,7 +399,7 @@ async def window_growth(port: int, pods: int, rate: float, seconds: float) -> li
 
 async def main_async(args: argparse.Namespace) -> str:
     n = args.breakers
-    with PrivateRedis() as server:
+    with private_redis() as server:
         results = [
             await scenario(
                 server.port, "aligned, idle", n, staggered=False, rate=0, seconds=args.seconds

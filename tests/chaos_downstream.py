@@ -8,7 +8,7 @@ flip at the same instant.
 Example::
 
     switch = DownstreamSwitch.create(tmp_path / "downstream")
-    switch.fail()          # every pod's calls now raise DownstreamError
+    switch.fail()          # every pod's calls now raise helpers.Boom
     switch.heal()          # they succeed again
 
     # in a pod process:
@@ -22,14 +22,10 @@ import mmap
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["DownstreamError", "DownstreamMode", "DownstreamSwitch"]
+__all__ = ["DownstreamMode", "DownstreamSwitch"]
 
 DownstreamMode = Literal["ok", "fail"]
 _BYTES: dict[DownstreamMode, bytes] = {"ok": b"0", "fail": b"1"}
-
-
-class DownstreamError(Exception):
-    """What the fake downstream raises while it fails."""
 
 
 class DownstreamSwitch:

@@ -28,12 +28,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import redis.asyncio as aioredis
 from chaos_downstream import DownstreamSwitch
 from chaos_records import FleetResults
+from services import AsyncService
 
 from distributed_opossum._redis.keys import BreakerKeys
 
@@ -162,7 +162,7 @@ class _Child:
                 await stdout.read()
 
 
-class Fleet:
+class Fleet(AsyncService):
     """K pod processes × M pods of one breaker name, under load.
 
     Args:
@@ -222,7 +222,7 @@ class Fleet:
     def _spec(self, instance: str) -> ClientSpec:
         return self.client(instance) if callable(self.client) else self.client
 
-    async def start(self) -> Fleet:
+    async def start(self) -> Self:
         """Start every process; return once all are ready."""
         try:
             await asyncio.gather(*(self._spawn(p, pods) for p, pods in self.layout.items()))
@@ -338,17 +338,6 @@ class Fleet:
         children, self._children = self._children, []
         await asyncio.gather(*(c.finish() for c in children), return_exceptions=True)
         self.switch.close()
-
-    async def __aenter__(self) -> Fleet:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def _text(value: bytes | str) -> str:

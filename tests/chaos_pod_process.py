@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from chaos_downstream import DownstreamError, DownstreamSwitch
+from chaos_downstream import DownstreamSwitch
+from helpers import Boom
 from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisError
 
@@ -150,7 +151,7 @@ class Pod:
         if latency:
             await asyncio.sleep(latency)
         if self.process.switch.failing:
-            raise DownstreamError("downstream failed")
+            raise Boom("downstream failed")
         return "ok"
 
     async def call(self) -> None:
@@ -161,7 +162,7 @@ class Pod:
             outcome = "ok"
         except OpenCircuitError:
             outcome = "rejected"
-        except DownstreamError:
+        except Boom:
             outcome = "failed"
         except CircuitTimeoutError:
             outcome = "timeout"

@@ -39,8 +39,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Literal, TypeVar
+from typing import Literal, Self, TypeVar
+
+from services import Service
 
 __all__ = ["ChaosProxy", "ProxyStats"]
 
@@ -87,7 +88,7 @@ class _Link:
             task.cancel()
 
 
-class ChaosProxy:
+class ChaosProxy(Service):
     """A TCP proxy from a free localhost port to ``target_host:target_port``.
 
     Args:
@@ -121,7 +122,7 @@ class ChaosProxy:
         """``"pass"`` or ``"black_hole"``."""
         return self._mode
 
-    def start(self) -> ChaosProxy:
+    def start(self) -> Self:
         """Listen on a free port and start forwarding (returns once listening)."""
         if self._thread is not None:
             raise RuntimeError("the proxy is already running")
@@ -143,17 +144,6 @@ class ChaosProxy:
             loop.call_soon_threadsafe(loop.stop)
         thread.join(_CONTROL_TIMEOUT_S)
         self._thread = None
-
-    def __enter__(self) -> ChaosProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- control (from any thread) ---------------------------------------------------------
 

@@ -37,7 +37,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from chaos_fleet import ClientSpec, Fleet, PodView, url_client
 from chaos_records import FleetResults, Timeline, assert_invariants
-from distributed_support import admin_of
+from redis_admin import admin_of
 from redis_server import RedisServer
 
 __all__ = [

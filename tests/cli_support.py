@@ -21,15 +21,15 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import distributed_support
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import Boom, eventually_async
+from helpers import Boom, as_told
+from waiting import eventually_async
 
 from distributed_opossum import CircuitBreaker
 from distributed_opossum._redis.keys import DEFAULT_PREFIX, BreakerKeys
@@ -37,9 +37,9 @@ from distributed_opossum.cli import main
 
 __all__ = [
     "ROOT",
+    "Cli",
     "Ran",
     "console_script",
-    "readme_acl_rule",
     "reported_breakers",
     "run_cli",
     "run_process",
@@ -58,6 +58,25 @@ BREAKER_OPTIONS: dict[str, Any] = {
     "rolling_count_buckets": 50,
 }
 """Options of the breakers :func:`reported_breakers` makes."""
+
+
+@dataclass(frozen=True)
+class Cli:
+    """The CLI aimed at one redis-server (``--url``), run in-process, its output captured."""
+
+    url: str
+    admin: aioredis.Redis
+    capsys: pytest.CaptureFixture[str]
+
+    async def __call__(self, *argv: str) -> Ran:
+        """``dopossum --url URL *argv``."""
+        return await run_cli(self.capsys, "--url", self.url, *argv)
+
+    def reported(
+        self, calls: Mapping[str, tuple[int, int]], **options: Any
+    ) -> AbstractAsyncContextManager[list[CircuitBreaker[Any, Any]]]:
+        """:func:`reported_breakers` on this server."""
+        return reported_breakers(self.url, calls, **options)
 
 
 @dataclass(frozen=True)
@@ -103,23 +122,12 @@ def run_process(*command: str | Path, env: Mapping[str, str] | None = None) -> R
     return Ran(done.returncode, done.stdout, done.stderr)
 
 
-def readme_acl_rule(user: str) -> list[str]:
-    """The README's ``ACL SETUSER <user>`` arguments (after ``ACL SETUSER``)."""
-    return distributed_support.readme_acl_rule("dopossum", user)
-
-
 async def _fire(breaker: CircuitBreaker[Any, Any], successes: int, failures: int) -> None:
     for _ in range(successes):
         await breaker.fire(True)
     for _ in range(failures):
         with suppress(Boom):
             await breaker.fire(False)
-
-
-async def _action(ok: bool) -> str:
-    if not ok:
-        raise Boom
-    return "ok"
 
 
 @asynccontextmanager
@@ -148,7 +156,7 @@ async def reported_breakers(
                     "prefix": prefix,
                 }
                 breakers.append(
-                    CircuitBreaker(_action, name=name, distributed=distributed, **BREAKER_OPTIONS)
+                    CircuitBreaker(as_told, name=name, distributed=distributed, **BREAKER_OPTIONS)
                 )
         for breaker in breakers:
             successes, failures = calls[breaker.name]

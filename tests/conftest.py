@@ -15,6 +15,14 @@ Fixtures:
                           (also needs ``redis-cli``; marked ``cluster``)
     tls_redis_server      a private server listening for TLS too, with a certificate made
                           for it (a build without TLS skips, or fails under ``CI``)
+    clock                 a FakeClock (t = 1000 s) for the test
+    make_cluster          ``await make_cluster(**options)``: a distributed_support.Cluster on
+                          the session server (emptied first) or on ``server=``, with an admin
+                          client; closed when the test ends
+    cli                   ``await cli("status")``: the operator CLI in-process, aimed at the
+                          session server (emptied first), its output captured
+    no_breaker_left       shuts down, when the test ends, the breakers the test made
+                          (for modules whose breakers are registered by name)
 
 Tests that use a real server get the ``redis`` marker automatically, so
 ``pytest -m "not redis"`` runs without redis-server.
@@ -22,20 +30,29 @@ Tests that use a real server get the ``redis`` marker automatically, so
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
+from cli_support import Cli
+from distributed_support import Cluster, ClusterFactory
+from redis_admin import admin_client
 from redis_cluster import RedisClusterTopology, redis_cli_binary
 from redis_sentinel import SentinelTopology
 from redis_server import RedisServer, RedisServerError, TlsFiles, redis_server_binary
 
+from distributed_opossum import breakers
+from distributed_opossum.testing import FakeClock
+
 _REAL_SERVER_FIXTURES = frozenset(
     {"redis_server", "redis_server_session", "redis_client", "sentinel_topology",
-     "cluster_topology", "tls_redis_server"}
+     "cluster_topology", "tls_redis_server", "make_cluster"}
 )  # fmt: skip
 
 
@@ -59,6 +76,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.redis)
         if "cluster_topology" in fixtures:
             item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock (at t = 1000 s) for the test."""
+    return FakeClock()
 
 
 @pytest.fixture(scope="session")
@@ -152,3 +175,66 @@ async def any_redis_client(request: pytest.FixtureRequest) -> AsyncIterator[aior
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def make_cluster(redis_server_session: RedisServer) -> AsyncIterator[ClusterFactory]:
+    """Clusters of pods, closed when the test ends (see distributed_support.ClusterFactory).
+
+    A cluster lives on the session's server (emptied before the first one) unless
+    ``server=`` names another (a private ``redis_server``, requested before this
+    fixture so that it outlives the pods) or ``url=`` another address (a user's
+    URL, or a dead port: no admin client then, unless ``server=`` is given too).
+    """
+    async with AsyncExitStack() as stack:
+        admins: dict[str, aioredis.Redis] = {}
+
+        async def admin_for(server: RedisServer) -> aioredis.Redis:
+            if server.url not in admins:
+                admin = admins[server.url] = admin_client(server.url)
+                stack.push_async_callback(admin.aclose)
+                if server is redis_server_session:
+                    if not server.running:  # an earlier test stopped the shared server
+                        server.start()
+                    await admin.flushall()
+                    await admin.script_flush()
+            return admins[server.url]
+
+        async def make(
+            name: str = "payments",
+            *,
+            server: RedisServer | None = None,
+            url: str | None = None,
+            **options: Any,
+        ) -> Cluster:
+            options.setdefault("rolling_count_timeout", 1.0)
+            if url is None:
+                server = server if server is not None else redis_server_session
+                url = server.url
+            admin = await admin_for(server) if server is not None else None
+            cluster = Cluster(url, name, admin=admin, **options)
+            stack.push_async_callback(cluster.aclose)
+            return cluster
+
+        yield make
+
+
+@pytest.fixture
+async def no_breaker_left() -> AsyncIterator[None]:
+    """Shut down, when the test ends, the breakers made during it (and only those: other
+    test modules keep module-level breakers alive across tests)."""
+    before = breakers()
+    try:
+        yield
+    finally:
+        await asyncio.gather(*(b.shutdown() for b in breakers() if b not in before))
+
+
+@pytest.fixture
+def cli(
+    redis_server_session: RedisServer,
+    redis_client: aioredis.Redis,
+    capsys: pytest.CaptureFixture[str],
+) -> Cli:
+    """The operator CLI aimed at the session's redis-server (emptied first), in-process."""
+    return Cli(redis_server_session.url, redis_client, capsys)

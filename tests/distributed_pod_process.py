@@ -26,41 +26,16 @@ import time
 from typing import Any
 
 import redis.asyncio as aioredis
+from helpers import Downstream, outcome_of
 
-from distributed_opossum import CircuitBreaker, OpenCircuitError
+from distributed_opossum import CircuitBreaker
 
 EVENTS = ("open", "close", "half_open", "registry_down", "registry_up")
-
-
-class Downstream:
-    """Fails while ``failing`` is set, else succeeds."""
-
-    def __init__(self) -> None:
-        self.failing = False
-        self.calls = 0
-
-    async def action(self) -> str:
-        """The guarded call."""
-        self.calls += 1
-        if self.failing:
-            raise RuntimeError("downstream failed")
-        return "ok"
 
 
 def say(event: str, **fields: Any) -> None:
     """Print one JSON line and flush it."""
     print(json.dumps({"event": event, "t": time.time(), **fields}), flush=True)
-
-
-async def outcome_of(breaker: CircuitBreaker[[], str]) -> str:
-    """``"ok"``, ``"rejected"`` or ``"failed"``."""
-    try:
-        await breaker.fire()
-    except OpenCircuitError:
-        return "rejected"
-    except RuntimeError:
-        return "failed"
-    return "ok"
 
 
 async def main(argv: list[str]) -> int:
@@ -102,14 +77,14 @@ async def main(argv: list[str]) -> int:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := (await reader.readline()).decode().strip():
         if line == "trip":
-            downstream.failing = True
+            downstream.mode = "fail"
             calls = 0
             while not breaker.opened and calls < 1000:
                 await outcome_of(breaker)
                 calls += 1
             say("tripped", calls=calls, state=breaker.state.value)
         elif line == "call":
-            downstream.failing = False
+            downstream.mode = "ok"
             say("call", outcome=await outcome_of(breaker), state=breaker.state.value)
         elif line == "quit":
             break

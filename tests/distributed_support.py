@@ -5,35 +5,35 @@ own connections, hence its own coordinator), as a replica in another process
 would have. Every pod of a :class:`Cluster` shares the breaker name and the key
 prefix. Waits are real but short, and every one of them is bounded.
 
+Tests get their clusters from the ``make_cluster`` fixture (conftest.py), which
+closes them when the test ends.
+
 Example::
 
-    async with Cluster(server.url, "payments", reset_timeout=0.3) as cluster:
-        pod0, pod1 = cluster.pod("pod0"), cluster.pod("pod1")
-        await cluster.ready(admin)
-        await pod0.trip()
-        await eventually(lambda: pod1.breaker.opened)
+    async def test_trip_spreads(make_cluster: ClusterFactory) -> None:
+        cluster = await make_cluster(reset_timeout=0.3, sync_interval=0.5)
+        pod0, pod1 = await cluster.started(2)  # built, synced and listening
+        await cluster.trip()  # pod0 fails until it opens; every pod is open
+        assert pod1.causes("open") == ["remote"]
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-import redis
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from helpers import Downstream, EventLog, outcome_of
+from redis_admin import pattern_subscribers, user_subscriptions
 from redis_server import RedisServer
+from transport_support import text
+from waiting import eventually, eventually_async
 
-from distributed_opossum import CircuitBreaker, OpenCircuitError
+from distributed_opossum import CircuitBreaker
 from distributed_opossum._redis.coordinator import Coordinator
 from distributed_opossum._redis.keys import BreakerKeys
 from distributed_opossum._redis.link import SharedLink
@@ -41,27 +41,20 @@ from distributed_opossum._redis.link import SharedLink
 __all__ = [
     "PREFIX",
     "RECORDED_EVENTS",
-    "Boom",
     "Cluster",
-    "Downstream",
+    "ClusterFactory",
     "Pod",
-    "acl_setuser",
-    "admin_of",
     "assert_no_leak",
     "call_outcome",
     "coordinator_idle",
-    "dead_port_url",
-    "eventually",
-    "eventually_async",
+    "counted",
     "gather_calls",
-    "open_then_half_open",
-    "pattern_subscribers",
-    "readme_acl_rule",
-    "redis_now_ms",
-    "stays",
+    "more_counted",
     "stop",
-    "text",
 ]
+
+RedisT = TypeVar("RedisT", bound=aioredis.Redis)
+T = TypeVar("T")
 
 PREFIX = "dtest"
 """Key prefix of every distributed test."""
@@ -79,145 +72,6 @@ None of them is a call event, so a closed pod keeps the plain call path.
 """
 
 
-class Boom(Exception):
-    """What a failing downstream raises."""
-
-
-async def eventually(
-    predicate: Callable[[], bool],
-    *,
-    within: float = 1.0,
-    interval: float = 0.002,
-    what: str = "condition",
-) -> float:
-    """Poll ``predicate`` until it holds; fail after ``within`` s. Returns the wait."""
-    start = time.monotonic()
-    deadline = start + within
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} did not hold within {within:.3f} s")
-        await asyncio.sleep(interval)
-    return time.monotonic() - start
-
-
-async def eventually_async(
-    predicate: Callable[[], Awaitable[bool]],
-    *,
-    within: float = 1.0,
-    interval: float = 0.01,
-    what: str = "condition",
-) -> float:
-    """Like :func:`eventually` for a predicate that must be awaited (a Redis read)."""
-    start = time.monotonic()
-    deadline = start + within
-    while not await predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} did not hold within {within:.3f} s")
-        await asyncio.sleep(interval)
-    return time.monotonic() - start
-
-
-async def stays(
-    predicate: Callable[[], bool], *, duration: float, interval: float = 0.01, what: str = ""
-) -> None:
-    """Assert ``predicate`` holds at every poll for ``duration`` seconds."""
-    deadline = time.monotonic() + duration
-    while time.monotonic() < deadline:
-        assert predicate(), f"{what or 'condition'} stopped holding"
-        await asyncio.sleep(interval)
-    assert predicate(), f"{what or 'condition'} stopped holding"
-
-
-@asynccontextmanager
-async def admin_of(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A client for the test's own reads and writes on ``server`` (reconnects after a restart)."""
-    admin = aioredis.Redis.from_url(
-        server.url,
-        retry=Retry(NoBackoff(), 3),
-        retry_on_error=[redis.exceptions.ConnectionError],
-    )
-    try:
-        yield admin
-    finally:
-        await admin.aclose()
-
-
-async def acl_setuser(admin: aioredis.Redis, *rule: str) -> None:
-    """``ACL SETUSER`` with raw rule words (redis-py leaves execute_command unannotated)."""
-    await admin.execute_command("ACL", "SETUSER", *rule)  # type: ignore[no-untyped-call]
-
-
-def readme_acl_rule(prefix: str, user: str = "dopossum") -> list[str]:
-    """The README's ``ACL SETUSER <user>`` arguments, with the key prefix ``prefix``."""
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    line = next(line for line in readme.splitlines() if line.startswith(f"ACL SETUSER {user} "))
-    words = line.split()[2:]
-    return [w.replace("dopossum", prefix, 1) if w.startswith(("~", "&")) else w for w in words]
-
-
-def dead_port_url() -> str:
-    """A ``redis://`` URL of a localhost port nothing listens on."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return f"redis://127.0.0.1:{port}/0"
-
-
-def text(value: bytes | str) -> str:
-    """A Redis reply as text."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
-async def redis_now_ms(client: aioredis.Redis) -> int:
-    """Redis' clock in ms."""
-    seconds, micros = await client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-async def pattern_subscribers(admin: aioredis.Redis, names: set[str]) -> set[str]:
-    """Which of the client ``names`` hold a pattern subscription on the server."""
-    found = set()
-    for entry in await admin.client_list():
-        if entry.get("name") in names and int(entry.get("psub", 0)) > 0:
-            found.add(entry["name"])
-    return found
-
-
-class Downstream:
-    """The service behind a breaker: counts calls; succeeds, fails or hangs as told.
-
-    ``mode`` is ``"ok"``, ``"fail"`` or ``"hang"`` (wait until :meth:`release`).
-    """
-
-    def __init__(self, mode: str = "ok") -> None:
-        self.mode = mode
-        self.calls = 0
-        self.running = 0
-        self._release = asyncio.Event()
-        self._outcome = "ok"
-
-    async def action(self, *args: Any) -> str:
-        """The guarded call."""
-        self.calls += 1
-        mode = self.mode
-        if mode == "fail":
-            raise Boom("downstream failed")
-        if mode == "hang":
-            self.running += 1
-            try:
-                await self._release.wait()
-            finally:
-                self.running -= 1
-            if self._outcome == "fail":
-                raise Boom("downstream failed after a while")
-        return "ok"
-
-    def release(self, outcome: str = "ok") -> None:
-        """Let every hanging call finish with ``outcome`` (``"ok"`` or ``"fail"``)."""
-        self._outcome = outcome
-        self._release.set()
-
-
 @dataclass
 class Pod:
     """One replica: a breaker, its own client, its downstream and what it emitted."""
@@ -226,18 +80,10 @@ class Pod:
     breaker: CircuitBreaker[..., Any]
     client: aioredis.Redis
     downstream: Downstream
-    events: list[tuple[str, tuple[Any, ...], float]] = field(default_factory=list)
+    events: EventLog = field(default_factory=EventLog)
 
-    def record(self) -> None:
-        """Record every event of RECORDED_EVENTS."""
-        for event in RECORDED_EVENTS:
-            self.breaker.on(event, self._recorder(event))
-
-    def _recorder(self, event: str) -> Callable[..., None]:
-        def handler(*args: Any) -> None:
-            self.events.append((event, args, time.monotonic()))
-
-        return handler
+    def __post_init__(self) -> None:
+        self.events.attach(self.breaker, *RECORDED_EVENTS)
 
     @property
     def link(self) -> SharedLink:
@@ -255,25 +101,29 @@ class Pod:
 
     def causes(self, event: str) -> list[str]:
         """The cause argument of every ``event`` emitted, in order (as plain strings)."""
-        return [str(args[0]) if args else "" for name, args, _ in self.events if name == event]
+        return self.events.causes(event)
 
     def count(self, event: str) -> int:
         """How many ``event`` were emitted."""
-        return sum(1 for name, _, _ in self.events if name == event)
+        return self.events.count(event)
 
     def times(self, event: str) -> list[float]:
         """When each ``event`` was emitted (``time.monotonic()``)."""
-        return [at for name, _, at in self.events if name == event]
+        return self.events.times(event)
 
     async def call(self) -> str:
         """One call through the breaker: ``"ok"``, ``"failed"`` or ``"rejected"``."""
-        try:
-            await self.breaker.fire()
-        except OpenCircuitError:
-            return "rejected"
-        except Boom:
-            return "failed"
-        return "ok"
+        return await outcome_of(self.breaker)
+
+    async def hanging_call(self) -> asyncio.Future[str]:
+        """A call whose downstream hangs (until ``downstream.release()``), once it runs there."""
+        self.downstream.mode = "hang"
+        running = self.downstream.running
+        call = asyncio.ensure_future(self.call())
+        await eventually(
+            lambda: self.downstream.running > running, what=f"{self.instance}'s call running"
+        )
+        return call
 
     async def trip(self, limit: int = 1000) -> int:
         """Fail calls until this pod opens (locally); returns how many calls it took."""
@@ -291,22 +141,50 @@ class Cluster:
     Args:
         url: the Redis server of the pods (each pod makes its own client).
         name: the breaker name shared by every pod.
+        admin: the test's own client of the server, for :meth:`ready` and the reads.
+        sync_interval: the pods' ``distributed`` ``sync_interval``, when given.
         **defaults: breaker options of every pod; ``distributed`` entries other
             than ``client`` and ``instance_id`` go in ``distributed=...``.
     """
 
-    def __init__(self, url: str, name: str = "payments", **defaults: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        name: str = "payments",
+        *,
+        admin: aioredis.Redis | None = None,
+        sync_interval: float | None = None,
+        **defaults: Any,
+    ) -> None:
         self.url = url
         self.name = name
+        self._admin = admin
+        if sync_interval is not None:
+            distributed = defaults.get("distributed", {})
+            defaults["distributed"] = {"sync_interval": sync_interval, **distributed}
         self.defaults = defaults
         self.pods: list[Pod] = []
         prefix = defaults.get("distributed", {}).get("prefix", PREFIX)
         self.keys = BreakerKeys.for_breaker(prefix, name)
         self._clients: list[aioredis.Redis] = []
 
-    def client(self, instance: str, url: str | None = None) -> aioredis.Redis:
-        """A new client (named after ``instance``, closed with the cluster)."""
-        client = aioredis.Redis.from_url(url or self.url, client_name=instance)
+    @property
+    def admin(self) -> aioredis.Redis:
+        """The test's own client of the server."""
+        assert self._admin is not None, "this cluster has no admin client"
+        return self._admin
+
+    def client(
+        self, instance: str, url: str | None = None, *, named: bool = True
+    ) -> aioredis.Redis:
+        """A new client, closed with the cluster (named after ``instance`` unless ``named`` is
+        False: a Redis user may lack the right to name its connections)."""
+        return self.adopt(
+            aioredis.Redis.from_url(url or self.url, client_name=instance if named else None)
+        )
+
+    def adopt(self, client: RedisT) -> RedisT:
+        """Close ``client`` (made by the test) with the cluster."""
         self._clients.append(client)
         return client
 
@@ -333,31 +211,105 @@ class Cluster:
             downstream.action, name=self.name, distributed=distributed, **merged
         )
         pod = Pod(instance, breaker, client, downstream)
-        pod.record()
         self.pods.append(pod)
         return pod
 
-    async def ready(self, admin: aioredis.Redis, *, within: float = 2.0) -> None:
-        """Wait until every pod has synced once and listens on the events channel."""
+    async def started(self, count: int = 2, **options: Any) -> list[Pod]:
+        """``count`` new pods ``pod0``, ``pod1``, ... (with ``options``), once all are ready."""
+        first = len(self.pods)
+        pods = [self.pod(f"pod{first + i}", **options) for i in range(count)]
+        await self.ready()
+        return pods
+
+    async def observed(self, observe: Callable[[Pod], T]) -> tuple[list[Pod], list[T]]:
+        """Two new pods, each handed to ``observe`` as it is made (to hang a metrics reader on
+        it, say); once they are ready, pod0 makes three successful calls and pod1 a failed one
+        (pooled: 4 calls, 25 % failed). Returns the pods and what ``observe`` returned."""
+        pods = [self.pod(f"pod{len(self.pods)}") for _ in range(2)]
+        observers = [observe(pod) for pod in pods]
+        await self.ready()
+        for _ in range(3):
+            assert await pods[0].call() == "ok"
+        pods[1].downstream.mode = "fail"
+        assert await pods[1].call() == "failed"
+        return pods, observers
+
+    async def ready(
+        self, admin: aioredis.Redis | None = None, *, within: float = 2.0, user: str | None = None
+    ) -> None:
+        """Wait until every pod has synced once and listens on the events channel.
+
+        Pods on clients without a name are told by the Redis ``user`` they log in as.
+        """
         await eventually(
             lambda: all(p.link.gen is not None for p in self.pods),
             within=within,
             what="first sync of every pod",
         )
-        names = {str(p.client.connection_pool.connection_kwargs["client_name"]) for p in self.pods}
-        deadline = time.monotonic() + within
-        while await pattern_subscribers(admin, names) != names:
-            assert time.monotonic() < deadline, "pods did not subscribe in time"
-            await asyncio.sleep(0.005)
+        admin = admin if admin is not None else self.admin
 
-    async def stats_entries(self, admin: aioredis.Redis) -> list[dict[str, Any]]:
+        async def listening() -> bool:
+            if user is not None:
+                return await user_subscriptions(admin, user) >= len(self.pods)
+            names = {
+                str(p.client.connection_pool.connection_kwargs["client_name"]) for p in self.pods
+            }
+            return await pattern_subscribers(admin, names) == names
+
+        await eventually_async(listening, within=within, interval=0.005, what="pods subscribed")
+
+    async def trip(self, *, within: float = 0.5) -> None:
+        """Trip the cluster through its first pod; wait until every pod has opened on it."""
+        opened = [p.count("open") for p in self.pods]
+        await self.pods[0].trip()
+        await eventually(
+            lambda: all(p.count("open") > n for p, n in zip(self.pods, opened, strict=True)),
+            within=within,
+            what="every pod open",
+        )
+
+    async def half_open(self, *, within: float = 2.0) -> None:
+        """Wait until every pod is half-open (the open period ended), then heal every downstream."""
+        await eventually(
+            lambda: all(p.breaker.half_open for p in self.pods),
+            within=within,
+            what="every pod half-open",
+        )
+        for pod in self.pods:
+            pod.downstream.mode = "ok"
+
+    async def half_opened(
+        self, count: int = 2, *, within: float = 2.0, **options: Any
+    ) -> list[Pod]:
+        """:meth:`started` pods, tripped through pod0 (:meth:`trip`), every pod half-open and
+        healed (:meth:`half_open`, ``within`` seconds)."""
+        pods = await self.started(count, **options)
+        await self.trip()
+        await self.half_open(within=within)
+        return pods
+
+    async def stats_entries(self, admin: aioredis.Redis | None = None) -> list[dict[str, Any]]:
         """The stats list, parsed, oldest first."""
+        admin = admin if admin is not None else self.admin
         return [json.loads(raw) for raw in await admin.lrange(self.keys.stats, 0, -1)]
 
-    async def state_hash(self, admin: aioredis.Redis) -> dict[str, str]:
+    async def state_hash(self, admin: aioredis.Redis | None = None) -> dict[str, str]:
         """The shared state hash, decoded."""
+        admin = admin if admin is not None else self.admin
         raw = await admin.hgetall(self.keys.state)
         return {text(k): text(v) for k, v in raw.items()}
+
+    async def shared_state(self) -> str | None:
+        """The ``state`` field of the shared state hash (None when there is none)."""
+        return (await self.state_hash()).get("state")
+
+    async def shared_state_becomes(self, state: str, *, within: float = 0.5) -> None:
+        """Wait until the shared state hash says ``state``."""
+
+        async def arrived() -> bool:
+            return await self.shared_state() == state
+
+        await eventually_async(arrived, within=within, what=f"shared state {state}")
 
     async def aclose(self) -> None:
         """Shut every pod down, stop the coordinators, close the clients."""
@@ -372,13 +324,26 @@ class Cluster:
     async def __aenter__(self) -> Cluster:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class ClusterFactory(Protocol):
+    """What the ``make_cluster`` fixture is: ``await make_cluster(**options)``."""
+
+    async def __call__(
+        self,
+        name: str = "payments",
+        *,
+        server: RedisServer | None = None,
+        url: str | None = None,
+        **options: Any,
+    ) -> Cluster:
+        """A :class:`Cluster` on ``server`` (the session's) or ``url``, closed with the test.
+
+        ``options`` are :class:`Cluster`'s; ``rolling_count_timeout`` is 1 s unless given.
+        """
+        ...
 
 
 async def stop(coordinator: Coordinator) -> None:
@@ -402,6 +367,31 @@ def coordinator_idle(coordinator: Coordinator) -> bool:
     return all(task is None or task.done() for task in tasks)
 
 
+@asynccontextmanager
+async def counted(
+    pods: Sequence[Pod], counter: str, more: int = 1, *, within: float = 1.0
+) -> AsyncIterator[None]:
+    """When the block ends, wait until the coordinator counter ``counter`` of every pod
+    has grown by ``more`` since the block began."""
+    before = [p.coordinator.stats[counter] for p in pods]
+    yield
+    await eventually(
+        lambda: all(
+            p.coordinator.stats[counter] >= b + more for p, b in zip(pods, before, strict=True)
+        ),
+        within=within,
+        what=f"{more} more {counter} on every pod",
+    )
+
+
+async def more_counted(
+    pods: Sequence[Pod], counter: str, more: int = 1, *, within: float = 1.0
+) -> None:
+    """Wait until the coordinator counter ``counter`` of every pod grew by ``more`` from now."""
+    async with counted(pods, counter, more, within=within):
+        pass
+
+
 async def gather_calls(calls: list[Awaitable[str]]) -> list[str]:
     """Run calls concurrently; their outcomes in order."""
     return list(await asyncio.gather(*calls))
@@ -410,14 +400,9 @@ async def gather_calls(calls: list[Awaitable[str]]) -> list[str]:
 async def call_outcome(pod: Pod) -> str | BaseException:
     """One call: ``"ok"``, ``"rejected"``, ``"failed"``, or whatever else reached the caller."""
     try:
-        await pod.breaker.fire()
-    except OpenCircuitError:
-        return "rejected"
-    except Boom:
-        return "failed"
+        return await pod.call()
     except Exception as error:  # what these tests look for
         return error
-    return "ok"
 
 
 def assert_no_leak(outcomes: list[str | BaseException]) -> None:
@@ -428,13 +413,3 @@ def assert_no_leak(outcomes: list[str | BaseException]) -> None:
         if isinstance(o, BaseException)
     ]
     assert not leaked, f"exceptions reached fire() callers: {leaked}"
-
-
-async def open_then_half_open(cluster: Cluster, admin: aioredis.Redis, pods: list[Pod]) -> None:
-    """Trip the cluster through pods[0], wait until every pod is half-open, heal the downstream."""
-    await cluster.ready(admin)
-    await pods[0].trip()
-    await eventually(lambda: all(p.breaker.opened for p in pods), within=0.5, what="all open")
-    await eventually(lambda: all(p.breaker.half_open for p in pods), within=2.0, what="half_open")
-    for pod in pods:
-        pod.downstream.mode = "ok"

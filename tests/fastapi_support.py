@@ -14,32 +14,20 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import redis.asyncio as aioredis
+from distributed_support import PREFIX
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from helpers import succeed
 
-from distributed_opossum import breakers
+from distributed_opossum import CircuitBreaker
 
-__all__ = ["Boom", "Gate", "breakers_made_here_shut_down", "served"]
-
-
-class Boom(Exception):
-    """What the test endpoints and actions raise."""
-
-
-class Gate:
-    """Holds an endpoint until the test opens it, and tells the test it got there."""
-
-    def __init__(self) -> None:
-        self.reached = asyncio.Event()
-        self.opened = asyncio.Event()
-
-    async def pass_through(self) -> None:
-        """Called by the endpoint: say it arrived, then wait to be let through."""
-        self.reached.set()
-        await self.opened.wait()
+__all__ = ["from_another_pod", "served", "status_becomes"]
 
 
 @asynccontextmanager
@@ -51,12 +39,30 @@ async def served(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
-@asynccontextmanager
-async def breakers_made_here_shut_down() -> AsyncIterator[None]:
-    """Shut down, when the block ends, the breakers made in it (and only those: other
-    test modules keep module-level breakers alive across tests)."""
-    before = breakers()
-    try:
-        yield
-    finally:
-        await asyncio.gather(*(b.shutdown() for b in breakers() if b not in before))
+def from_another_pod(url: str, command: str) -> None:
+    """``force_open()`` or ``reset()`` the cluster's "payments" (prefix PREFIX) through a pod
+    of its own, on an event loop of its own."""
+
+    async def run() -> None:
+        client = aioredis.Redis.from_url(url)
+        other = CircuitBreaker(
+            succeed, name="payments", distributed={"client": client, "prefix": PREFIX}
+        )
+        try:
+            await getattr(other, command)()
+        finally:
+            await other.shutdown()
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def status_becomes(
+    client: TestClient, status: int, *, method: str = "POST", within: float = 2.0
+) -> dict[str, str]:
+    """Poll ``/pay`` until it answers ``status``; the headers of that answer."""
+    deadline = time.monotonic() + within
+    while (response := client.request(method, "/pay")).status_code != status:
+        assert time.monotonic() < deadline, f"/pay answered {response.status_code}, not {status}"
+        time.sleep(0.02)
+    return dict(response.headers)

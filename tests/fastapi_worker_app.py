@@ -20,15 +20,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from helpers import Boom
 
 from distributed_opossum import CircuitBreaker
 from distributed_opossum.fastapi import Breakers, install_exception_handlers
 
 SICK_FILE = Path(os.environ["DOPOSSUM_TEST_SICK_FILE"])
-
-
-class DownstreamError(Exception):
-    """The fake downstream is down for this worker."""
 
 
 def _sick_pid() -> int | None:
@@ -41,7 +38,7 @@ def _sick_pid() -> int | None:
 async def call_downstream() -> str:
     """Fails while the sick file names this worker."""
     if await asyncio.to_thread(_sick_pid) == os.getpid():
-        raise DownstreamError(f"downstream down for worker {os.getpid()}")
+        raise Boom(f"downstream down for worker {os.getpid()}")
     return "paid"
 
 
@@ -70,7 +67,7 @@ async def say_which_worker(
     return response
 
 
-@app.exception_handler(DownstreamError)
+@app.exception_handler(Boom)
 async def downstream_down(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=502)
 

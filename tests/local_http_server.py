@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from http import HTTPStatus
-from types import TracebackType
+from typing import Self
+
+from services import AsyncService
 
 __all__ = ["LocalHttpServer"]
 
 
-class LocalHttpServer:
+class LocalHttpServer(AsyncService):
     """A local HTTP server of one test (see the module docstring)."""
 
     def __init__(self) -> None:
@@ -51,13 +53,13 @@ class LocalHttpServer:
         """``127.0.0.1:<port>``: the transport's default breaker key for this server."""
         return f"127.0.0.1:{self.port}"
 
-    async def start(self) -> LocalHttpServer:
+    async def start(self) -> Self:
         """Listen (on a free port the first time, on the same port afterwards)."""
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         """Stop listening and drop open connections: the port now refuses connections."""
         if self._server is not None:
             self._server.close()
@@ -111,14 +113,3 @@ class LocalHttpServer:
             body = f"{status.value} {path}".encode()
             writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
         await writer.drain()
-
-    async def __aenter__(self) -> LocalHttpServer:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

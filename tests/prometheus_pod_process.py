@@ -22,32 +22,24 @@ import json
 import os
 import sys
 
+from helpers import Boom, Downstream
+
 from distributed_opossum import CircuitBreaker, prometheus
 from distributed_opossum.testing import FakeClock
-
-
-class Boom(Exception):
-    """What the failing calls raise."""
 
 
 async def main(successes: int, failures: int, state: str) -> None:
     """Make the calls, refresh, and leave."""
     assert os.environ.get("PROMETHEUS_MULTIPROC_DIR"), "PROMETHEUS_MULTIPROC_DIR is not set"
-    failing = False
-
-    async def action() -> str:
-        if failing:
-            raise Boom("down")
-        return "ok"
-
+    downstream = Downstream()
     clock = FakeClock()
-    breaker = CircuitBreaker(action, name="payments", clock=clock)
-    inventory = CircuitBreaker(action, name="inventory", clock=clock)
+    breaker = CircuitBreaker(downstream.action, name="payments", clock=clock)
+    inventory = CircuitBreaker(downstream.action, name="inventory", clock=clock)
     collector = prometheus.register(refresh_interval=None)
     await inventory.fire()
     for _ in range(successes):
         await breaker.fire()
-    failing = True
+    downstream.mode = "fail"
     for _ in range(failures):
         with contextlib.suppress(Boom):
             await breaker.fire()

@@ -18,11 +18,10 @@ import asyncio
 import shutil
 import subprocess
 import time
-from types import TracebackType
 
 import redis
 import redis.asyncio as aioredis
-from redis_server import RedisServer, RedisServerError
+from redis_server import RedisServer, RedisServerError, Topology, server_at
 
 __all__ = ["RedisClusterTopology", "cluster_client", "redis_cli_binary"]
 
@@ -66,7 +65,7 @@ def _slot_owner(address: Address, slot: int) -> Address | None:
     return None
 
 
-class RedisClusterTopology:
+class RedisClusterTopology(Topology):
     """Six cluster nodes: three masters, each with one replica.
 
     Args:
@@ -100,25 +99,17 @@ class RedisClusterTopology:
         """Addresses of the nodes that run now (for a cluster client)."""
         return [node.address for node in self.nodes if node.running]
 
+    @property
+    def processes(self) -> list[RedisServer]:
+        """Every node."""
+        return self.nodes
+
     def node_at(self, address: Address) -> RedisServer:
         """The node listening on ``address``."""
-        for node in self.nodes:
-            if node.address == address:
-                return node
-        raise KeyError(address)
+        return server_at(self.nodes, address)
 
-    def start(self) -> RedisClusterTopology:
-        """Start the nodes, create the cluster, wait until it is ok and the replicas synced.
-
-        On failure every node started so far is stopped before the error propagates.
-        """
-        try:
-            return self._start()
-        except BaseException:
-            self.close()
-            raise
-
-    def _start(self) -> RedisClusterTopology:
+    def _start(self) -> None:
+        """Start the nodes, create the cluster, wait until it is ok and the replicas synced."""
         cli = redis_cli_binary()
         if cli is None:
             raise RedisServerError("redis-cli is not on PATH")
@@ -146,7 +137,6 @@ class RedisClusterTopology:
             if time.monotonic() >= deadline:
                 raise RedisServerError("the cluster did not reach cluster_state:ok")
             time.sleep(0.05)
-        return self
 
     def _all_ok(self) -> bool:
         try:
@@ -159,22 +149,6 @@ class RedisClusterTopology:
             and int(i.get("cluster_known_nodes", 0)) == len(self.nodes)
             for i in infos
         ) and all(_replica_synced(a) for a in self.startup_nodes)
-
-    def close(self) -> None:
-        """Stop every node and remove their directories."""
-        for node in self.nodes:
-            node.close()
-
-    def __enter__(self) -> RedisClusterTopology:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- faults ----------------------------------------------------------------------------
 

@@ -19,11 +19,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from types import TracebackType
 
 import redis
 import redis.asyncio as aioredis
-from redis_server import RedisServer, RedisServerError
+from redis_server import RedisServer, RedisServerError, Topology, server_at
 
 __all__ = ["SentinelTopology"]
 
@@ -53,7 +52,7 @@ def _wait(what: str, predicate: Callable[[], bool], timeout: float = _SETTLE_TIM
         time.sleep(0.05)
 
 
-class SentinelTopology:
+class SentinelTopology(Topology):
     """One master, one replica and three sentinels watching them (quorum 2).
 
     Args:
@@ -76,25 +75,17 @@ class SentinelTopology:
         """The two data servers (master and replica, in start order)."""
         return [self.master, self.replica]
 
+    @property
+    def processes(self) -> list[RedisServer]:
+        """The sentinels and the data servers."""
+        return [*self.sentinels, self.master, self.replica]
+
     def server_at(self, address: Address) -> RedisServer:
         """The data server listening on ``address``."""
-        for server in self.servers:
-            if server.address == address:
-                return server
-        raise KeyError(address)
+        return server_at(self.servers, address)
 
-    def start(self) -> SentinelTopology:
-        """Start master, replica and sentinels; wait until every sentinel sees all of them.
-
-        On failure every process started so far is stopped before the error propagates.
-        """
-        try:
-            return self._start()
-        except BaseException:
-            self.close()
-            raise
-
-    def _start(self) -> SentinelTopology:
+    def _start(self) -> None:
+        """Start master, replica and sentinels; wait until every sentinel sees all of them."""
         # Full syncs at once (Redis 7 waits 5 s for more replicas by default).
         fast_sync = ("--repl-diskless-sync-delay", "0")
         self.master.extra_args = fast_sync
@@ -120,7 +111,6 @@ class SentinelTopology:
             self.sentinels.append(sentinel)
             sentinel.start()
         _wait("sentinels agreeing on the set-up", self._settled)
-        return self
 
     def _settled(self) -> bool:
         for sentinel in self.sentinels:
@@ -134,22 +124,6 @@ class SentinelTopology:
                 if not any(r.get("master-link-status") == "ok" for r in replicas):
                     return False
         return True
-
-    def close(self) -> None:
-        """Stop every process and remove their directories."""
-        for server in [*self.sentinels, self.master, self.replica]:
-            server.close()
-
-    def __enter__(self) -> SentinelTopology:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- what the sentinels say ------------------------------------------------------------
 

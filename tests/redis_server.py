@@ -31,11 +31,22 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
-__all__ = ["RedisServer", "RedisServerError", "TlsFiles", "free_port", "redis_server_binary"]
+from services import Service
+
+__all__ = [
+    "RedisServer",
+    "RedisServerError",
+    "TlsFiles",
+    "Topology",
+    "free_port",
+    "redis_server_binary",
+    "server_at",
+]
 
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
@@ -93,7 +104,7 @@ class TlsFiles:
         return cls(*write_server_certificate(directory))
 
 
-class RedisServer:
+class RedisServer(Service):
     """One private ``redis-server`` process.
 
     Args:
@@ -165,7 +176,7 @@ class RedisServer:
         path = self._dir / "redis.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start(self) -> RedisServer:
+    def start(self) -> Self:
         """Start the server (on a new free port the first time) and wait for PING."""
         if self.running:
             raise RedisServerError("already running")
@@ -270,13 +281,43 @@ class RedisServer:
         self.kill()
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def __enter__(self) -> RedisServer:
+    def __enter__(self) -> Self:
         return self.start() if not self.running else self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+
+def server_at(servers: Iterable[RedisServer], address: tuple[str, int]) -> RedisServer:
+    """The one of ``servers`` listening on ``address``."""
+    for server in servers:
+        if server.address == address:
+            return server
+    raise KeyError(address)
+
+
+class Topology(Service):
+    """Servers started and stopped as one (a Sentinel set-up, a Redis Cluster).
+
+    A subclass lists its ``processes`` and writes ``_start()``; a start that fails half-way
+    stops what it started before the error propagates.
+    """
+
+    @property
+    def processes(self) -> list[RedisServer]:
+        """Every process of the topology."""
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Start every process and wait until the topology works (see ``_start``)."""
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop every process and remove their directories."""
+        for process in self.processes:
+            process.close()

@@ -82,30 +82,22 @@ def test_no_jitter_does_not_draw() -> None:
     assert uniform.calls == []
 
 
-def test_jitter_is_clamped_to_the_cap() -> None:
-    """A period at the cap jittered upwards is clamped back to the cap."""
+@pytest.mark.parametrize(
+    ("draw", "expected"),
+    [(1.0, 60.0), (0.0, pytest.approx(30.0))],
+    ids=["upwards-clamped-to-the-cap", "downwards-below-the-cap"],
+)
+def test_jitter_of_a_capped_period(draw: float, expected: object) -> None:
+    """Jitter at the cap: upwards it is clamped back to the cap, downwards it goes below."""
     period = open_period(
         10,
         reset_timeout=1.0,
         multiplier=2.0,
         max_reset_timeout=60.0,
         jitter=0.5,
-        uniform=Uniform(1.0),
+        uniform=Uniform(draw),
     )
-    assert period == 60.0
-
-
-def test_jitter_downwards_may_go_below_the_cap() -> None:
-    """Jitter below 1 shortens a capped period (the clamp only limits from above)."""
-    period = open_period(
-        10,
-        reset_timeout=1.0,
-        multiplier=2.0,
-        max_reset_timeout=60.0,
-        jitter=0.5,
-        uniform=Uniform(0.0),
-    )
-    assert period == pytest.approx(30.0)
+    assert period == expected
 
 
 def test_reset_timeout_zero_stays_zero() -> None:

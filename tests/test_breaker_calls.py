@@ -14,7 +14,20 @@ from collections.abc import Coroutine
 from typing import Any
 
 import pytest
-from helpers import Boom, Pending, Recorder, fail, gate, settle, succeed
+from helpers import (
+    Boom,
+    CacheTransport,
+    EventLog,
+    Pending,
+    Recorder,
+    Sleeper,
+    as_told,
+    cancel,
+    fail,
+    on_path,
+    settle,
+    succeed,
+)
 
 from distributed_opossum import (
     Cause,
@@ -32,42 +45,17 @@ from distributed_opossum.testing import FakeClock
 PATHS = pytest.mark.parametrize("path", ["plain", "gated"])
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    """A fake clock at t = 1000 s."""
-    return FakeClock()
-
-
-def prepare(breaker: CircuitBreaker[..., Any], path: str) -> None:
-    """Route calls through the general path when ``path`` is ``"gated"``."""
-    if path == "gated":
-        gate(breaker)
-
-
-async def outcome(ok: bool) -> str:
-    """Succeed or fail as told."""
-    if ok:
-        return "ok"
-    raise Boom("told to fail")
-
-
-class DictCache:
-    """A cache transport over a plain dict."""
-
-    def __init__(self) -> None:
-        self.data: dict[Any, Any] = {}
-
-    def get(self, key: Any) -> Any:
-        """The cached value or None."""
-        return self.data.get(key)
-
-    def set(self, key: Any, value: Any, ttl: float | None) -> None:
-        """Store a value."""
-        self.data[key] = value
-
-    def flush(self) -> None:
-        """Forget everything."""
-        self.data.clear()
+async def half_open_on(
+    clock: FakeClock, pending: Pending, **options: Any
+) -> CircuitBreaker[..., Any]:
+    """A breaker around ``pending`` (reset_timeout 5 s, no timeout unless told), opened, and
+    half-open once its open period passed on ``clock``."""
+    breaker = CircuitBreaker(
+        pending.action, clock=clock, **{"reset_timeout": 5.0, "timeout": None, **options}
+    )
+    breaker.open()
+    await clock.advance(5.0)
+    return breaker
 
 
 def current_cancelling() -> int:
@@ -90,8 +78,7 @@ async def test_opens_only_when_failure_rate_is_strictly_above_threshold(
     clock: FakeClock, path: str
 ) -> None:
     """5 successes + 5 failures (50 %) stay closed at threshold 50; one more failure opens."""
-    breaker = CircuitBreaker(outcome, clock=clock, error_threshold_percentage=50, timeout=None)
-    prepare(breaker, path)
+    breaker = on_path(path, as_told, clock=clock, error_threshold_percentage=50, timeout=None)
     for _ in range(5):
         await breaker.fire(True)
     for _ in range(5):
@@ -109,8 +96,7 @@ async def test_opens_only_when_failure_rate_is_strictly_above_threshold(
 @PATHS
 async def test_first_failure_opens_without_volume_threshold(clock: FakeClock, path: str) -> None:
     """With volume_threshold 0, one failure out of one call is 100 % and opens."""
-    breaker = CircuitBreaker(fail, clock=clock)
-    prepare(breaker, path)
+    breaker = on_path(path, fail, clock=clock)
     with pytest.raises(Boom):
         await breaker.fire()
     assert breaker.opened
@@ -149,7 +135,7 @@ async def test_volume_threshold_counts_completed_calls_not_cache_hits(clock: Fak
 
 async def test_fallback_results_do_not_count_as_successes(clock: FakeClock) -> None:
     """A failure answered by the fallback still counts as a failure in the rate."""
-    breaker = CircuitBreaker(outcome, clock=clock, error_threshold_percentage=50, timeout=None)
+    breaker = CircuitBreaker(as_told, clock=clock, error_threshold_percentage=50, timeout=None)
     breaker.fallback(lambda *args: "fallback")
     assert await breaker.fire(True) == "ok"
     assert await breaker.fire(False) == "fallback"
@@ -174,7 +160,7 @@ async def test_rejects_count_as_fires_only(clock: FakeClock) -> None:
 async def test_rate_is_judged_over_the_rolling_window(clock: FakeClock) -> None:
     """Failures that left the window no longer count towards opening."""
     breaker = CircuitBreaker(
-        outcome,
+        as_told,
         clock=clock,
         error_threshold_percentage=50,
         volume_threshold=4,
@@ -201,8 +187,7 @@ async def test_open_breaker_rejects_with_retry_after_counting_down(
 ) -> None:
     """An open breaker raises OpenCircuitError with the time left until a trial."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, reset_timeout=10.0)
-    prepare(breaker, path)
+    breaker = on_path(path, pending.action, clock=clock, reset_timeout=10.0)
     breaker.open()
     with pytest.raises(OpenCircuitError) as first:
         await breaker.fire()
@@ -220,7 +205,7 @@ async def test_open_breaker_rejects_with_retry_after_counting_down(
 
 async def test_rejection_goes_to_the_fallback(clock: FakeClock) -> None:
     """A rejected call returns the fallback's result; events fire, reject, fallback."""
-    breaker = CircuitBreaker(outcome, clock=clock)
+    breaker = CircuitBreaker(as_told, clock=clock)
     received: list[tuple[Any, ...]] = []
 
     def fallback(*args: Any) -> str:
@@ -228,7 +213,7 @@ async def test_rejection_goes_to_the_fallback(clock: FakeClock) -> None:
         return "fallback"
 
     breaker.fallback(fallback)
-    recorder = Recorder(breaker, "fire", "reject", "fallback", "success", "failure")
+    recorder = EventLog().attach(breaker, "fire", "reject", "fallback", "success", "failure")
     breaker.open()
     assert await breaker.fire(True) == "fallback"
     assert recorder.names == ["fire", "reject", "fallback"]
@@ -243,7 +228,7 @@ async def test_rejection_goes_to_the_fallback(clock: FakeClock) -> None:
 async def test_half_open_event_fires_when_the_period_ends(clock: FakeClock) -> None:
     """The timer announces half_open at the end of the period, with no call needed."""
     breaker = CircuitBreaker(succeed, clock=clock, reset_timeout=5.0)
-    recorder = Recorder(breaker, "open", "half_open", "close")
+    recorder = EventLog().attach(breaker, "open", "half_open", "close")
     breaker.open()
     await clock.advance(2.5)
     assert recorder.names == ["open"]
@@ -258,11 +243,7 @@ async def test_half_open_event_fires_when_the_period_ends(clock: FakeClock) -> N
 async def test_half_open_admits_exactly_max_calls_trials(clock: FakeClock, n: int) -> None:
     """Exactly half_open_max_calls trials run; concurrent others are rejected."""
     pending = Pending()
-    breaker = CircuitBreaker(
-        pending.action, clock=clock, reset_timeout=5.0, half_open_max_calls=n, timeout=None
-    )
-    breaker.open()
-    await clock.advance(5.0)
+    breaker = await half_open_on(clock, pending, half_open_max_calls=n)
     tasks = [asyncio.create_task(breaker.fire(i)) for i in range(n + 2)]
     await settle()
     assert pending.started == n
@@ -283,9 +264,9 @@ async def test_half_open_admits_exactly_max_calls_trials(clock: FakeClock, n: in
 async def test_trial_success_closes_and_clears_the_window(clock: FakeClock) -> None:
     """A successful trial closes (cause trial) and starts a fresh window."""
     breaker = CircuitBreaker(
-        outcome, clock=clock, volume_threshold=3, reset_timeout=5.0, timeout=None
+        as_told, clock=clock, volume_threshold=3, reset_timeout=5.0, timeout=None
     )
-    recorder = Recorder(breaker, "close")
+    recorder = EventLog().attach(breaker, "close")
     for _ in range(3):
         with pytest.raises(Boom):
             await breaker.fire(False)
@@ -311,7 +292,7 @@ async def test_failed_trials_back_off_up_to_the_cap(clock: FakeClock) -> None:
         max_reset_timeout=3.0,
         timeout=None,
     )
-    recorder = Recorder(breaker, "open", "half_open")
+    recorder = EventLog().attach(breaker, "open", "half_open")
     breaker.open()
     for attempt, period in enumerate([1.0, 2.0, 3.0, 3.0], start=1):
         assert breaker.attempts == attempt
@@ -355,9 +336,7 @@ async def test_close_and_reset_forget_the_attempts(clock: FakeClock, how: str) -
 async def test_trial_timeout_reopens(clock: FakeClock) -> None:
     """A trial that times out is a failed trial: open again, one more attempt."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, reset_timeout=5.0, timeout=2.0)
-    breaker.open()
-    await clock.advance(5.0)
+    breaker = await half_open_on(clock, pending, timeout=2.0)
     trial = asyncio.create_task(breaker.fire())
     await clock.advance(2.0)
     with pytest.raises(CircuitTimeoutError):
@@ -373,8 +352,7 @@ async def test_success_of_a_call_started_before_opening_does_not_close(
 ) -> None:
     """A call that began while closed and succeeds after the opening changes nothing."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, reset_timeout=5.0, timeout=None)
-    prepare(breaker, path)
+    breaker = on_path(path, pending.action, clock=clock, reset_timeout=5.0, timeout=None)
     old = asyncio.create_task(breaker.fire())
     await settle()
     breaker.open()
@@ -392,8 +370,7 @@ async def test_failure_of_a_call_started_before_closing_does_not_reopen(
 ) -> None:
     """A call that began before the breaker closed cannot open the fresh window."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, reset_timeout=5.0, timeout=None)
-    prepare(breaker, path)
+    breaker = on_path(path, pending.action, clock=clock, reset_timeout=5.0, timeout=None)
     old = asyncio.create_task(breaker.fire())
     await settle()
     breaker.open()
@@ -413,9 +390,7 @@ async def test_failure_of_a_call_started_before_closing_does_not_reopen(
 async def test_hung_trial_without_timeout_expires_after_reset_timeout(clock: FakeClock) -> None:
     """With timeout=None a trial that never returns frees its permit after reset_timeout."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, reset_timeout=5.0, timeout=None)
-    breaker.open()
-    await clock.advance(5.0)
+    breaker = await half_open_on(clock, pending)
     hung = asyncio.create_task(breaker.fire("hung"))
     await settle()
     await clock.advance(4.0)
@@ -496,7 +471,7 @@ async def test_without_warm_up_the_first_failure_may_open(clock: FakeClock) -> N
 
 async def test_reset_timeout_zero_makes_the_next_call_a_trial(clock: FakeClock) -> None:
     """reset_timeout=0: right after opening, the next call runs as a trial."""
-    breaker = CircuitBreaker(outcome, clock=clock, reset_timeout=0.0, timeout=None)
+    breaker = CircuitBreaker(as_told, clock=clock, reset_timeout=0.0, timeout=None)
     with pytest.raises(Boom):
         await breaker.fire(False)
     with pytest.raises(Boom):
@@ -510,7 +485,7 @@ async def test_reset_timeout_zero_makes_the_next_call_a_trial(clock: FakeClock) 
 async def test_force_open_rejects_without_trials_until_reset(clock: FakeClock) -> None:
     """force_open() holds the breaker open past any period; reset() closes it."""
     breaker = CircuitBreaker(succeed, clock=clock, reset_timeout=1.0)
-    recorder = Recorder(breaker, "open", "half_open", "close")
+    recorder = EventLog().attach(breaker, "open", "half_open", "close")
     await breaker.force_open()
     assert breaker.state is State.FORCED_OPEN
     assert breaker.opened
@@ -532,19 +507,19 @@ async def test_force_open_rejects_without_trials_until_reset(clock: FakeClock) -
 async def test_open_and_close_act_at_once(clock: FakeClock) -> None:
     """open() and close() are synchronous and announce a manual cause."""
     breaker = CircuitBreaker(succeed, clock=clock)
-    recorder = Recorder(breaker, "open", "close")
+    recorder = EventLog().attach(breaker, "open", "close")
     breaker.open()
     assert breaker.opened
     breaker.close()
     assert breaker.closed
-    assert recorder.events == [("open", (Cause.MANUAL,)), ("close", (Cause.MANUAL,))]
+    assert recorder.entries == [("open", (Cause.MANUAL,)), ("close", (Cause.MANUAL,))]
     assert await breaker.fire() == "ok"
 
 
 async def test_open_on_an_open_breaker_does_not_rearm(clock: FakeClock) -> None:
     """A second open() keeps the first period and the attempt count."""
     breaker = CircuitBreaker(succeed, clock=clock, reset_timeout=10.0)
-    recorder = Recorder(breaker, "open", "half_open")
+    recorder = EventLog().attach(breaker, "open", "half_open")
     breaker.open()
     await clock.advance(6.0)
     breaker.open()
@@ -557,7 +532,7 @@ async def test_open_on_an_open_breaker_does_not_rearm(clock: FakeClock) -> None:
 async def test_close_cancels_the_half_open_timer(clock: FakeClock) -> None:
     """A breaker closed by hand holds no timer and never announces half_open."""
     breaker = CircuitBreaker(succeed, clock=clock, reset_timeout=5.0, timeout=None)
-    recorder = Recorder(breaker, "half_open")
+    recorder = EventLog().attach(breaker, "half_open")
     breaker.open()
     assert clock.pending == 1
     breaker.close()
@@ -602,22 +577,12 @@ async def test_opened_at_is_the_opening_time(clock: FakeClock) -> None:
 @PATHS
 async def test_timeout_cancels_the_action_at_the_deadline(clock: FakeClock, path: str) -> None:
     """On expiry the action sees CancelledError and the caller gets CircuitTimeoutError."""
-    seen: list[str] = []
-
-    async def slow() -> str:
-        try:
-            await clock.sleep(100.0)
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-        return "late"
-
-    breaker = CircuitBreaker(slow, clock=clock, timeout=2.0)
-    prepare(breaker, path)
+    slow = Sleeper(clock, 100.0, result="late")
+    breaker = on_path(path, slow, clock=clock, timeout=2.0)
     task = asyncio.create_task(breaker.fire())
     await clock.advance(1.5)
     assert not task.done()
-    assert seen == []
+    assert slow.cancelled == 0
     await clock.advance(0.5)
     assert task.done()
     with pytest.raises(CircuitTimeoutError) as info:
@@ -626,7 +591,7 @@ async def test_timeout_cancels_the_action_at_the_deadline(clock: FakeClock, path
     assert isinstance(info.value, CircuitBreakerError)
     assert info.value.code == "ETIMEDOUT"
     assert info.value.timeout == 2.0
-    assert seen == ["cancelled"]
+    assert slow.cancelled == 1
 
 
 @PATHS
@@ -634,8 +599,7 @@ async def test_timeout_counts_failure_timeout_and_one_latency_sample(
     clock: FakeClock, path: str
 ) -> None:
     """A timeout is one failure, one timeout and a single latency sample of `timeout`."""
-    breaker = CircuitBreaker(clock.sleep, clock=clock, timeout=2.0, error_threshold_percentage=100)
-    prepare(breaker, path)
+    breaker = on_path(path, clock.sleep, clock=clock, timeout=2.0, error_threshold_percentage=100)
     quick = asyncio.create_task(breaker.fire(0.5))
     await clock.advance(0.5)
     await quick
@@ -653,7 +617,7 @@ async def test_timeout_counts_failure_timeout_and_one_latency_sample(
 async def test_timeout_emits_timeout_then_failure(clock: FakeClock) -> None:
     """Events of a timeout: timeout(error, latency, args) then failure(error, latency, args)."""
     breaker = CircuitBreaker(clock.sleep, clock=clock, timeout=1.0)
-    recorder = Recorder(breaker, "timeout", "failure", "success")
+    recorder = EventLog().attach(breaker, "timeout", "failure", "success")
     task = asyncio.create_task(breaker.fire(5.0))
     await clock.advance(1.0)
     with pytest.raises(CircuitTimeoutError) as info:
@@ -707,8 +671,7 @@ async def test_falsy_timeout_disables_it(clock: FakeClock, path: str, disabled: 
         await clock.sleep(1000.0)
         return "done"
 
-    breaker = CircuitBreaker(slow, clock=clock, timeout=disabled, rolling_count_timeout=10_000.0)
-    prepare(breaker, path)
+    breaker = on_path(path, slow, clock=clock, timeout=disabled, rolling_count_timeout=10_000.0)
     task = asyncio.create_task(breaker.fire())
     await settle()
     assert clock.pending == 1  # the action's own sleep, no deadline timer
@@ -727,12 +690,16 @@ async def test_success_counts_in_the_window_where_the_call_ends(
     async def action(delay: float, ok: bool) -> str:
         if delay:
             await clock.sleep(delay)
-        return await outcome(ok)
+        return await as_told(ok)
 
-    breaker = CircuitBreaker(
-        action, clock=clock, timeout=None, rolling_count_timeout=10.0, error_threshold_percentage=50
+    breaker = on_path(
+        path,
+        action,
+        clock=clock,
+        timeout=None,
+        rolling_count_timeout=10.0,
+        error_threshold_percentage=50,
     )
-    prepare(breaker, path)
     task = asyncio.create_task(breaker.fire(12.0, True))
     await clock.advance(12.0)
     assert await task == "ok"
@@ -746,8 +713,7 @@ async def test_success_counts_in_the_window_where_the_call_ends(
 async def test_concurrent_calls_share_one_deadline_timer(clock: FakeClock, path: str) -> None:
     """100 calls in flight hold a single timer between them; results go to their callers."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, timeout=5.0)
-    prepare(breaker, path)
+    breaker = on_path(path, pending.action, clock=clock, timeout=5.0)
     tasks = []
     peak = 0
     for index in range(100):
@@ -774,10 +740,9 @@ async def test_concurrent_calls_share_one_deadline_timer(clock: FakeClock, path:
 async def test_calls_time_out_at_their_own_deadlines(clock: FakeClock, path: str) -> None:
     """Calls started at different times expire at start + timeout, whatever finishes first."""
     pending = Pending()
-    breaker = CircuitBreaker(
-        pending.action, clock=clock, timeout=5.0, error_threshold_percentage=100
+    breaker = on_path(
+        path, pending.action, clock=clock, timeout=5.0, error_threshold_percentage=100
     )
-    prepare(breaker, path)
     a = asyncio.create_task(breaker.fire("a"))
     await clock.advance(1.0)
     b = asyncio.create_task(breaker.fire("b"))
@@ -807,15 +772,8 @@ async def test_calls_time_out_at_their_own_deadlines(clock: FakeClock, path: str
 async def test_action_swallowing_cancellation_still_times_out(clock: FakeClock, path: str) -> None:
     """An action that catches the cancel and returns late still yields a timeout."""
 
-    async def stubborn() -> str:
-        try:
-            await clock.sleep(100.0)
-        except asyncio.CancelledError:
-            return "late"
-        return "never"
-
-    breaker = CircuitBreaker(stubborn, clock=clock, timeout=1.0)
-    prepare(breaker, path)
+    stubborn = Sleeper(clock, 100.0, result="late", swallow_cancel=True)
+    breaker = on_path(path, stubborn, clock=clock, timeout=1.0)
 
     async def caller() -> int:
         with pytest.raises(CircuitTimeoutError):
@@ -832,16 +790,8 @@ async def test_action_swallowing_cancellation_still_times_out(clock: FakeClock, 
 @PATHS
 async def test_action_raising_on_cancellation_still_times_out(clock: FakeClock, path: str) -> None:
     """An action that turns the timeout's cancel into its own error is still a timeout."""
-
-    async def messy() -> str:
-        try:
-            await clock.sleep(100.0)
-        except asyncio.CancelledError as exc:
-            raise Boom("cleanup failed") from exc
-        return "never"
-
-    breaker = CircuitBreaker(messy, clock=clock, timeout=1.0, error_threshold_percentage=100)
-    prepare(breaker, path)
+    messy = Sleeper(clock, 100.0, on_cancel=Boom("cleanup failed"))
+    breaker = on_path(path, messy, clock=clock, timeout=1.0, error_threshold_percentage=100)
     task = asyncio.create_task(breaker.fire())
     await clock.advance(1.0)
     with pytest.raises(CircuitTimeoutError):
@@ -852,16 +802,8 @@ async def test_action_raising_on_cancellation_still_times_out(clock: FakeClock, 
 @PATHS
 async def test_timeout_leaves_no_cancel_request_on_the_caller(clock: FakeClock, path: str) -> None:
     """After any timed-out call the caller's task has no pending cancellation request."""
-
-    async def messy() -> str:
-        try:
-            await clock.sleep(100.0)
-        except asyncio.CancelledError as exc:
-            raise Boom("cleanup failed") from exc
-        return "never"
-
-    breaker = CircuitBreaker(messy, clock=clock, timeout=1.0, error_threshold_percentage=100)
-    prepare(breaker, path)
+    messy = Sleeper(clock, 100.0, on_cancel=Boom("cleanup failed"))
+    breaker = on_path(path, messy, clock=clock, timeout=1.0, error_threshold_percentage=100)
 
     async def caller() -> int:
         with pytest.raises((CircuitTimeoutError, Boom)):
@@ -912,8 +854,7 @@ async def test_real_clock_fast_calls_are_not_cut() -> None:
 async def test_real_clock_caller_cancel_arriving_with_the_deadline_propagates(path: str) -> None:
     """A caller's cancel that lands in the same loop step as the deadline stays a cancel."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, timeout=0.02)
-    prepare(breaker, path)
+    breaker = on_path(path, pending.action, timeout=0.02)
     loop = asyncio.get_running_loop()
     task = asyncio.create_task(breaker.fire())
     loop.call_later(0.01, task.cancel)  # due before the breaker's deadline
@@ -935,15 +876,12 @@ async def test_caller_cancellation_is_neither_failure_nor_success(
 ) -> None:
     """task.cancel() from outside propagates; nothing is recorded but the fire."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, timeout=5.0)
-    prepare(breaker, path)
+    breaker = on_path(path, pending.action, clock=clock, timeout=5.0)
     fallbacks: list[Any] = []
     breaker.fallback(lambda *args: fallbacks.append(args))
     task = asyncio.create_task(breaker.fire())
     await settle()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await cancel(task)
     assert pending.cancelled == 1
     stats = breaker.stats
     assert (stats.fires, stats.successes, stats.failures, stats.timeouts) == (1, 0, 0, 0)
@@ -957,9 +895,7 @@ async def test_caller_cancellation_releases_the_capacity_slot(clock: FakeClock) 
     breaker = CircuitBreaker(pending.action, clock=clock, capacity=1, timeout=None)
     first = asyncio.create_task(breaker.fire())
     await settle()
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
+    await cancel(first)
     second = asyncio.create_task(breaker.fire())
     await settle()
     assert pending.started == 2
@@ -971,14 +907,10 @@ async def test_caller_cancellation_releases_the_capacity_slot(clock: FakeClock) 
 async def test_caller_cancellation_releases_the_trial_permit(clock: FakeClock) -> None:
     """A cancelled trial gives its permit back: the next call is a trial, not a reject."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, reset_timeout=5.0, timeout=None)
-    breaker.open()
-    await clock.advance(5.0)
+    breaker = await half_open_on(clock, pending)
     trial = asyncio.create_task(breaker.fire())
     await settle()
-    trial.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await trial
+    await cancel(trial)
     assert breaker.half_open
     assert breaker.attempts == 1
     second = asyncio.create_task(breaker.fire())
@@ -995,8 +927,7 @@ async def test_outer_asyncio_timeout_is_the_callers_cancellation(
 ) -> None:
     """An enclosing asyncio.timeout ends the call as a caller cancellation, not a failure."""
     pending = Pending()
-    breaker = CircuitBreaker(pending.action, clock=clock, timeout=5.0, capacity=1)
-    prepare(breaker, path)
+    breaker = on_path(path, pending.action, clock=clock, timeout=5.0, capacity=1)
 
     async def caller() -> Any:
         async with asyncio.timeout(0):
@@ -1025,8 +956,7 @@ async def test_sync_action_value_is_accepted(clock: FakeClock, path: str) -> Non
     def add(a: int, b: int) -> int:
         return a + b
 
-    breaker = CircuitBreaker(add, clock=clock)
-    prepare(breaker, path)
+    breaker = on_path(path, add, clock=clock)
     assert await breaker.fire(2, 3) == 5
     assert breaker.stats.successes == 1
 
@@ -1038,8 +968,7 @@ async def test_sync_action_error_is_a_failure(clock: FakeClock, path: str) -> No
     def broken() -> int:
         raise Boom("sync")
 
-    breaker = CircuitBreaker(broken, clock=clock, error_threshold_percentage=100)
-    prepare(breaker, path)
+    breaker = on_path(path, broken, clock=clock, error_threshold_percentage=100)
     with pytest.raises(Boom, match="sync"):
         await breaker.fire()
     assert breaker.stats.failures == 1
@@ -1052,8 +981,7 @@ async def test_sync_action_returning_an_awaitable_is_awaited(clock: FakeClock, p
     def indirect() -> Coroutine[Any, Any, str]:
         return succeed()
 
-    breaker = CircuitBreaker(indirect, clock=clock)
-    prepare(breaker, path)
+    breaker = on_path(path, indirect, clock=clock)
     assert await breaker.fire() == "ok"
 
 
@@ -1066,7 +994,7 @@ async def test_over_capacity_raises_semaphore_locked_as_a_failure(clock: FakeClo
     breaker = CircuitBreaker(
         pending.action, clock=clock, capacity=2, timeout=None, error_threshold_percentage=100
     )
-    recorder = Recorder(breaker, "semaphore_locked", "failure")
+    recorder = EventLog().attach(breaker, "semaphore_locked", "failure")
     first = asyncio.create_task(breaker.fire())
     second = asyncio.create_task(breaker.fire())
     await settle()
@@ -1090,7 +1018,7 @@ async def test_over_capacity_raises_semaphore_locked_as_a_failure(clock: FakeClo
 async def test_capacity_slot_is_freed_after_a_failure(clock: FakeClock) -> None:
     """A failed call returns its slot too."""
     breaker = CircuitBreaker(
-        outcome, clock=clock, capacity=1, timeout=None, error_threshold_percentage=100
+        as_told, clock=clock, capacity=1, timeout=None, error_threshold_percentage=100
     )
     for _ in range(3):
         with pytest.raises(Boom):
@@ -1144,31 +1072,18 @@ async def test_error_filter_true_is_a_success_reraised_without_fallback(
     clock: FakeClock,
 ) -> None:
     """A filtered error counts as success, emits success, propagates, skips the fallback."""
-    seen: list[tuple[BaseException, tuple[Any, ...], dict[str, Any]]] = []
-
-    def not_a_failure(error: BaseException, *args: Any, **kwargs: Any) -> bool:
-        seen.append((error, args, kwargs))
-        return isinstance(error, KeyError)
-
-    async def lookup(key: int, *, strict: bool) -> str:
-        raise KeyError(key)
-
-    breaker = CircuitBreaker(lookup, clock=clock, error_filter=not_a_failure)
-    fallbacks: list[Any] = []
-
-    def remember(*args: Any, **kwargs: Any) -> str:
-        fallbacks.append(args)
-        return "fallback"
-
-    breaker.fallback(remember)
-    recorder = Recorder(breaker, "success", "failure", "fallback")
+    not_a_failure = Recorder(result=True)  # the filter, recording its calls
+    lookup = Recorder(error=KeyError(7))
+    breaker = CircuitBreaker(lookup, clock=clock, error_filter=not_a_failure.sync)
+    fallback = Recorder(result="fallback")
+    breaker.fallback(fallback.sync)
+    recorder = EventLog().attach(breaker, "success", "failure", "fallback")
     with pytest.raises(KeyError) as info:
         await breaker.fire(7, strict=True)
-    assert seen == [(info.value, (7,), {"strict": True})]
-    assert fallbacks == []
+    assert not_a_failure.calls == [((info.value, 7), {"strict": True})]
+    assert fallback.calls == []
     assert recorder.names == ["success"]
-    stats = breaker.stats
-    assert (stats.successes, stats.failures) == (1, 0)
+    assert (breaker.stats.successes, breaker.stats.failures) == (1, 0)
     assert breaker.closed
 
 
@@ -1207,7 +1122,7 @@ async def test_disabled_breaker_counts_fires_and_calls_straight_through(
 
     breaker = CircuitBreaker(action, clock=clock, enabled=False, timeout=1.0)
     breaker.fallback(lambda *args: "fallback")
-    recorder = Recorder(breaker, "fire", "success", "failure", "timeout", "fallback")
+    recorder = EventLog().attach(breaker, "fire", "success", "failure", "timeout", "fallback")
     with pytest.raises(Boom):
         await breaker.fire("fail")
     task = asyncio.create_task(breaker.fire("slow"))
@@ -1238,16 +1153,16 @@ async def test_disable_lets_calls_through_an_open_breaker(clock: FakeClock) -> N
 
 async def test_shutdown_refuses_calls_without_a_fire_event(clock: FakeClock) -> None:
     """After shutdown(): ShutdownError, no fire event, state kept, disabled, cache emptied."""
-    cache = DictCache()
+    cache = CacheTransport()
 
     async def action(key: str) -> str:
         return key.upper()
 
     breaker = CircuitBreaker(action, clock=clock, cache=True, cache_transport=cache)
     assert await breaker.fire("a") == "A"
-    assert cache.data != {}
+    assert cache.store != {}
     breaker.open()
-    recorder = Recorder(breaker, "fire", "shutdown")
+    recorder = EventLog().attach(breaker, "fire", "shutdown")
     await breaker.shutdown()
     with pytest.raises(ShutdownError) as info:
         await breaker.fire("a")
@@ -1256,7 +1171,7 @@ async def test_shutdown_refuses_calls_without_a_fire_event(clock: FakeClock) -> 
     assert breaker.is_shutdown
     assert not breaker.enabled
     assert breaker.state is State.OPEN
-    assert cache.data == {}
+    assert cache.store == {}
     assert breaker.stats.fires == 1
     assert breaker.to_json()["state"]["shutdown"] is True
 
@@ -1264,7 +1179,7 @@ async def test_shutdown_refuses_calls_without_a_fire_event(clock: FakeClock) -> 
 async def test_shutdown_stops_the_half_open_timer(clock: FakeClock) -> None:
     """A breaker shut down while open holds no timer and announces nothing later."""
     breaker = CircuitBreaker(succeed, clock=clock, reset_timeout=5.0, timeout=None)
-    recorder = Recorder(breaker, "half_open")
+    recorder = EventLog().attach(breaker, "half_open")
     breaker.open()
     await breaker.shutdown()
     assert clock.pending == 0
@@ -1275,7 +1190,7 @@ async def test_shutdown_stops_the_half_open_timer(clock: FakeClock) -> None:
 async def test_shutdown_state_keeps_its_last_value(clock: FakeClock) -> None:
     """The state of a shut-down breaker stays what it was, however much time passes."""
     breaker = CircuitBreaker(succeed, clock=clock, reset_timeout=5.0, timeout=None)
-    recorder = Recorder(breaker, "half_open")
+    recorder = EventLog().attach(breaker, "half_open")
     breaker.open()
     await breaker.shutdown()
     await clock.advance(10.0)
@@ -1286,7 +1201,7 @@ async def test_shutdown_state_keeps_its_last_value(clock: FakeClock) -> None:
 async def test_shutdown_twice_is_harmless(clock: FakeClock) -> None:
     """A second shutdown() emits nothing more."""
     breaker = CircuitBreaker(succeed, clock=clock)
-    recorder = Recorder(breaker, "shutdown")
+    recorder = EventLog().attach(breaker, "shutdown")
     await breaker.shutdown()
     await breaker.shutdown()
     assert recorder.names == ["shutdown"]

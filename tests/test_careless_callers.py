@@ -20,7 +20,7 @@ import fakeredis
 import pytest
 import redis
 import redis.asyncio as aioredis
-from helpers import Boom
+from helpers import Boom, fail
 
 from distributed_opossum import CircuitBreaker, OpenCircuitError, circuit_breaker
 from distributed_opossum._options import (
@@ -228,10 +228,6 @@ class FallbackFailed(Exception):
     pass
 
 
-async def _fails() -> None:
-    raise Boom("action failed")
-
-
 def _failing_fallback(error: BaseException) -> None:
     raise FallbackFailed("fallback failed")
 
@@ -239,7 +235,7 @@ def _failing_fallback(error: BaseException) -> None:
 @pytest.mark.parametrize("listened", [False, True])
 async def test_fallback_error_chains_the_original(listened: bool) -> None:
     """A fallback that raises keeps the action's error reachable, listeners or not."""
-    breaker = CircuitBreaker(_fails).fallback(_failing_fallback)
+    breaker = CircuitBreaker(fail).fallback(_failing_fallback)
     if listened:
         breaker.on("failure", lambda *_: None)
     with pytest.raises(FallbackFailed) as caught:
@@ -249,7 +245,7 @@ async def test_fallback_error_chains_the_original(listened: bool) -> None:
 
 async def test_rejecting_fallback_error_chains_the_rejection() -> None:
     """On an open breaker, a failing fallback chains the ``OpenCircuitError``."""
-    breaker = CircuitBreaker(_fails).fallback(_failing_fallback)
+    breaker = CircuitBreaker(fail).fallback(_failing_fallback)
     breaker.open()
     with pytest.raises(FallbackFailed) as caught:
         await breaker.fire()

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from chaos_scenario import CONVERGE_WITHIN, TICK, ChaosRun, chaos_run
-from distributed_support import redis_now_ms
 from redis_server import RedisServer
+from transport_support import entry_fields, redis_now_ms
 
 pytestmark = [pytest.mark.chaos, pytest.mark.redis]
 
@@ -65,18 +65,8 @@ async def _garbage_broadcasts(run: ChaosRun) -> list[bytes]:
 
 async def _forged_stats(run: ChaosRun) -> list[bytes]:
     views = await run.fleet.snapshot()
-    entry: dict[str, Any] = {
-        "v": 1,
-        "timestamp": await redis_now_ms(run.admin),
-        "instance": "ghost",
-        "fires": 10**12,
-        "successes": 0,
-        "failures": 10**12,
-        "timeouts": 0,
-        "rejects": 0,
-        "local_open": False,
-        "epoch": views[0].epoch,
-    }
+    now = await redis_now_ms(run.admin)
+    entry = entry_fields(now, "ghost", failures=10**12, epoch=views[0].epoch)
     return [
         b"not json",
         json.dumps({**entry, "v": 99}).encode(),

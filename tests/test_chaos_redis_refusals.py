@@ -13,19 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import redis
 from chaos_scenario import ChaosRun, chaos_run
+from redis_admin import kill_pubsub
 from redis_server import RedisServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.redis]
-
-
-async def _kill_pubsub(run: ChaosRun) -> int:
-    killed: int = await run.admin.client_kill_filter(_type="pubsub", skipme=True)
-    return killed
 
 
 def _no_outage_announced(run: ChaosRun) -> None:
@@ -36,66 +34,58 @@ def _no_outage_announced(run: ChaosRun) -> None:
     )
 
 
-async def test_pubsub_connections_killed_once(tmp_path: Path, redis_server: RedisServer) -> None:
-    """CLIENT KILL TYPE pubsub once, while the fleet is open: no outage, one trial per period."""
-    async with chaos_run(tmp_path, redis_server) as run:
+@asynccontextmanager
+async def _while_the_downstream_fails(
+    tmp_path: Path, server: RedisServer
+) -> AsyncIterator[ChaosRun]:
+    """A chaos run whose downstream fails while the block runs (the fleet opens), then heals;
+    the fleet must converge, and no pod may have announced an outage."""
+    async with chaos_run(tmp_path, server) as run:
         await asyncio.sleep(0.3)
         run.fleet.switch.fail()
-        await asyncio.sleep(1.5)  # open, then a failing trial: open again
-        assert await _kill_pubsub(run) >= 6
-        await asyncio.sleep(1.0)
+        yield run
         run.fleet.switch.heal()
         await run.fleet.wait_converged(run.admin, within=3.0)
         await asyncio.sleep(0.3)
     _no_outage_announced(run)
+
+
+async def test_pubsub_connections_killed_once(tmp_path: Path, redis_server: RedisServer) -> None:
+    """CLIENT KILL TYPE pubsub once, while the fleet is open: no outage, one trial per period."""
+    async with _while_the_downstream_fails(tmp_path, redis_server) as run:
+        await asyncio.sleep(1.5)  # open, then a failing trial: open again
+        assert await kill_pubsub(run.admin) >= 6
+        await asyncio.sleep(1.0)
 
 
 async def test_pubsub_connections_killed_repeatedly(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
     """Pub/sub connections killed every 150 ms for 3 s through open and half-open periods."""
-    async with chaos_run(tmp_path, redis_server) as run:
-        await asyncio.sleep(0.3)
-        run.fleet.switch.fail()
+    async with _while_the_downstream_fails(tmp_path, redis_server) as run:
         end = time.monotonic() + 3.0
         while time.monotonic() < end:
-            await _kill_pubsub(run)
+            await kill_pubsub(run.admin)
             await asyncio.sleep(0.15)
-        run.fleet.switch.heal()
-        await run.fleet.wait_converged(run.admin, within=3.0)
-        await asyncio.sleep(0.3)
-    _no_outage_announced(run)
 
 
 async def test_script_flush_once(tmp_path: Path, redis_server: RedisServer) -> None:
     """SCRIPT FLUSH once while the fleet is open: reports, leases and trials go on."""
-    async with chaos_run(tmp_path, redis_server) as run:
-        await asyncio.sleep(0.3)
-        run.fleet.switch.fail()
+    async with _while_the_downstream_fails(tmp_path, redis_server) as run:
         await asyncio.sleep(1.0)
         await run.admin.script_flush()
         await asyncio.sleep(1.2)
-        run.fleet.switch.heal()
-        await run.fleet.wait_converged(run.admin, within=3.0)
-        await asyncio.sleep(0.3)
-    _no_outage_announced(run)
 
 
 async def test_script_flush_in_a_tight_loop(tmp_path: Path, redis_server: RedisServer) -> None:
     """SCRIPT FLUSH back to back for 3 s, through open and half-open periods."""
-    async with chaos_run(tmp_path, redis_server) as run:
-        await asyncio.sleep(0.3)
-        run.fleet.switch.fail()
+    async with _while_the_downstream_fails(tmp_path, redis_server) as run:
         flushes = 0
         end = time.monotonic() + 3.0
         while time.monotonic() < end:
             await run.admin.script_flush()
             flushes += 1
-        run.fleet.switch.heal()
-        await run.fleet.wait_converged(run.admin, within=3.0)
-        await asyncio.sleep(0.3)
     assert flushes > 100
-    _no_outage_announced(run)
 
 
 async def test_maxmemory_reached(tmp_path: Path, redis_server: RedisServer) -> None:

@@ -18,34 +18,24 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from chaos_fleet import url_client
 from chaos_scenario import CONVERGE_WITHIN, chaos_run, open_spread
-from distributed_support import (
-    PREFIX,
-    Cluster,
-    Pod,
-    acl_setuser,
-    admin_of,
-    eventually,
-    eventually_async,
-    readme_acl_rule,
-)
+from distributed_support import PREFIX, Cluster, Pod
+from redis_admin import acl_setuser, admin_of, readme_acl_rule, user_url
 from redis_server import RedisServer
+from waiting import eventually, eventually_async
 
 from distributed_opossum import State
 
 pytestmark = pytest.mark.redis
 
 FAST: dict[str, Any] = {"reset_timeout": 0.3, "rolling_count_timeout": 1.0}
-
-
-def _user_url(server: RedisServer, user: str, password: str) -> str:
-    return server.url.replace("redis://", f"redis://{user}:{password}@")
 
 
 def _library_records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
@@ -66,43 +56,32 @@ async def test_readme_acl_line_covers_everything_the_library_does(
     async with admin_of(redis_server) as admin:
         await acl_setuser(admin, *readme_acl_rule(PREFIX))
         await admin.acl_log_reset()
-        url = _user_url(redis_server, "dopossum", "secret")
-        async with Cluster(url, **FAST, distributed={"sync_interval": 0.1}) as cluster:
-            pods = [cluster.pod(f"pod{i}", client=aioredis.Redis.from_url(url)) for i in range(2)]
-            try:
-                await eventually(lambda: all(p.link.gen is not None for p in pods), within=2.0)
-                await eventually_async(
-                    lambda: _subscribed_users(admin, "dopossum", 2), within=2.0, what="subscribed"
-                )
-                await admin.script_flush()  # the next reports reload the scripts
-                await pods[0].trip()  # report + broadcast
-                await eventually(lambda: pods[1].breaker.opened, within=0.5, what="broadcast")
-                await eventually(lambda: pods[1].breaker.half_open, within=1.0)
-                pods[1].downstream.mode = "hang"  # a trial whose caller is cancelled
-                trial = asyncio.get_running_loop().create_task(pods[1].call())
-                await eventually(lambda: pods[1].downstream.running == 1, what="trial running")
-                trial.cancel()
-                await asyncio.gather(trial, return_exceptions=True)
-                pods[1].downstream.mode = "ok"
-                await eventually_async(lambda: _trial_ok(pods[1]), within=2.0, what="a trial")
-                await eventually(lambda: pods[0].breaker.closed, within=0.5, what="closed")
-                await pods[0].breaker.force_open()
-                await eventually(lambda: pods[1].breaker.state is State.FORCED_OPEN, within=0.5)
-                await pods[0].breaker.reset()
-                await eventually(lambda: pods[1].breaker.closed, within=0.5)
-                # The operator's CLI has a user of its own (the README's operator line).
-                await acl_setuser(admin, *readme_acl_rule(PREFIX, "dopossum-operator"))
-                operator = _user_url(redis_server, "dopossum-operator", "secret")
-                for command in (["status", "payments"], ["cleanup", "payments", "--max-age", "0"]):
-                    _cli(operator, command)
-                await asyncio.sleep(0.3)  # a few more reports
-                for pod in pods:
-                    assert pod.coordinator.stats["script_errors"] == 0, pod.coordinator.stats
-                    assert pod.coordinator.stats["listener_errors"] == 0, pod.coordinator.stats
-            finally:
-                for pod in pods:
-                    await pod.breaker.shutdown()
-                    await pod.client.aclose()
+        url = user_url(redis_server.url, "dopossum", "secret")
+        async with Cluster(url, admin=admin, **FAST, sync_interval=0.1) as cluster:
+            pods = [cluster.pod(n, client=cluster.client(n, named=False)) for n in ("pod0", "pod1")]
+            await cluster.ready(user="dopossum")
+            await admin.script_flush()  # the next reports reload the scripts
+            await cluster.trip()  # report + broadcast
+            await cluster.half_open(within=1.0)
+            trial = await pods[1].hanging_call()  # a trial whose caller is cancelled
+            trial.cancel()
+            await asyncio.gather(trial, return_exceptions=True)
+            pods[1].downstream.mode = "ok"
+            await eventually_async(lambda: _trial_ok(pods[1]), within=2.0, what="a trial")
+            await eventually(lambda: pods[0].breaker.closed, within=0.5, what="closed")
+            await pods[0].breaker.force_open()
+            await eventually(lambda: pods[1].breaker.state is State.FORCED_OPEN, within=0.5)
+            await pods[0].breaker.reset()
+            await eventually(lambda: pods[1].breaker.closed, within=0.5)
+            # The operator's CLI has a user of its own (the README's operator line).
+            await acl_setuser(admin, *readme_acl_rule(PREFIX, "dopossum-operator"))
+            operator = user_url(redis_server.url, "dopossum-operator", "secret")
+            for command in (["status", "payments"], ["cleanup", "payments", "--max-age", "0"]):
+                _cli(operator, command)
+            await asyncio.sleep(0.3)  # a few more reports
+            for pod in pods:
+                assert pod.coordinator.stats["script_errors"] == 0, pod.coordinator.stats
+                assert pod.coordinator.stats["listener_errors"] == 0, pod.coordinator.stats
         refused = [e for e in await admin.acl_log() if e.get("username") == "dopossum"]
         assert refused == [], f"the README's ACL line lacks: {refused}"
 
@@ -111,9 +90,22 @@ async def _trial_ok(pod: Pod) -> bool:
     return await pod.call() == "ok"
 
 
-async def _subscribed_users(admin: aioredis.Redis, user: str, count: int) -> bool:
-    entries = await admin.client_list()
-    return sum(1 for e in entries if e.get("user") == user and int(e.get("psub", 0)) > 0) >= count
+@asynccontextmanager
+async def _pod_on(url: str, calls: int) -> AsyncIterator[Pod]:
+    """A pod on ``url`` (its client unnamed: the user may not name it) once it made ``calls``
+    calls 50 ms apart, each of them a success; shut down when the block ends."""
+    async with Cluster(url, **FAST, sync_interval=0.05) as cluster:
+        pod = cluster.pod("pod0", client=cluster.client("pod0", named=False))
+        for _ in range(calls):
+            assert await pod.call() == "ok"
+            await asyncio.sleep(0.05)
+        yield pod
+
+
+def _refusal(pod: Pod) -> str:
+    """What the pod's one ``registry_down`` carried, as lower-case text."""
+    assert pod.count("registry_down") == 1
+    return str(pod.events.args_of("registry_down")[0][0]).lower()
 
 
 def _cli(url: str, command: list[str]) -> None:
@@ -136,22 +128,14 @@ async def test_user_without_rights_gets_one_clear_error_and_stays_local(
     caplog.set_level(logging.WARNING, logger="distributed_opossum")
     async with admin_of(redis_server) as admin:
         await acl_setuser(admin, "nobody", "on", ">pw", "-@all")
-        url = _user_url(redis_server, "nobody", "pw")
-        async with Cluster(url, **FAST, distributed={"sync_interval": 0.05}) as cluster:
-            pod = cluster.pod("pod0", client=aioredis.Redis.from_url(url))
-            try:
-                for _ in range(20):
-                    assert await pod.call() == "ok"
-                    await asyncio.sleep(0.05)  # 1 s: twenty refused reports
-                await pod.trip()
-                assert pod.causes("open") == ["local"]
-                await eventually(lambda: pod.breaker.half_open, within=1.0)
-                pod.downstream.mode = "ok"
-                assert await pod.call() == "ok"  # the local trial rule
-                assert pod.causes("close") == ["trial"]
-            finally:
-                await pod.breaker.shutdown()
-                await pod.client.aclose()
+        # 20 calls in 1 s: twenty refused reports
+        async with _pod_on(user_url(redis_server.url, "nobody", "pw"), calls=20) as pod:
+            await pod.trip()
+            assert pod.causes("open") == ["local"]
+            await eventually(lambda: pod.breaker.half_open, within=1.0)
+            pod.downstream.mode = "ok"
+            assert await pod.call() == "ok"  # the local trial rule
+            assert pod.causes("close") == ["trial"]
     errors = _library_records(caplog, logging.ERROR)
     assert errors, "the refusal was not logged"
     text = " ".join(r.getMessage() + str(r.exc_info and r.exc_info[1]) for r in errors)
@@ -167,29 +151,20 @@ async def test_wrong_password_gets_a_clear_error_and_no_crash(
 ) -> None:
     """A wrong password: registry_down names the failed authentication; nothing crashes."""
     caplog.set_level(logging.WARNING, logger="distributed_opossum")
-    url = _user_url(redis_server, "default", "wrong-password")
+    url = user_url(redis_server.url, "default", "wrong-password")
     async with admin_of(redis_server) as admin:
         await admin.config_set("requirepass", "right-password")
         try:
-            async with Cluster(url, **FAST, distributed={"sync_interval": 0.05}) as cluster:
-                pod = cluster.pod("pod0", client=aioredis.Redis.from_url(url))
-                try:
-                    for _ in range(20):
-                        assert await pod.call() == "ok"
-                        await asyncio.sleep(0.05)
-                    assert pod.count("registry_down") == 1
-                    error = next(args[0] for name, args, _ in pod.events if name == "registry_down")
-                    assert "password" in str(error).lower(), repr(error)
-                    coordinator = pod.coordinator
-                    assert coordinator._ticker is not None
-                    assert not coordinator._ticker.done()
-                    assert coordinator._listener is not None
-                    assert not coordinator._listener.done()
-                    await pod.trip()
-                    assert pod.breaker.state is State.OPEN
-                finally:
-                    await pod.breaker.shutdown()
-                    await pod.client.aclose()
+            async with _pod_on(url, calls=20) as pod:
+                refusal = _refusal(pod)
+                assert "password" in refusal, refusal
+                coordinator = pod.coordinator
+                assert coordinator._ticker is not None
+                assert not coordinator._ticker.done()
+                assert coordinator._listener is not None
+                assert not coordinator._listener.done()
+                await pod.trip()
+                assert pod.breaker.state is State.OPEN
         finally:
             admin.connection_pool.connection_kwargs["password"] = "right-password"
             await admin.config_set("requirepass", "")
@@ -221,18 +196,8 @@ async def test_fleet_over_tls(tmp_path: Path, tls_redis_server: RedisServer) -> 
 
 async def test_tls_without_trusting_the_ca_is_a_clear_error(tls_redis_server: RedisServer) -> None:
     """A client that does not trust the server's CA: registry_down names the certificate."""
-    url = tls_redis_server.tls_url
-    async with Cluster(url, **FAST, distributed={"sync_interval": 0.05}) as cluster:
-        pod = cluster.pod("pod0", client=aioredis.Redis.from_url(url))
-        try:
-            for _ in range(10):
-                assert await pod.call() == "ok"
-                await asyncio.sleep(0.05)
-            assert pod.count("registry_down") == 1
-            error = next(args[0] for name, args, _ in pod.events if name == "registry_down")
-            assert "certificate" in str(error).lower(), repr(error)
-            await pod.trip()
-            assert pod.causes("open") == ["local"]
-        finally:
-            await pod.breaker.shutdown()
-            await pod.client.aclose()
+    async with _pod_on(tls_redis_server.tls_url, calls=10) as pod:
+        refusal = _refusal(pod)
+        assert "certificate" in refusal, refusal
+        await pod.trip()
+        assert pod.causes("open") == ["local"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -40,6 +40,23 @@ async def sentinel_admin(topology: SentinelTopology) -> AsyncIterator[aioredis.R
         await admin.aclose()
         for client in sentinel.sentinels:
             await client.aclose()
+
+
+async def _through_a_switch(
+    tmp_path: Path, topology: SentinelTopology, switch: Callable[[], Awaitable[object]]
+) -> None:
+    """A fleet trips while ``switch`` changes the master: the fleet must agree on the new
+    master within two ticks of the switch, then work on."""
+    spec = sentinel_client(topology.sentinel_addresses, topology.service)
+    async with (
+        sentinel_admin(topology) as admin,
+        chaos_run(tmp_path, topology.master, client=spec, admin=admin) as run,
+    ):
+        await asyncio.sleep(0.5)
+        with run.timeline.outage():
+            run.fleet.switch.fail()  # the fleet trips while the master changes
+            await switch()
+        await _after_the_switch(run)
 
 
 async def _after_the_switch(run: ChaosRun) -> None:
@@ -72,31 +89,11 @@ async def _after_the_switch(run: ChaosRun) -> None:
 
 async def test_sentinel_master_killed(tmp_path: Path, sentinel_topology: SentinelTopology) -> None:
     """kill -9 of the master: pods follow the promoted replica within two ticks of the switch."""
-    topology = sentinel_topology
-    spec = sentinel_client(topology.sentinel_addresses, topology.service)
-    async with (
-        sentinel_admin(topology) as admin,
-        chaos_run(tmp_path, topology.master, client=spec, admin=admin) as run,
-    ):
-        await asyncio.sleep(0.5)
-        with run.timeline.outage():
-            run.fleet.switch.fail()  # the fleet trips while the master changes
-            await topology.kill_master()
-        await _after_the_switch(run)
+    await _through_a_switch(tmp_path, sentinel_topology, sentinel_topology.kill_master)
 
 
 async def test_sentinel_failover_command(
     tmp_path: Path, sentinel_topology: SentinelTopology
 ) -> None:
     """SENTINEL FAILOVER: pods leave the demoted master within two ticks of the switch."""
-    topology = sentinel_topology
-    spec = sentinel_client(topology.sentinel_addresses, topology.service)
-    async with (
-        sentinel_admin(topology) as admin,
-        chaos_run(tmp_path, topology.master, client=spec, admin=admin) as run,
-    ):
-        await asyncio.sleep(0.5)
-        with run.timeline.outage():
-            run.fleet.switch.fail()  # the fleet trips while the master changes
-            await topology.failover()
-        await _after_the_switch(run)
+    await _through_a_switch(tmp_path, sentinel_topology, sentinel_topology.failover)

@@ -8,10 +8,9 @@ import time
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
-from cli_support import reported_breakers, run_cli
-from distributed_support import eventually, redis_now_ms
-from redis_server import RedisServer
+from cli_support import Cli, run_cli
+from transport_support import redis_now_ms
+from waiting import eventually
 
 from distributed_opossum import State
 from distributed_opossum._redis.keys import BreakerKeys
@@ -50,15 +49,10 @@ def seconds(text: str) -> float:
     return float(text[:-1])
 
 
-async def test_status_lists_every_breaker_that_reported(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def test_status_lists_every_breaker_that_reported(cli: Cli) -> None:
     """status prints one row per breaker: the open one with its retry time, pods and pooled sums."""
-    url = redis_server_session.url
-    async with reported_breakers(url, CALLS):
-        ran = await run_cli(capsys, "--url", url, "status")
+    async with cli.reported(CALLS):
+        ran = await cli("status")
     assert (ran.code, ran.err) == (0, "")
     table = rows(ran.out)
     assert sorted(table) == sorted(CALLS)
@@ -70,16 +64,11 @@ async def test_status_lists_every_breaker_that_reported(
     assert table[ODD][1:] == ["closed", "0", "-", "0", "2", "4", "2", "50.0%", "0/2"]
 
 
-async def test_status_json_has_the_documented_shape(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def test_status_json_has_the_documented_shape(cli: Cli) -> None:
     """status --json is one document: v, prefix and every breaker with the documented fields."""
-    url = redis_server_session.url
-    async with reported_breakers(url, CALLS):
-        ran = await run_cli(capsys, "--url", url, "--json", "status")
-        now = await redis_now_ms(redis_client)
+    async with cli.reported(CALLS):
+        ran = await cli("--json", "status")
+        now = await redis_now_ms(cli.admin)
     assert (ran.code, ran.err) == (0, "")
     assert len(ran.out.strip().splitlines()) == 1
     document = ran.json()
@@ -110,32 +99,23 @@ async def test_status_json_has_the_documented_shape(
 
 
 async def test_retry_time_ignores_the_local_clock(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With this machine's wall clock a day off, the retry time is still Redis' ~30 s."""
-    url = redis_server_session.url
-    async with reported_breakers(url, {"payments": (0, 4)}):
+    async with cli.reported({"payments": (0, 4)}):
         real = time.time
         monkeypatch.setattr(time, "time", lambda: real() + 86_400.0)
-        ran = await run_cli(capsys, "--url", url, "status")
+        ran = await cli("status")
         monkeypatch.undo()
     assert ran.code == 0, ran.err
     assert 25.0 < seconds(rows(ran.out)["payments"][3]) <= 30.0
 
 
-async def test_status_of_one_breaker_shows_its_pods(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def test_status_of_one_breaker_shows_its_pods(cli: Cli) -> None:
     """status NAME prints the breaker's fields, Redis' open-until time and a row per pod."""
-    url = redis_server_session.url
-    async with reported_breakers(url, CALLS):
-        ran = await run_cli(capsys, "--url", url, "status", "payments")
-        odd = await run_cli(capsys, "--url", url, "status", ODD)
+    async with cli.reported(CALLS):
+        ran = await cli("status", "payments")
+        odd = await cli("status", ODD)
     assert (ran.code, ran.err) == (0, "")
     assert "state       open (epoch 1, reason pooled_rate)" in ran.out
     assert re.search(r"retry in +\S+s \(open until \d{4}-\d\d-\d\d .* UTC, Redis clock\)", ran.out)
@@ -151,31 +131,21 @@ async def test_status_of_one_breaker_shows_its_pods(
     assert f"breaker     {ODD} (prefix dopossum)" in odd.out
 
 
-async def test_status_of_an_unknown_breaker_fails(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def test_status_of_an_unknown_breaker_fails(cli: Cli) -> None:
     """status NAME of a misspelt name: "no such breaker" on stderr, exit 1 (was: closed, exit 0)."""
-    url = redis_server_session.url
-    async with reported_breakers(url, {"payments": (1, 0)}):
-        ran = await run_cli(capsys, "--url", url, "status", "paymnets")
-        as_json = await run_cli(capsys, "--url", url, "--json", "status", "paymnets")
+    async with cli.reported({"payments": (1, 0)}):
+        ran = await cli("status", "paymnets")
+        as_json = await cli("--json", "status", "paymnets")
     assert (ran.code, ran.out) == (1, "")
     assert ran.err == "dopossum: no such breaker: paymnets\n"
     assert (as_json.code, as_json.out, as_json.err) == (1, "", ran.err)
-    assert not await redis_client.exists(BreakerKeys.for_breaker("dopossum", "paymnets").state)
+    assert not await cli.admin.exists(BreakerKeys.for_breaker("dopossum", "paymnets").state)
 
 
-async def test_force_open_holds_every_pod_open_and_status_shows_it(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def test_force_open_holds_every_pod_open_and_status_shows_it(cli: Cli) -> None:
     """force-open NAME: every running pod goes forced open, and status says so with no retry."""
-    url = redis_server_session.url
-    async with reported_breakers(url, {"search": (3, 0)}) as breakers:
-        ran = await run_cli(capsys, "--url", url, "force-open", "search")
+    async with cli.reported({"search": (3, 0)}) as breakers:
+        ran = await cli("force-open", "search")
         assert (ran.code, ran.err) == (0, "")
         assert ran.out == "search: forced open on every pod until reset (epoch 1)\n"
         await eventually(
@@ -183,26 +153,21 @@ async def test_force_open_holds_every_pod_open_and_status_shows_it(
             within=2.0,
             what="every pod forced open",
         )
-        again = await run_cli(capsys, "--url", url, "--json", "force-open", "search")
-        status = await run_cli(capsys, "--url", url, "status")
+        again = await cli("--json", "force-open", "search")
+        status = await cli("status")
     assert again.code == 0
     assert again.json()["changed"] is False
     assert again.json()["state"] == "forced_open"
     assert rows(status.out)["search"][1:5] == ["forced_open", "1", "reset", "0"]
 
 
-async def test_reset_closes_every_pod_and_clears_attempts(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def test_reset_closes_every_pod_and_clears_attempts(cli: Cli) -> None:
     """reset NAME on an open breaker: closed, attempts 0, a new epoch, every pod closed."""
-    url = redis_server_session.url
-    async with reported_breakers(url, {"payments": (0, 4)}) as breakers:
+    async with cli.reported({"payments": (0, 4)}) as breakers:
         await eventually(lambda: all(b.opened for b in breakers), within=2.0, what="pods open")
-        ran = await run_cli(capsys, "--url", url, "--json", "reset", "payments")
+        ran = await cli("--json", "reset", "payments")
         await eventually(lambda: all(b.closed for b in breakers), within=2.0, what="pods closed")
-        status = await run_cli(capsys, "--url", url, "status", "payments", "--json")
+        status = await cli("status", "payments", "--json")
     assert (ran.code, ran.err) == (0, "")
     reply = ran.json()
     assert (reply["command"], reply["name"], reply["changed"]) == ("reset", "payments", True)
@@ -211,74 +176,57 @@ async def test_reset_closes_every_pod_and_clears_attempts(
     assert (breaker["state"], breaker["reason"], breaker["attempts"]) == ("closed", "reset", 0)
 
 
-async def test_force_open_and_reset_refuse_unknown_names(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def test_force_open_and_reset_refuse_unknown_names(cli: Cli) -> None:
     """A misspelt force-open or reset creates nothing and exits 1; --create forces a new name."""
-    url = redis_server_session.url
     keys = BreakerKeys.for_breaker("dopossum", "paymnets")
     for command in ("force-open", "reset"):
-        ran = await run_cli(capsys, "--url", url, command, "paymnets")
+        ran = await cli(command, "paymnets")
         assert (ran.code, ran.err) == (1, "dopossum: no such breaker: paymnets\n")
-    assert await redis_client.keys("*") == []
-    created = await run_cli(capsys, "--url", url, "force-open", "paymnets", "--create")
+    assert await cli.admin.keys("*") == []
+    created = await cli("force-open", "paymnets", "--create")
     assert created.code == 0, created.err
-    assert await redis_client.hget(keys.state, "state") == b"forced_open"
+    assert await cli.admin.hget(keys.state, "state") == b"forced_open"
 
 
-async def test_cleanup_of_one_breaker_and_of_all(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def test_cleanup_of_one_breaker_and_of_all(cli: Cli) -> None:
     """cleanup NAME empties that stats list only; cleanup without NAME does every breaker."""
-    url = redis_server_session.url
-    async with reported_breakers(url, {"payments": (0, 4), "search": (3, 0)}):
+    async with cli.reported({"payments": (0, 4), "search": (3, 0)}):
         pass  # shut down: nothing reports any more
     payments = BreakerKeys.for_breaker("dopossum", "payments")
     search = BreakerKeys.for_breaker("dopossum", "search")
-    kept = await run_cli(capsys, "--url", url, "--json", "cleanup", "payments")
+    kept = await cli("--json", "cleanup", "payments")
     assert kept.json() == {
         "v": 1,
         "removed": {"payments": 0},
         "total": 0,
     }  # all younger than 30 min
-    entries = await redis_client.llen(payments.stats)
+    entries = await cli.admin.llen(payments.stats)
     assert entries > 0
 
-    one = await run_cli(capsys, "--url", url, "cleanup", "payments", "--max-age", "0")
+    one = await cli("cleanup", "payments", "--max-age", "0")
     assert (one.code, one.err) == (0, "")
     assert one.out == f"payments: removed {entries}\nremoved {entries} stats entries in all\n"
-    assert await redis_client.llen(payments.stats) == 0
-    search_entries = await redis_client.llen(search.stats)
+    assert await cli.admin.llen(payments.stats) == 0
+    search_entries = await cli.admin.llen(search.stats)
     assert search_entries > 0
     # The sums now describe entries that are gone: shown as unknown, not as 8 calls.
-    stale = await run_cli(capsys, "--url", url, "--json", "status", "payments")
+    stale = await cli("--json", "status", "payments")
     assert stale.json()["breaker"]["window"]["volume"] is None
     assert "out of date" in stale.json()["breaker"]["problems"][0]
 
-    every = await run_cli(capsys, "--url", url, "--json", "cleanup", "--max-age", "0")
+    every = await cli("--json", "cleanup", "--max-age", "0")
     assert every.code == 0, every.err
     assert every.json()["removed"] == {"payments": 0, "search": search_entries}
-    assert await redis_client.llen(search.stats) == 0
-    unknown = await run_cli(capsys, "--url", url, "cleanup", "paymnets")
+    assert await cli.admin.llen(search.stats) == 0
+    unknown = await cli("cleanup", "paymnets")
     assert (unknown.code, unknown.err) == (1, "dopossum: no such breaker: paymnets\n")
 
 
-async def test_watch_refreshes_count_times(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def test_watch_refreshes_count_times(cli: Cli) -> None:
     """watch --count N prints N tables (N JSON lines with --json), then exits 0."""
-    url = redis_server_session.url
-    async with reported_breakers(url, {"payments": (0, 4), "search": (3, 0)}):
-        text = await run_cli(capsys, "--url", url, "watch", "--count", "3", "--interval", "0.01")
-        lines = await run_cli(
-            capsys, "--url", url, "watch", "search", "--json", "--count", "2", "--interval", "0.01"
-        )
+    async with cli.reported({"payments": (0, 4), "search": (3, 0)}):
+        text = await cli("watch", "--count", "3", "--interval", "0.01")
+        lines = await cli("watch", "search", "--json", "--count", "2", "--interval", "0.01")
     assert (text.code, text.err) == (0, "")
     frames = text.out.strip().split("\n\n")
     assert len(frames) == 3
@@ -288,32 +236,24 @@ async def test_watch_refreshes_count_times(
     assert [d["breaker"]["name"] for d in documents] == ["search", "search"]
 
 
-async def test_watch_of_an_unknown_breaker_fails_at_once(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def test_watch_of_an_unknown_breaker_fails_at_once(cli: Cli) -> None:
     """watch NAME of a misspelt name exits 1 before its first refresh."""
-    ran = await run_cli(capsys, "--url", redis_server_session.url, "watch", "nope", "--count", "5")
+    ran = await cli("watch", "nope", "--count", "5")
     assert (ran.code, ran.out, ran.err) == (1, "", "dopossum: no such breaker: nope\n")
 
 
 async def test_prefix_and_redis_url_choose_what_is_listed(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--prefix lists that prefix only (glob characters are literal); $REDIS_URL is the default."""
-    url = redis_server_session.url
     async with (
-        reported_breakers(url, {"a": (1, 0)}, prefix="ab", pods=1),
-        reported_breakers(url, {"b": (1, 0)}, prefix="a*", pods=1),
+        cli.reported({"a": (1, 0)}, prefix="ab", pods=1),
+        cli.reported({"b": (1, 0)}, prefix="a*", pods=1),
     ):
-        monkeypatch.setenv("REDIS_URL", url)
-        ab = await run_cli(capsys, "--prefix", "ab", "status", "--json")
-        star = await run_cli(capsys, "status", "--prefix", "a*", "--json")
-        default = await run_cli(capsys, "status")
+        monkeypatch.setenv("REDIS_URL", cli.url)
+        ab = await run_cli(cli.capsys, "--prefix", "ab", "status", "--json")
+        star = await run_cli(cli.capsys, "status", "--prefix", "a*", "--json")
+        default = await run_cli(cli.capsys, "status")
     assert [b["name"] for b in ab.json()["breakers"]] == ["a"]
     assert [b["name"] for b in star.json()["breakers"]] == ["b"]
     assert (default.code, default.out) == (0, "no breakers under prefix 'dopossum'\n")

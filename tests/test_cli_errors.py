@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-import redis.asyncio as aioredis
-from cli_support import readme_acl_rule, reported_breakers, run_cli
-from distributed_support import dead_port_url
+from cli_support import reported_breakers, run_cli
+from redis_admin import acl_setuser, admin_of, dead_port_url, readme_acl_rule, user_url
 from redis_server import RedisServer
 
 from distributed_opossum import cli
@@ -23,16 +22,6 @@ def one_line(err: str) -> str:
     assert err.startswith("dopossum: "), err
     assert "Traceback" not in err
     return err
-
-
-async def acl_setuser(admin: aioredis.Redis, *rule: str) -> None:
-    """``ACL SETUSER`` with raw rule words (redis-py leaves execute_command unannotated)."""
-    await admin.execute_command("ACL", "SETUSER", *rule)  # type: ignore[no-untyped-call]
-
-
-def with_user(url: str, user: str, password: str) -> str:
-    """``url`` with a user and password."""
-    return url.replace("redis://", f"redis://{user}:{password}@")
 
 
 @pytest.mark.parametrize(
@@ -60,20 +49,17 @@ async def test_a_wrong_or_missing_password_is_exit_4_and_never_printed(
     redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A password-protected Redis: no password or a wrong one exit 4; the password is not echoed."""
-    admin = aioredis.Redis.from_url(redis_server.url)
-    try:
+    async with admin_of(redis_server) as admin:
         await admin.config_set("requirepass", PASSWORD)
-    finally:
-        await admin.aclose()
     none = await run_cli(capsys, "--url", redis_server.url, "status")
     assert none.code == cli.EXIT_REFUSED
     assert "requires a password" in one_line(none.err)
-    wrong = await run_cli(capsys, "--url", with_user(redis_server.url, "", "wrong-pw"), "status")
+    wrong = await run_cli(capsys, "--url", user_url(redis_server.url, "", "wrong-pw"), "status")
     assert wrong.code == cli.EXIT_REFUSED
     assert "refused the login" in one_line(wrong.err)
     assert "wrong-pw" not in wrong.err
     assert ":***@" in wrong.err
-    right = await run_cli(capsys, "--url", with_user(redis_server.url, "", PASSWORD), "status")
+    right = await run_cli(capsys, "--url", user_url(redis_server.url, "", PASSWORD), "status")
     assert (right.code, right.err) == (0, "")
 
 
@@ -81,12 +67,9 @@ async def test_a_user_without_rights_is_exit_4(
     redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An ACL user without the commands it needs: NOPERM, in one line, exit 4, with a hint."""
-    admin = aioredis.Redis.from_url(redis_server.url)
-    try:
+    async with admin_of(redis_server) as admin:
         await acl_setuser(admin, "nobody", "on", ">pw", "~*", "-@all", "+ping")
-    finally:
-        await admin.aclose()
-    url = with_user(redis_server.url, "nobody", "pw")
+    url = user_url(redis_server.url, "nobody", "pw")
     for argv in (["status"], ["force-open", "payments", "--create"]):
         ran = await run_cli(capsys, "--url", url, *argv)
         assert ran.code == cli.EXIT_REFUSED, argv
@@ -99,11 +82,10 @@ async def test_readme_viewer_acl_line_reads_and_cannot_steer(
 ) -> None:
     """The README's read-only user runs status and watch; its force-open is refused, exit 4."""
     keys = BreakerKeys.for_breaker("dopossum", "payments")
-    admin = aioredis.Redis.from_url(redis_server.url)
-    try:
-        await acl_setuser(admin, *readme_acl_rule("dopossum-viewer"))
+    async with admin_of(redis_server) as admin:
+        await acl_setuser(admin, *readme_acl_rule("dopossum", "dopossum-viewer"))
         async with reported_breakers(redis_server.url, {"payments": (0, 4)}):
-            url = with_user(redis_server.url, "dopossum-viewer", "secret")
+            url = user_url(redis_server.url, "dopossum-viewer", "secret")
             for argv in (["status"], ["status", "payments"], ["watch", "--count", "1"]):
                 ran = await run_cli(capsys, "--url", url, *argv)
                 assert (ran.code, ran.err) == (0, ""), argv
@@ -113,19 +95,16 @@ async def test_readme_viewer_acl_line_reads_and_cannot_steer(
             assert "ACL rights" in one_line(refused.err)
             assert await admin.hget(keys.state, "state") == b"open"
             assert await admin.hget(keys.state, "epoch") == epoch
-    finally:
-        await admin.aclose()
 
 
 async def test_readme_operator_acl_line_runs_every_command(
     redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The README's operator user runs status, force-open, reset and cleanup."""
-    admin = aioredis.Redis.from_url(redis_server.url)
-    try:
-        await acl_setuser(admin, *readme_acl_rule("dopossum-operator"))
+    async with admin_of(redis_server) as admin:
+        await acl_setuser(admin, *readme_acl_rule("dopossum", "dopossum-operator"))
         async with reported_breakers(redis_server.url, {"payments": (0, 4)}):
-            url = with_user(redis_server.url, "dopossum-operator", "secret")
+            url = user_url(redis_server.url, "dopossum-operator", "secret")
             for argv in (
                 ["status"],
                 ["force-open", "payments"],
@@ -135,8 +114,6 @@ async def test_readme_operator_acl_line_runs_every_command(
             ):
                 ran = await run_cli(capsys, "--url", url, *argv)
                 assert (ran.code, ran.err) == (0, ""), argv
-    finally:
-        await admin.aclose()
 
 
 @pytest.mark.parametrize(

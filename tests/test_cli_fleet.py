@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from cli_support import run_cli
-from redis_server import RedisServer
+from cli_support import Cli
 
 from distributed_opossum._redis.fleet import Fleet
 from distributed_opossum._redis.keys import BreakerKeys
@@ -37,14 +36,10 @@ async def command_calls(client: aioredis.Redis, command: str) -> int:
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
-async def test_status_finds_every_breaker_over_many_scan_pages(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def test_status_finds_every_breaker_over_many_scan_pages(cli: Cli) -> None:
     """250 breakers among 5,000 other keys: all listed, over several SCAN calls, never KEYS."""
     names = [f"svc-{i:03d}" for i in range(249)] + ["a:b {c} é"]
-    pipe = redis_client.pipeline(transaction=False)
+    pipe = cli.admin.pipeline(transaction=False)
     for name in names:
         pipe.hset(keys(name).state, items=[text for pair in STATE.items() for text in pair])
     pipe.mset({f"app:session:{i}": "x" for i in range(5000)})
@@ -53,31 +48,27 @@ async def test_status_finds_every_breaker_over_many_scan_pages(
     pipe.hset("dopossum:{svc-000%41}:state", "gen", "g")  # not canonically encoded
     pipe.hset("dopossumx:{svc-x}:state", "gen", "g")  # another prefix
     await pipe.execute()
-    await redis_client.config_resetstat()
+    await cli.admin.config_resetstat()
 
-    ran = await run_cli(capsys, "--url", redis_server_session.url, "--json", "status")
+    ran = await cli("--json", "status")
     assert (ran.code, ran.err) == (0, "")
     breakers = ran.json()["breakers"]
     assert [b["name"] for b in breakers] == sorted(names)
     assert {b["state"] for b in breakers} == {"open"}
     assert {b["retry_in_ms"] for b in breakers} == {0}
-    assert await command_calls(redis_client, "scan") > 1
-    assert await command_calls(redis_client, "keys") == 0
+    assert await command_calls(cli.admin, "scan") > 1
+    assert await command_calls(cli.admin, "keys") == 0
 
 
-async def test_garbage_in_redis_shows_as_unknown(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def test_garbage_in_redis_shows_as_unknown(cli: Cli) -> None:
     """A garbage state hash, garbage sums and keys of the wrong type read as unknown, exit 0."""
-    await put_hash(redis_client, keys("bad-state").state, STATE | {"state": "bogus"})
-    await put_hash(redis_client, keys("bad-epoch").state, STATE | {"epoch": "-1"})
-    await redis_client.set(keys("not-a-hash").state, "garbage")
-    await put_hash(redis_client, keys("bad-sums").state, STATE)
-    await redis_client.rpush(keys("bad-sums").stats, "not json", "{}")
+    await put_hash(cli.admin, keys("bad-state").state, STATE | {"state": "bogus"})
+    await put_hash(cli.admin, keys("bad-epoch").state, STATE | {"epoch": "-1"})
+    await cli.admin.set(keys("not-a-hash").state, "garbage")
+    await put_hash(cli.admin, keys("bad-sums").state, STATE)
+    await cli.admin.rpush(keys("bad-sums").stats, "not json", "{}")
     await put_hash(
-        redis_client,
+        cli.admin,
         keys("bad-sums").pods,
         {
             "entries": "2",
@@ -90,14 +81,13 @@ async def test_garbage_in_redis_shows_as_unknown(
             "pod:\x1b[2Jevil": "\x1b[31m",
         },
     )
-    await put_hash(redis_client, keys("sums-not-a-hash").state, STATE)
-    await redis_client.set(keys("sums-not-a-hash").pods, "garbage")
-    await redis_client.rpush(keys("state-a-list").state, "garbage")
-    await put_hash(redis_client, keys("stats-not-a-list").state, STATE)
-    await redis_client.set(keys("stats-not-a-list").stats, "garbage")
-    url = redis_server_session.url
+    await put_hash(cli.admin, keys("sums-not-a-hash").state, STATE)
+    await cli.admin.set(keys("sums-not-a-hash").pods, "garbage")
+    await cli.admin.rpush(keys("state-a-list").state, "garbage")
+    await put_hash(cli.admin, keys("stats-not-a-list").state, STATE)
+    await cli.admin.set(keys("stats-not-a-list").stats, "garbage")
 
-    table = await run_cli(capsys, "--url", url, "status")
+    table = await cli("status")
     assert (table.code, table.err) == (0, "")
     assert "\x1b" not in table.out
     for name in ("bad-state", "bad-epoch", "not-a-hash", "state-a-list"):
@@ -105,7 +95,7 @@ async def test_garbage_in_redis_shows_as_unknown(
         assert row.split()[1:5] == ["?", "?", "?", "?"], row
         assert f"{name}: state hash unreadable (garbage)" in table.out
 
-    document = (await run_cli(capsys, "--url", url, "--json", "status")).json()
+    document = (await cli("--json", "status")).json()
     breakers = {b["name"]: b for b in document["breakers"]}
     assert breakers["bad-state"]["state"] is None
     assert breakers["bad-state"]["epoch"] is None
@@ -125,31 +115,26 @@ async def test_garbage_in_redis_shows_as_unknown(
         assert breakers[name]["window"]["volume"] is None
         assert breakers[name]["problems"] == ["window sums unreadable (a key of the wrong type)"]
 
-    detail = await run_cli(capsys, "--url", url, "status", "bad-sums")
+    detail = await cli("status", "bad-sums")
     assert detail.code == 0, detail.err
     assert "\\x1b[2Jevil" in detail.out
     assert "\x1b" not in detail.out
 
 
-async def test_names_cannot_drive_the_terminal(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+async def test_names_cannot_drive_the_terminal(cli: Cli) -> None:
     """Escape codes and newlines in names print escaped (errors too); JSON keeps them exact."""
     name = "evil\x1b[2J\nname"
-    await put_hash(redis_client, keys(name).state, STATE | {"reason": "\x1b[31mred"})
-    url = redis_server_session.url
-    table = await run_cli(capsys, "--url", url, "status")
-    detail = await run_cli(capsys, "--url", url, "status", name)
-    as_json = await run_cli(capsys, "--url", url, "--json", "status")
+    await put_hash(cli.admin, keys(name).state, STATE | {"reason": "\x1b[31mred"})
+    table = await cli("status")
+    detail = await cli("status", name)
+    as_json = await cli("--json", "status")
     assert table.code == detail.code == as_json.code == 0
     assert "evil\\x1b[2J\\nname" in table.out
     assert "\\x1b[31mred" in detail.out
     assert "\x1b" not in table.out + detail.out
     assert len(table.out.splitlines()) == 2
     assert as_json.json()["breakers"][0]["name"] == name
-    typo = await run_cli(capsys, "--url", url, "status", "nope\x1b[2J")
+    typo = await cli("status", "nope\x1b[2J")
     assert (typo.code, typo.err) == (1, "dopossum: no such breaker: nope\\x1b[2J\n")
 
 

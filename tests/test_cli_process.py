@@ -9,8 +9,9 @@ import sys
 
 import pytest
 from cli_support import ROOT, console_script, reported_breakers, run_process
-from distributed_support import dead_port_url, eventually
+from redis_admin import dead_port_url
 from redis_server import RedisServer
+from waiting import eventually
 
 from distributed_opossum import State
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from helpers import Boom, Recorder, settle, succeed
+from helpers import Boom, EventLog, Recorder, Sleeper, cancel, fail, settle, succeed
 
 from distributed_opossum import (
     CircuitBreaker,
@@ -21,12 +21,6 @@ from distributed_opossum import (
 from distributed_opossum.testing import FakeClock
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """A fake clock at t = 1000 s."""
-    return FakeClock()
 
 
 async def run_block(breaker: CircuitBreaker[..., Any], body: Callable[[], Awaitable[T]]) -> T:
@@ -44,13 +38,9 @@ def _block_loop(seconds: float) -> None:
 async def test_block_success_counts_one_fire_and_one_success(clock: FakeClock) -> None:
     """A block that completes is one fire and one success with the block's latency."""
     breaker = CircuitBreaker(succeed, clock=clock, timeout=5.0)
-    recorder = Recorder(breaker, "fire", "success", "failure")
+    recorder = EventLog().attach(breaker, "fire", "success", "failure")
 
-    async def body() -> str:
-        await clock.sleep(0.5)
-        return "done"
-
-    task = asyncio.create_task(run_block(breaker, body))
+    task = asyncio.create_task(run_block(breaker, Sleeper(clock, 0.5, result="done")))
     await clock.advance(0.5)
     assert await task == "done"
     stats = breaker.stats
@@ -71,14 +61,10 @@ async def test_block_is_rejected_on_enter_when_open(clock: FakeClock) -> None:
     breaker = CircuitBreaker(succeed, clock=clock, reset_timeout=10.0)
     breaker.open()
     await clock.advance(3.0)
-    ran: list[bool] = []
-
-    async def body() -> None:
-        ran.append(True)
-
+    body = Recorder()
     with pytest.raises(OpenCircuitError) as info:
         await run_block(breaker, body)
-    assert ran == []
+    assert body.calls == []
     assert info.value.retry_after == pytest.approx(7.0)
     stats = breaker.stats
     assert (stats.fires, stats.rejects, stats.failures) == (1, 1, 0)
@@ -86,18 +72,9 @@ async def test_block_is_rejected_on_enter_when_open(clock: FakeClock) -> None:
 
 async def test_block_timeout_raises_circuit_timeout_error(clock: FakeClock) -> None:
     """The breaker's timeout cancels the body and CircuitTimeoutError leaves the block."""
-    seen: list[str] = []
-
-    async def body() -> str:
-        try:
-            await clock.sleep(100.0)
-        except asyncio.CancelledError:
-            seen.append("cancelled")
-            raise
-        return "late"
-
+    body = Sleeper(clock, 100.0, result="late")
     breaker = CircuitBreaker(succeed, clock=clock, timeout=2.0, error_threshold_percentage=100)
-    recorder = Recorder(breaker, "timeout", "failure")
+    recorder = EventLog().attach(breaker, "timeout", "failure")
     task = asyncio.create_task(run_block(breaker, body))
     await clock.advance(1.5)
     assert not task.done()
@@ -106,7 +83,7 @@ async def test_block_timeout_raises_circuit_timeout_error(clock: FakeClock) -> N
     with pytest.raises(CircuitTimeoutError) as info:
         await task
     assert isinstance(info.value, TimeoutError)
-    assert seen == ["cancelled"]
+    assert body.cancelled == 1
     stats = breaker.stats
     assert (stats.failures, stats.timeouts, stats.successes) == (1, 1, 0)
     assert stats.latency_mean == pytest.approx(2.0)
@@ -115,14 +92,7 @@ async def test_block_timeout_raises_circuit_timeout_error(clock: FakeClock) -> N
 
 async def test_block_swallowing_the_timeout_still_times_out(clock: FakeClock) -> None:
     """A body that catches the cancel and finishes late still leaves with a timeout."""
-
-    async def body() -> str:
-        try:
-            await clock.sleep(100.0)
-        except asyncio.CancelledError:
-            return "late"
-        return "never"
-
+    body = Sleeper(clock, 100.0, result="late", swallow_cancel=True)
     breaker = CircuitBreaker(succeed, clock=clock, timeout=1.0, error_threshold_percentage=100)
 
     async def caller() -> int:
@@ -142,11 +112,7 @@ async def test_block_without_timeout_runs_as_long_as_it_takes(clock: FakeClock) 
     """With timeout=None the body is never cut."""
     breaker = CircuitBreaker(succeed, clock=clock, timeout=None)
 
-    async def body() -> str:
-        await clock.sleep(500.0)
-        return "done"
-
-    task = asyncio.create_task(run_block(breaker, body))
+    task = asyncio.create_task(run_block(breaker, Sleeper(clock, 500.0, result="done")))
     await clock.advance(500.0)
     assert await task == "done"
     assert breaker.stats.timeouts == 0
@@ -155,14 +121,11 @@ async def test_block_without_timeout_runs_as_long_as_it_takes(clock: FakeClock) 
 async def test_block_exception_propagates_and_counts_as_failure(clock: FakeClock) -> None:
     """The body's own exception leaves the block unchanged, is a failure and may open."""
     breaker = CircuitBreaker(succeed, clock=clock)
-    recorder = Recorder(breaker, "failure")
+    recorder = EventLog().attach(breaker, "failure")
     error = Boom("body failed")
 
-    async def body() -> None:
-        raise error
-
     with pytest.raises(Boom) as info:
-        await run_block(breaker, body)
+        await run_block(breaker, Recorder(error=error))
     assert info.value is error
     assert breaker.stats.failures == 1
     assert recorder.args_of("failure")[0][0] is error
@@ -174,55 +137,36 @@ async def test_block_failure_rate_uses_threshold(clock: FakeClock) -> None:
     """Blocks feed the same open decision as fire()."""
     breaker = CircuitBreaker(succeed, clock=clock, error_threshold_percentage=50)
 
-    async def good() -> None:
-        return None
-
-    async def bad() -> None:
-        raise Boom("bad")
-
-    await run_block(breaker, good)
+    await run_block(breaker, succeed)
     with pytest.raises(Boom):
-        await run_block(breaker, bad)
+        await run_block(breaker, fail)
     assert breaker.closed
     with pytest.raises(Boom):
-        await run_block(breaker, bad)
+        await run_block(breaker, fail)
     assert breaker.opened
 
 
 async def test_block_error_filter_gets_the_exception_only(clock: FakeClock) -> None:
     """error_filter is called as error_filter(exc); True counts a success and re-raises."""
-    seen: list[tuple[Any, ...]] = []
-
-    def not_a_failure(*args: Any) -> bool:
-        seen.append(args)
-        return isinstance(args[0], KeyError)
-
-    breaker = CircuitBreaker(succeed, clock=clock, error_filter=not_a_failure)
-    recorder = Recorder(breaker, "success", "failure")
+    not_a_failure = Recorder(result=True)  # the filter, recording its calls
+    breaker = CircuitBreaker(succeed, clock=clock, error_filter=not_a_failure.sync)
+    recorder = EventLog().attach(breaker, "success", "failure")
     error = KeyError("missing")
 
-    async def body() -> None:
-        raise error
-
     with pytest.raises(KeyError) as info:
-        await run_block(breaker, body)
+        await run_block(breaker, Recorder(error=error))
     assert info.value is error
-    assert seen == [(error,)]
+    assert not_a_failure.calls == [((error,), {})]
     assert recorder.names == ["success"]
-    stats = breaker.stats
-    assert (stats.successes, stats.failures) == (1, 0)
+    assert (breaker.stats.successes, breaker.stats.failures) == (1, 0)
     assert breaker.closed
 
 
 async def test_block_error_filter_false_is_a_failure(clock: FakeClock) -> None:
     """An exception the filter does not excuse is a failure."""
     breaker = CircuitBreaker(succeed, clock=clock, error_filter=lambda error: False)
-
-    async def body() -> None:
-        raise Boom("bad")
-
     with pytest.raises(Boom):
-        await run_block(breaker, body)
+        await run_block(breaker, fail)
     assert breaker.stats.failures == 1
 
 
@@ -289,21 +233,11 @@ async def test_nested_blocks_in_one_task(clock: FakeClock) -> None:
 async def test_caller_cancellation_inside_a_block(clock: FakeClock) -> None:
     """Cancelling the task in a block propagates, records nothing and frees the slot."""
     breaker = CircuitBreaker(succeed, clock=clock, timeout=5.0, capacity=1)
-    cancelled: list[bool] = []
-
-    async def body() -> None:
-        try:
-            await clock.sleep(100.0)
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-
+    body = Sleeper(clock, 100.0)
     task = asyncio.create_task(run_block(breaker, body))
     await settle()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert cancelled == [True]
+    await cancel(task)
+    assert body.cancelled == 1
     stats = breaker.stats
     assert (stats.successes, stats.failures, stats.timeouts) == (0, 0, 0)
     assert await run_block(breaker, succeed) == "ok"
@@ -325,9 +259,7 @@ async def test_caller_cancellation_inside_a_trial_block_releases_the_permit(
     await settle()
     with pytest.raises(OpenCircuitError):
         await run_block(breaker, succeed)
-    trial.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await trial
+    await cancel(trial)
     assert breaker.half_open
     assert await run_block(breaker, succeed) == "ok"
     assert breaker.closed

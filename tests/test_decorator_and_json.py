@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import pytest
-from support_api import Boom, EventLog, Recorder, settle
+from helpers import Boom, EventLog, Recorder, Sleeper, breaker_on, settle
 
 from distributed_opossum import (
     Cause,
@@ -36,11 +36,6 @@ STATE_KEYS = {
     "attempts",
 }
 PERCENTILE_POINTS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 1.0)
-
-
-def breaker_on(clock: FakeClock, action: Any = None, **options: Any) -> CircuitBreaker[..., Any]:
-    """A breaker on ``clock`` around ``action`` (a succeeding recorder by default)."""
-    return CircuitBreaker(action if action is not None else Recorder(), clock=clock, **options)
 
 
 # --------------------------------------------------------------------------- decorator
@@ -595,12 +590,7 @@ async def test_stats_without_percentiles() -> None:
 async def test_stats_with_samples_measure_latency() -> None:
     """With samples the mean is exact and the percentiles are within the 1/32 bin error."""
     clock = FakeClock()
-
-    async def slow() -> str:
-        await clock.sleep(2.0)
-        return "ok"
-
-    breaker = breaker_on(clock, slow)
+    breaker = breaker_on(clock, Sleeper(clock, 2.0))
     task = asyncio.ensure_future(breaker.fire())
     await clock.advance(2.0)
     await task

@@ -7,18 +7,16 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import PREFIX, Cluster, coordinator_idle, dead_port_url, eventually
+from distributed_support import PREFIX, Cluster, coordinator_idle
+from helpers import succeed
+from redis_admin import dead_port_url
 from redis_server import RedisServer
+from waiting import eventually
 
 from distributed_opossum import CircuitBreaker
 from distributed_opossum._redis.coordinator import Coordinator, coordinator_for
 
 pytestmark = pytest.mark.redis
-
-
-async def ok() -> str:
-    """An action that succeeds at once."""
-    return "ok"
 
 
 def pool_connections(client: aioredis.Redis) -> int:
@@ -38,7 +36,7 @@ def breakers_on(
     """``count`` distributed breakers with different names on one client."""
     return [
         CircuitBreaker(
-            ok,
+            succeed,
             name=f"b{i}",
             rolling_count_timeout=1.0,
             distributed={

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import PREFIX, Cluster, eventually, pattern_subscribers
+from distributed_support import PREFIX, Cluster
+from redis_admin import pattern_subscribers
 from redis_server import RedisServer
+from waiting import eventually
 
 pytestmark = pytest.mark.redis
 

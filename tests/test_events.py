@@ -7,11 +7,10 @@ import logging
 from typing import Any
 
 import pytest
-from support_api import API_EVENTS, Boom, EventLog, Gate, Recorder, Sleeper, settle
+from helpers import API_EVENTS, Boom, EventLog, Gate, Recorder, Sleeper, breaker_on, settle
 
 from distributed_opossum import (
     Cause,
-    CircuitBreaker,
     CircuitTimeoutError,
     OpenCircuitError,
     SemaphoreLockedError,
@@ -19,12 +18,6 @@ from distributed_opossum import (
 )
 from distributed_opossum._events import EventEmitter
 from distributed_opossum.testing import FakeClock
-
-
-def breaker_on(clock: FakeClock, action: Any = None, **options: Any) -> CircuitBreaker[..., Any]:
-    """A breaker on ``clock`` around ``action`` (a succeeding recorder by default)."""
-    return CircuitBreaker(action if action is not None else Recorder(), clock=clock, **options)
-
 
 # --------------------------------------------------------------------------- call events
 

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from support_api import Boom, EventLog, Gate, Recorder, Sleeper, settle
+from helpers import Boom, CacheTransport, EventLog, Gate, Recorder, Sleeper, breaker_on, settle
 
 from distributed_opossum import (
     CircuitBreaker,
@@ -16,12 +16,6 @@ from distributed_opossum import (
     ShutdownError,
 )
 from distributed_opossum.testing import FakeClock
-
-
-def breaker_on(clock: FakeClock, action: Any, **options: Any) -> CircuitBreaker[..., Any]:
-    """A breaker on ``clock`` around ``action``."""
-    return CircuitBreaker(action, clock=clock, **options)
-
 
 # --------------------------------------------------------------------------- fallback
 
@@ -105,17 +99,11 @@ def test_fallback_must_be_callable() -> None:
 
 async def test_fallback_on_an_open_breaker_gets_the_open_error() -> None:
     """A rejected call runs the fallback with the ``OpenCircuitError`` after the args."""
-    action = Recorder()
-    seen: list[tuple[Any, ...]] = []
-
-    def fallback(*args: Any) -> str:
-        seen.append(args)
-        return "fb"
-
-    breaker = breaker_on(FakeClock(), action).fallback(fallback)
+    action, fallback = Recorder(), Recorder(result="fb")
+    breaker = breaker_on(FakeClock(), action).fallback(fallback.sync)
     breaker.open()
     assert await breaker.fire("a") == "fb"
-    [(arg, error)] = seen
+    [((arg, error), _)] = fallback.calls
     assert arg == "a"
     assert isinstance(error, OpenCircuitError)
     assert action.calls == []
@@ -125,35 +113,24 @@ async def test_fallback_on_an_open_breaker_gets_the_open_error() -> None:
 
 async def test_fallback_on_timeout_gets_the_timeout_error() -> None:
     """A timed-out call runs the fallback with the ``CircuitTimeoutError``."""
-    clock = FakeClock()
-    seen: list[BaseException] = []
-
-    def fallback(error: BaseException) -> str:
-        seen.append(error)
-        return "late"
-
-    breaker = breaker_on(clock, Sleeper(clock, 10.0), timeout=1.0).fallback(fallback)
+    clock, fallback = FakeClock(), Recorder(result="late")
+    breaker = breaker_on(clock, Sleeper(clock, 10.0), timeout=1.0).fallback(fallback.sync)
     task = asyncio.ensure_future(breaker.fire())
     await clock.advance(1.0)
     assert await task == "late"
-    assert len(seen) == 1
-    assert isinstance(seen[0], CircuitTimeoutError)
+    [((error,), _)] = fallback.calls
+    assert isinstance(error, CircuitTimeoutError)
 
 
 async def test_fallback_on_capacity_rejection() -> None:
     """A capacity rejection runs the fallback with the ``SemaphoreLockedError``."""
-    gate = Gate()
-    seen: list[BaseException] = []
-
-    def fallback(error: BaseException) -> str:
-        seen.append(error)
-        return "busy"
-
-    breaker = breaker_on(FakeClock(), gate, capacity=1, volume_threshold=5).fallback(fallback)
+    gate, fallback = Gate(), Recorder(result="busy")
+    breaker = breaker_on(FakeClock(), gate, capacity=1, volume_threshold=5)
+    breaker.fallback(fallback.sync)
     first = asyncio.ensure_future(breaker.fire())
     await settle()
     assert await breaker.fire() == "busy"
-    assert isinstance(seen[0], SemaphoreLockedError)
+    assert isinstance(fallback.calls[0][0][0], SemaphoreLockedError)
     gate.release()
     assert await first == "ok"
 
@@ -296,28 +273,6 @@ async def test_cache_get_key_decides_identity() -> None:
     assert keys[0] == ({"id": 1, "trace": "x"}, {"retry": True})
 
 
-class SyncTransport:
-    """A synchronous cache transport recording its calls."""
-
-    def __init__(self) -> None:
-        self.store: dict[Any, Any] = {}
-        self.sets: list[tuple[Any, Any, float | None]] = []
-        self.gets: list[Any] = []
-        self.flushes = 0
-
-    def get(self, key: Any) -> Any:
-        self.gets.append(key)
-        return self.store.get(key)
-
-    def set(self, key: Any, value: Any, ttl: float | None) -> None:
-        self.sets.append((key, value, ttl))
-        self.store[key] = value
-
-    def flush(self) -> None:
-        self.flushes += 1
-        self.store.clear()
-
-
 class AsyncTransport:
     """An asynchronous cache transport recording its calls."""
 
@@ -343,7 +298,7 @@ class AsyncTransport:
 
 async def test_sync_cache_transport() -> None:
     """A sync transport gets ``get(key)`` and ``set(key, value, ttl)`` with ``cache_ttl``."""
-    transport = SyncTransport()
+    transport = CacheTransport()
     action = Recorder(result=10)
     breaker = breaker_on(FakeClock(), action, cache=True, cache_ttl=7.0, cache_transport=transport)
     assert await breaker.fire(3) == 10
@@ -368,7 +323,7 @@ async def test_async_cache_transport() -> None:
 
 async def test_clear_cache_with_sync_transport() -> None:
     """``clear_cache()`` flushes a sync transport at once."""
-    transport = SyncTransport()
+    transport = CacheTransport()
     action = Recorder()
     breaker = breaker_on(FakeClock(), action, cache=True, cache_transport=transport)
     await breaker.fire(1)
@@ -407,7 +362,7 @@ def test_clear_cache_without_cache_is_harmless() -> None:
     assert breaker.clear_cache() is None  # type: ignore[func-returns-value]
 
 
-@pytest.mark.parametrize("transport_type", [SyncTransport, AsyncTransport])
+@pytest.mark.parametrize("transport_type", [CacheTransport, AsyncTransport])
 async def test_shutdown_empties_the_cache(transport_type: type[Any]) -> None:
     """``shutdown()`` flushes the cache transport before returning."""
     transport = transport_type()
@@ -502,12 +457,12 @@ async def test_coalesce_ttl_counts_from_the_start_of_the_call() -> None:
     assert await first == "r"
     await clock.advance(1.5)  # start + 2.5: still shared
     assert await breaker.fire("k") == "r"
-    assert action.calls == 1
+    assert len(action.calls) == 1
     await clock.advance(1.0)  # start + 3.5 (settle + 2.5): expired
     late = asyncio.ensure_future(breaker.fire("k"))
     await clock.advance(1.0)
     assert await late == "r"
-    assert action.calls == 2
+    assert len(action.calls) == 2
 
 
 async def test_without_ttl_only_in_flight_calls_are_shared() -> None:
@@ -532,108 +487,81 @@ async def test_settled_failure_is_shared_within_ttl_without_reset_on() -> None:
     assert len(action.calls) == 1
 
 
-async def test_coalesce_reset_on_error() -> None:
-    """``coalesce_reset_on=["error"]`` drops a failed entry at once."""
-    action = Recorder(error=Boom())
+@pytest.mark.parametrize(
+    "error", [Boom(), TimeoutError("upstream")], ids=["error", "action-own-timeout-error"]
+)
+async def test_coalesce_reset_on_error(error: Exception) -> None:
+    """``reset_on=["error"]`` drops a failed entry at once (an action's TimeoutError included)."""
+    action = Recorder(error=error)
     breaker = breaker_on(
         FakeClock(),
         action,
         coalesce=True,
-        coalesce_ttl=10.0,
+        coalesce_ttl=30.0,
         coalesce_reset_on=["error"],
         volume_threshold=10,
     )
-    with pytest.raises(Boom):
+    with pytest.raises(type(error)):
         await breaker.fire(1)
     action.error = None
     assert await breaker.fire(1) == "ok"
     assert len(action.calls) == 2
 
 
-async def test_coalesce_reset_on_error_keeps_successes() -> None:
-    """``coalesce_reset_on=["error"]`` keeps successful results for the TTL."""
+@pytest.mark.parametrize(
+    ("reset_on", "calls"),
+    [("error", 1), ("success", 2)],
+    ids=["error-keeps-successes", "success-drops-them"],
+)
+async def test_coalesce_reset_on_and_successes(reset_on: str, calls: int) -> None:
+    """A success stays for the TTL under ``reset_on=["error"]``, not under ``["success"]``."""
     action = Recorder()
     breaker = breaker_on(
-        FakeClock(), action, coalesce=True, coalesce_ttl=10.0, coalesce_reset_on=["error"]
+        FakeClock(), action, coalesce=True, coalesce_ttl=10.0, coalesce_reset_on=[reset_on]
     )
     await breaker.fire(1)
     await breaker.fire(1)
-    assert len(action.calls) == 1
+    assert len(action.calls) == calls
 
 
-async def test_coalesce_reset_on_success() -> None:
-    """``coalesce_reset_on=["success"]`` drops a successful entry at once."""
-    action = Recorder()
+async def timed_out_once(
+    reset_on: list[str],
+) -> tuple[CircuitBreaker[..., Any], Sleeper, FakeClock]:
+    """A coalescing breaker (1 s timeout, 30 s TTL) whose first call, for key 1, timed out."""
+    clock = FakeClock()
+    action = Sleeper(clock, 5.0)
     breaker = breaker_on(
-        FakeClock(), action, coalesce=True, coalesce_ttl=10.0, coalesce_reset_on=["success"]
+        clock,
+        action,
+        timeout=1.0,
+        coalesce=True,
+        coalesce_ttl=30.0,
+        coalesce_reset_on=reset_on,
+        volume_threshold=10,
     )
-    await breaker.fire(1)
-    await breaker.fire(1)
-    assert len(action.calls) == 2
+    first = asyncio.ensure_future(breaker.fire(1))
+    await clock.advance(1.0)
+    with pytest.raises(CircuitTimeoutError):
+        await first
+    return breaker, action, clock
 
 
 async def test_coalesce_reset_on_timeout() -> None:
     """``coalesce_reset_on=["timeout"]`` drops an entry whose call timed out."""
-    clock = FakeClock()
-    action = Sleeper(clock, 5.0)
-    breaker = breaker_on(
-        clock,
-        action,
-        timeout=1.0,
-        coalesce=True,
-        coalesce_ttl=30.0,
-        coalesce_reset_on=["timeout"],
-        volume_threshold=10,
-    )
-    first = asyncio.ensure_future(breaker.fire(1))
-    await clock.advance(1.0)
-    with pytest.raises(CircuitTimeoutError):
-        await first
+    breaker, action, clock = await timed_out_once(["timeout"])
     second = asyncio.ensure_future(breaker.fire(1))
     await clock.advance(1.0)
     with pytest.raises(CircuitTimeoutError):
         await second
-    assert action.calls == 2
+    assert len(action.calls) == 2
 
 
 async def test_timeout_is_not_an_error_for_reset_on() -> None:
     """With ``coalesce_reset_on=["error"]`` a breaker timeout keeps the entry for the TTL."""
-    clock = FakeClock()
-    action = Sleeper(clock, 5.0)
-    breaker = breaker_on(
-        clock,
-        action,
-        timeout=1.0,
-        coalesce=True,
-        coalesce_ttl=30.0,
-        coalesce_reset_on=["error"],
-        volume_threshold=10,
-    )
-    first = asyncio.ensure_future(breaker.fire(1))
-    await clock.advance(1.0)
-    with pytest.raises(CircuitTimeoutError):
-        await first
+    breaker, action, _ = await timed_out_once(["error"])
     with pytest.raises(CircuitTimeoutError):
         await breaker.fire(1)
-    assert action.calls == 1
-
-
-async def test_action_raising_timeout_error_is_an_error_for_reset_on() -> None:
-    """An action's own ``TimeoutError`` is an ``error`` outcome, not a breaker ``timeout``."""
-    action = Recorder(error=TimeoutError("upstream"))
-    breaker = breaker_on(
-        FakeClock(),
-        action,
-        coalesce=True,
-        coalesce_ttl=30.0,
-        coalesce_reset_on=["error"],
-        volume_threshold=10,
-    )
-    with pytest.raises(TimeoutError):
-        await breaker.fire(1)
-    action.error = None
-    assert await breaker.fire(1) == "ok"
-    assert len(action.calls) == 2
+    assert len(action.calls) == 1
 
 
 async def test_coalesce_size_evicts_the_oldest_entry() -> None:

@@ -10,16 +10,12 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI, HTTPException
-from fastapi_support import Boom, breakers_made_here_shut_down
+from helpers import Boom
 
 from distributed_opossum import CircuitBreaker, breakers
 from distributed_opossum.fastapi import Breakers
 
-
-@pytest.fixture(autouse=True)
-async def _no_breaker_left() -> AsyncIterator[None]:
-    async with breakers_made_here_shut_down():
-        yield
+pytestmark = pytest.mark.usefixtures("no_breaker_left")
 
 
 async def charge(order: int) -> str:

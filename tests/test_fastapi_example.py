@@ -9,9 +9,9 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from distributed_support import eventually
 from fastapi_support import served
 from redis_server import RedisServer
+from waiting import eventually
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "fastapi_app.py"
 ORDER = {"sku": "apple", "quantity": 2}

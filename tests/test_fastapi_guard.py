@@ -12,13 +12,13 @@ The ``Annotated`` forms are tested on an app made at module level.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import pytest
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from fastapi_support import Boom, breakers_made_here_shut_down, served
+from fastapi_support import served
+from helpers import Boom
 
 from distributed_opossum import CircuitBreaker
 from distributed_opossum.fastapi import Breakers, install_exception_handlers
@@ -26,10 +26,7 @@ from distributed_opossum.fastapi import Breakers, install_exception_handlers
 AnyBreaker = CircuitBreaker[..., Any]
 
 
-@pytest.fixture(autouse=True)
-async def _no_breaker_left() -> AsyncIterator[None]:
-    async with breakers_made_here_shut_down():
-        yield
+pytestmark = pytest.mark.usefixtures("no_breaker_left")
 
 
 def make_app(made: Breakers) -> FastAPI:

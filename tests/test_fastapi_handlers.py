@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from fastapi_support import Gate, breakers_made_here_shut_down, served
+from fastapi_support import served
+from helpers import Gate
 
 from distributed_opossum import CircuitBreaker
 from distributed_opossum.fastapi import Breakers, install_exception_handlers
 from distributed_opossum.testing import FakeClock
 
-
-@pytest.fixture(autouse=True)
-async def _no_breaker_left() -> AsyncIterator[None]:
-    async with breakers_made_here_shut_down():
-        yield
+pytestmark = pytest.mark.usefixtures("no_breaker_left")
 
 
 def guarded_app(made: Breakers, gate: Gate | None = None) -> FastAPI:
@@ -29,7 +25,7 @@ def guarded_app(made: Breakers, gate: Gate | None = None) -> FastAPI:
     @app.get("/call", dependencies=[made.guard("payments")])
     async def call() -> dict[str, str]:
         if gate is not None:
-            await gate.pass_through()
+            await gate()
         return {"result": "ok"}
 
     return app
@@ -121,7 +117,7 @@ async def test_capacity_reached_answers_503() -> None:
         first = asyncio.create_task(client.get("/call"))
         await gate.reached.wait()
         second = await client.get("/call")
-        gate.opened.set()
+        gate.release()
         assert (await first).status_code == 200
     assert second.status_code == 503
     assert "Retry-After" not in second.headers

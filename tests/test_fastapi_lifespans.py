@@ -8,16 +8,15 @@ connection behind on the server.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 from distributed_support import PREFIX
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
+from fastapi_support import from_another_pod, status_becomes
 from redis_server import RedisServer
 
 from distributed_opossum import CircuitBreaker
@@ -28,32 +27,6 @@ pytestmark = pytest.mark.redis
 
 async def charge() -> str:
     return "charged"
-
-
-def from_another_pod(url: str, command: str) -> None:
-    """``force_open`` or ``reset`` the cluster's "payments" from a pod of its own."""
-
-    async def run() -> None:
-        client = aioredis.Redis.from_url(url)
-        other = CircuitBreaker(
-            charge, name="payments", distributed={"client": client, "prefix": PREFIX}
-        )
-        try:
-            await getattr(other, command)()
-        finally:
-            await other.shutdown()
-            await client.aclose()
-
-    asyncio.run(run())
-
-
-def status_becomes(client: TestClient, status: int, within: float = 2.0) -> dict[str, str]:
-    """Poll POST /pay until it answers ``status``; its headers."""
-    deadline = time.monotonic() + within
-    while (response := client.post("/pay")).status_code != status:
-        assert time.monotonic() < deadline, f"/pay answered {response.status_code}, not {status}"
-        time.sleep(0.02)
-    return dict(response.headers)
 
 
 def other_connections(admin: redis.Redis) -> list[dict[str, Any]]:

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from fastapi_support import breakers_made_here_shut_down
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-@pytest.fixture(autouse=True)
-async def _no_breaker_left() -> AsyncIterator[None]:
-    async with breakers_made_here_shut_down():
-        yield
+pytestmark = pytest.mark.usefixtures("no_breaker_left")
 
 
 def quick_start() -> str:

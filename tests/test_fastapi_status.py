@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import fakeredis
 import pytest
-from distributed_support import eventually
 from fastapi import FastAPI
-from fastapi_support import Boom, breakers_made_here_shut_down, served
+from fastapi_support import served
+from helpers import Boom, fail
+from waiting import eventually
 
 from distributed_opossum import CircuitBreaker, breakers
 from distributed_opossum.fastapi import Breakers
@@ -26,14 +26,7 @@ CLUSTER_KEYS = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-async def _no_breaker_left() -> AsyncIterator[None]:
-    async with breakers_made_here_shut_down():
-        yield
-
-
-async def fail() -> None:
-    raise Boom("down")
+pytestmark = pytest.mark.usefixtures("no_breaker_left")
 
 
 async def test_status_route_shows_the_object_breakers() -> None:

@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import Boom, Cluster, Pod, eventually, redis_now_ms, stays
+from distributed_support import Cluster, Pod, counted, more_counted
+from helpers import Boom
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from redis_server import RedisServer
+from transport_support import redis_now_ms
+from waiting import eventually, stays
 
 from distributed_opossum import OpenCircuitError, State
 
@@ -111,20 +114,29 @@ def forged_messages(draw: st.DrawFn, base: dict[str, Any], fields: tuple[str, ..
 # --------------------------------------------------------------------------- the pods
 
 
-@asynccontextmanager
-async def two_pods(server: RedisServer, admin: aioredis.Redis) -> AsyncIterator[list[Pod]]:
-    """Two synced pods of a breaker of its own (a fresh name), short open periods."""
-    async with Cluster(
-        server.url,
-        f"prop-{uuid.uuid4().hex[:10]}",
-        reset_timeout=0.5,
-        rolling_count_timeout=1.0,
-        volume_threshold=5,
-        distributed={"sync_interval": TICK},
-    ) as cluster:
-        pods = [cluster.pod("pod0"), cluster.pod("pod1")]
-        await cluster.ready(admin)
-        yield pods
+TwoPods = Callable[[], AbstractAsyncContextManager[Cluster]]
+
+
+@pytest.fixture
+def two_pods(redis_server_session: RedisServer, redis_client: aioredis.Redis) -> TwoPods:
+    """``async with two_pods() as cluster``: two synced pods of a breaker of its own (a fresh
+    name, so each example starts anew), short open periods."""
+
+    @asynccontextmanager
+    async def pods() -> AsyncIterator[Cluster]:
+        async with Cluster(
+            redis_server_session.url,
+            f"prop-{uuid.uuid4().hex[:10]}",
+            admin=redis_client,
+            reset_timeout=0.5,
+            rolling_count_timeout=1.0,
+            volume_threshold=5,
+            sync_interval=TICK,
+        ) as cluster:
+            await cluster.started(2)
+            yield cluster
+
+    return pods
 
 
 async def calls_are_clean(pod: Pod) -> None:
@@ -156,24 +168,9 @@ async def manual_control_reaches_everyone(pods: list[Pod]) -> None:
     )
 
 
-async def delivered(pods: list[Pod], before: list[int]) -> None:
-    """Wait until every pod received one more message than ``before``."""
-    await eventually(
-        lambda: all(p.coordinator.stats["messages"] > b for p, b in zip(pods, before, strict=True)),
-        what="the message delivered",
-    )
-
-
 async def reported(pods: list[Pod], ticks: int = 2) -> None:
     """Wait until every pod has made ``ticks`` more reports."""
-    before = [p.coordinator.stats["reports"] for p in pods]
-    await eventually(
-        lambda: all(
-            p.coordinator.stats["reports"] >= b + ticks for p, b in zip(pods, before, strict=True)
-        ),
-        within=ticks * TICK + 0.5,
-        what=f"{ticks} reports of every pod",
-    )
+    await more_counted(pods, "reports", ticks, within=ticks * TICK + 0.5)
 
 
 # --------------------------------------------------------------------------- properties
@@ -182,11 +179,12 @@ async def reported(pods: list[Pod], ticks: int = 2) -> None:
 @PROPERTY_SETTINGS
 @given(data=st.data())
 async def test_any_broadcast_leaves_the_pods_working(
-    redis_server_session: RedisServer, redis_client: aioredis.Redis, data: st.DataObject
+    two_pods: TwoPods, data: st.DataObject
 ) -> None:
     """Whatever is published on the events channel, calls stay clean and manual control works."""
-    async with two_pods(redis_server_session, redis_client) as pods:
-        now = await redis_now_ms(redis_client)
+    async with two_pods() as cluster:
+        pods, admin = cluster.pods, cluster.admin
+        now = await redis_now_ms(admin)
         base = {
             "v": 1,
             "name": pods[0].breaker.name,
@@ -200,9 +198,8 @@ async def test_any_broadcast_leaves_the_pods_working(
             "reason": "forged",
         }
         payload = data.draw(forged_messages(base, BROADCAST_FIELDS), label="broadcast")
-        before = [p.coordinator.stats["messages"] for p in pods]
-        await redis_client.publish(pods[0].link.keys.events, payload)
-        await delivered(pods, before)
+        async with counted(pods, "messages"):  # delivered
+            await admin.publish(pods[0].link.keys.events, payload)
         await calls_are_clean(pods[1])
         await manual_control_reaches_everyone(pods)
 
@@ -215,15 +212,12 @@ async def test_any_broadcast_leaves_the_pods_working(
     same_gen=st.booleans(),
 )
 async def test_well_formed_forged_broadcast_cannot_freeze_the_pods(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    epoch: int,
-    state: str,
-    same_gen: bool,
+    two_pods: TwoPods, epoch: int, state: str, same_gen: bool
 ) -> None:
     """A valid-looking broadcast with any epoch and state: the real state still wins."""
-    async with two_pods(redis_server_session, redis_client) as pods:
-        now = await redis_now_ms(redis_client)
+    async with two_pods() as cluster:
+        pods, admin = cluster.pods, cluster.admin
+        now = await redis_now_ms(admin)
         forged = {
             "v": 1,
             "name": pods[0].breaker.name,
@@ -236,9 +230,8 @@ async def test_well_formed_forged_broadcast_cannot_freeze_the_pods(
             "origin": "intruder",
             "reason": "forged",
         }
-        before = [p.coordinator.stats["messages"] for p in pods]
-        await redis_client.publish(pods[0].link.keys.events, json.dumps(forged))
-        await delivered(pods, before)
+        async with counted(pods, "messages"):  # delivered
+            await admin.publish(pods[0].link.keys.events, json.dumps(forged))
         await calls_are_clean(pods[1])
         await manual_control_reaches_everyone(pods)
 
@@ -246,13 +239,14 @@ async def test_well_formed_forged_broadcast_cannot_freeze_the_pods(
 @PROPERTY_SETTINGS
 @given(data=st.data())
 async def test_any_stats_entry_leaves_reporting_and_control_working(
-    redis_server_session: RedisServer, redis_client: aioredis.Redis, data: st.DataObject
+    two_pods: TwoPods, data: st.DataObject
 ) -> None:
     """Whatever lands in the stats list, every report runs and manual control works."""
-    async with two_pods(redis_server_session, redis_client) as pods:
+    async with two_pods() as cluster:
+        pods, admin = cluster.pods, cluster.admin
         base = {
             "v": 1,
-            "timestamp": await redis_now_ms(redis_client),
+            "timestamp": await redis_now_ms(admin),
             "instance": "ghost",
             "fires": 10,
             "successes": 5,
@@ -263,7 +257,7 @@ async def test_any_stats_entry_leaves_reporting_and_control_working(
             "epoch": pods[0].link.epoch,
         }
         entry = data.draw(forged_messages(base, STATS_FIELDS), label="stats entry")
-        await redis_client.rpush(pods[0].link.keys.stats, entry)
+        await admin.rpush(pods[0].link.keys.stats, entry)
         await reported(pods)
         for pod in pods:
             assert pod.coordinator.stats["script_errors"] == 0
@@ -277,16 +271,14 @@ async def test_any_stats_entry_leaves_reporting_and_control_working(
     successes=st.integers(min_value=0, max_value=10),
 )
 async def test_absurd_counts_open_nobody(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    failures: int | float,
-    successes: int,
+    two_pods: TwoPods, failures: int | float, successes: int
 ) -> None:
     """A stats entry claiming more failures than any pod can make in a window opens nobody."""
-    async with two_pods(redis_server_session, redis_client) as pods:
+    async with two_pods() as cluster:
+        pods, admin = cluster.pods, cluster.admin
         entry = {
             "v": 1,
-            "timestamp": await redis_now_ms(redis_client),
+            "timestamp": await redis_now_ms(admin),
             "instance": "ghost",
             "fires": failures,
             "successes": successes,
@@ -296,7 +288,7 @@ async def test_absurd_counts_open_nobody(
             "local_open": False,  # a trip vote is a vote whatever the counts
             "epoch": pods[0].link.epoch,
         }
-        await redis_client.rpush(pods[0].link.keys.stats, json.dumps(entry))
+        await admin.rpush(pods[0].link.keys.stats, json.dumps(entry))
         await reported(pods, ticks=3)
         await stays(lambda: all(p.breaker.closed for p in pods), duration=TICK)
 
@@ -315,13 +307,12 @@ async def test_absurd_counts_open_nobody(
     )
 )
 async def test_any_state_hash_leaves_reporting_and_control_working(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    fields: dict[str, str],
+    two_pods: TwoPods, fields: dict[str, str]
 ) -> None:
     """Whatever is written into the state hash, reports run and manual control works."""
-    async with two_pods(redis_server_session, redis_client) as pods:
-        await redis_client.hset(pods[0].link.keys.state, mapping=fields)  # type: ignore[arg-type]
+    async with two_pods() as cluster:
+        pods, admin = cluster.pods, cluster.admin
+        await admin.hset(pods[0].link.keys.state, mapping=fields)  # type: ignore[arg-type]
         await reported(pods)
         for pod in pods:
             assert pod.coordinator.stats["script_errors"] == 0

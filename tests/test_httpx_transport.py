@@ -17,9 +17,11 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import eventually, eventually_async, pattern_subscribers
+from helpers import cancel
 from local_http_server import LocalHttpServer
+from redis_admin import pattern_subscribers
 from redis_server import RedisServer
+from waiting import eventually, eventually_async
 
 from distributed_opossum import (
     CircuitBreaker,
@@ -37,12 +39,6 @@ async def server() -> AsyncIterator[LocalHttpServer]:
     """A local HTTP server of this test."""
     async with LocalHttpServer() as running:
         yield running
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """The breakers' clock."""
-    return FakeClock()
 
 
 def options(clock: FakeClock, **changes: Any) -> dict[str, Any]:
@@ -117,7 +113,7 @@ async def test_connection_refused_raises_and_counts(
     server: LocalHttpServer, clock: FakeClock
 ) -> None:
     """A stopped server: httpx.ConnectError reaches the caller and is a failure."""
-    await server.stop()
+    await server.close()
     async with client_for(breaker_options=options(clock)) as (client, transport):
         with pytest.raises(httpx.ConnectError):
             await client.get(server.url())
@@ -274,7 +270,7 @@ async def test_custom_is_failure(server: LocalHttpServer, clock: FakeClock) -> N
         assert (await client.get(server.url())).status_code == 503
         server.status = 429
         assert (await client.get(server.url())).status_code == 429
-        await server.stop()
+        await server.close()
         with pytest.raises(httpx.ConnectError):  # not a failure, still the caller's error
             await client.get(server.url())
         stats = transport.breakers[server.netloc].stats
@@ -333,9 +329,7 @@ async def test_cancelled_request_is_neither_success_nor_failure(
     async with client_for(breaker_options=options(clock)) as (client, transport):
         request = asyncio.ensure_future(client.get(server.url()))
         await asyncio.wait_for(server.received.wait(), 5.0)
-        request.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await request
+        await cancel(request)
         stats = transport.breakers[server.netloc].stats
         assert (stats.fires, stats.successes, stats.failures) == (1, 0, 0)
         server.release()

@@ -6,7 +6,7 @@ import asyncio
 import math
 
 import pytest
-from helpers import Boom, gate
+from helpers import Boom, on_path
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -151,9 +151,7 @@ async def test_breaker_success_latency_uses_bin_of(path: str, latency: float) ->
             await clock.sleep(latency)
         return "ok"
 
-    breaker = CircuitBreaker(action, clock=clock, timeout=None)
-    if path == "gated":
-        gate(breaker)
+    breaker = on_path(path, action, clock=clock, timeout=None)
     start = clock.monotonic()
     task = asyncio.create_task(breaker.fire())
     await clock.advance(latency)

@@ -15,8 +15,10 @@ import weakref
 
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import PREFIX, Boom, Cluster, Downstream, eventually, stays
+from distributed_support import PREFIX, ClusterFactory
+from helpers import Boom, Downstream, EventLog, succeed
 from redis_server import RedisServer
+from waiting import eventually, stays
 
 from distributed_opossum import CircuitBreaker, OpenCircuitError, State, _registry, shutdown_all
 from distributed_opossum._options import MAX_NAME_LENGTH
@@ -37,27 +39,25 @@ async def _connections(admin: aioredis.Redis, name: str) -> int:
 
 
 async def test_breaker_made_after_the_last_one_shut_down_still_shares(
-    redis_server_session: RedisServer, redis_client: aioredis.Redis
+    make_cluster: ClusterFactory,
 ) -> None:
     """Create, shut down, create again on one client: every generation hears the cluster."""
-    async with Cluster(
-        redis_server_session.url, "regen", reset_timeout=5.0, distributed={"sync_interval": 2.0}
-    ) as cluster:
-        other = cluster.pod("other")
-        shared_client = cluster.client("replica")
-        for generation in range(3):
-            pod = cluster.pod(f"replica-{generation}", client=shared_client)
-            await cluster.ready(redis_client)
-            await other.breaker.force_open()
-            await eventually(
-                lambda pod=pod: pod.breaker.state is State.FORCED_OPEN,  # type: ignore[misc]
-                within=1.0,
-                what=f"generation {generation} forced open",
-            )
-            await other.breaker.reset()
-            await eventually(lambda pod=pod: pod.breaker.closed, within=1.0)  # type: ignore[misc]
-            await pod.breaker.shutdown()
-            cluster.pods.remove(pod)
+    cluster = await make_cluster("regen", reset_timeout=5.0, sync_interval=2.0)
+    other = cluster.pod("other")
+    shared_client = cluster.client("replica")
+    for generation in range(3):
+        pod = cluster.pod(f"replica-{generation}", client=shared_client)
+        await cluster.ready()
+        await other.breaker.force_open()
+        await eventually(
+            lambda pod=pod: pod.breaker.state is State.FORCED_OPEN,  # type: ignore[misc]
+            within=1.0,
+            what=f"generation {generation} forced open",
+        )
+        await other.breaker.reset()
+        await eventually(lambda pod=pod: pod.breaker.closed, within=1.0)  # type: ignore[misc]
+        await pod.breaker.shutdown()
+        cluster.pods.remove(pod)
 
 
 async def test_shutdown_returns_after_its_coordinator_closed(
@@ -148,33 +148,25 @@ async def test_shutdown_all_as_a_context_manager(redis_server_session: RedisServ
         await client.aclose()
 
 
-async def test_longest_name_still_broadcasts_instantly(
-    redis_server_session: RedisServer, redis_client: aioredis.Redis
-) -> None:
+async def test_longest_name_still_broadcasts_instantly(make_cluster: ClusterFactory) -> None:
     """A name of MAX_NAME_LENGTH four-byte characters reaches other pods by broadcast."""
     name = "\U0001f680" * MAX_NAME_LENGTH
-    async with Cluster(
-        redis_server_session.url, name, reset_timeout=5.0, distributed={"sync_interval": 5.0}
-    ) as cluster:
-        pods = [cluster.pod(f"pod{i}") for i in range(2)]
-        await cluster.ready(redis_client, within=4.0)
-        await pods[0].trip()
-        await eventually(lambda: pods[1].breaker.opened, within=0.5)
-        assert pods[1].coordinator.stats["messages"] >= 1
-        assert pods[1].coordinator.stats["bad_messages"] == 0
+    cluster = await make_cluster(name, reset_timeout=5.0, sync_interval=5.0)
+    pods = [cluster.pod(f"pod{i}") for i in range(2)]
+    await cluster.ready(within=4.0)
+    await cluster.trip()
+    assert pods[1].coordinator.stats["messages"] >= 1
+    assert pods[1].coordinator.stats["bad_messages"] == 0
 
 
-async def test_tiny_buckets_do_not_flood_redis(
-    redis_server_session: RedisServer, redis_client: aioredis.Redis
-) -> None:
+async def test_tiny_buckets_do_not_flood_redis(make_cluster: ClusterFactory) -> None:
     """A 0.1 ms bucket interval makes no more round trips than the minimum report interval."""
-    async with Cluster(redis_server_session.url, "tiny", rolling_count_timeout=0.001) as cluster:
-        pod = cluster.pod("pod0")
-        await cluster.ready(redis_client)
-        before = pod.coordinator.stats["round_trips"]
-        await asyncio.sleep(0.5)
-        trips = pod.coordinator.stats["round_trips"] - before
-        assert trips <= 0.5 / 0.01 + 2
+    cluster = await make_cluster("tiny", rolling_count_timeout=0.001)
+    (pod,) = await cluster.started(1)
+    before = pod.coordinator.stats["round_trips"]
+    await asyncio.sleep(0.5)
+    trips = pod.coordinator.stats["round_trips"] - before
+    assert trips <= 0.5 / 0.01 + 2
 
 
 async def test_closing_the_client_under_live_breakers(
@@ -195,16 +187,15 @@ async def test_closing_the_client_under_live_breakers(
         )
         for i, d in enumerate(downstreams)
     ]
-    events: list[str] = []
+    events = EventLog()
     for breaker in breakers:
-        for event in ("registry_down", "registry_up"):
-            breaker.on(event, lambda *_, event=event: events.append(event))
+        events.attach(breaker, "registry_down", "registry_up")
     await eventually(lambda: all(b._link is not None and b._link.gen is not None for b in breakers))
     with caplog.at_level(logging.WARNING, logger="distributed_opossum"):
         await client.aclose()
         await asyncio.sleep(0.5)
         assert await _connections(redis_client, "closed-under") == 0
-        await stays(lambda: not events, duration=0.3, what="no registry events")
+        await stays(lambda: not events.entries, duration=0.3, what="no registry events")
         downstreams[0].mode = "fail"
         for _ in range(3):
             with contextlib.suppress(Boom, OpenCircuitError):
@@ -222,11 +213,10 @@ def test_timing_of_a_fresh_loop_rejoin(redis_server: RedisServer) -> None:
     """Successive ``asyncio.run`` blocks re-join the cluster at their first call each time."""
     client = aioredis.Redis.from_url(redis_server.url)
 
-    async def ok() -> str:
-        return "ok"
-
     breaker = CircuitBreaker(
-        ok, name="rejoin", distributed={"client": client, "prefix": PREFIX, "sync_interval": 0.05}
+        succeed,
+        name="rejoin",
+        distributed={"client": client, "prefix": PREFIX, "sync_interval": 0.05},
     )
 
     async def use() -> float:

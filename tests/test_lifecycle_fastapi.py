@@ -9,7 +9,6 @@ client) and breakers made by the lifespan (shut down at its end).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -19,6 +18,7 @@ from distributed_support import PREFIX
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
+from fastapi_support import from_another_pod, status_becomes
 from redis_server import RedisServer
 
 from distributed_opossum import CircuitBreaker, OpenCircuitError, shutdown_all
@@ -54,36 +54,14 @@ def _add_routes(app: FastAPI, breaker_of: Callable[[Request], CircuitBreaker[[],
         return {"result": await breaker_of(request).fire()}
 
 
-def _from_another_pod(url: str, command: str) -> None:
-    """``force_open`` or ``reset`` through a pod of its own, on a loop of its own."""
-
-    async def run() -> None:
-        client = aioredis.Redis.from_url(url)
-        other = _breaker(client, "other-pod")
-        try:
-            await getattr(other, command)()
-        finally:
-            await other.shutdown()
-            await client.aclose()
-
-    asyncio.run(run())
-
-
-def _status_becomes(client: TestClient, status: int, within: float = 2.0) -> None:
-    deadline = time.monotonic() + within
-    while (got := client.get("/pay").status_code) != status:
-        assert time.monotonic() < deadline, f"/pay answered {got}, not {status}, in time"
-        time.sleep(0.02)
-
-
 def _serve_twice(app: FastAPI, url: str) -> None:
     for _ in range(2):
         with TestClient(app) as client:
             assert client.get("/pay").json() == {"result": "charged"}
-            _from_another_pod(url, "force_open")
-            _status_becomes(client, 503)
-            _from_another_pod(url, "reset")
-            _status_becomes(client, 200)
+            from_another_pod(url, "force_open")
+            status_becomes(client, 503, method="GET")
+            from_another_pod(url, "reset")
+            status_becomes(client, 200, method="GET")
 
 
 def test_module_level_breaker_serves_two_lifespans(redis_server: RedisServer) -> None:

@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import PREFIX, Boom
+from distributed_support import PREFIX
+from helpers import Boom, EventLog, fail, succeed
 from redis_server import RedisServer
+from waiting import eventually
 
 from distributed_opossum import CircuitBreaker, CircuitTimeoutError, OpenCircuitError, State
 
@@ -50,12 +52,8 @@ def test_timeout_fires_in_every_one_of_several_loops() -> None:
 def test_half_open_event_fires_in_the_loop_that_follows() -> None:
     """An open period that began in one loop ends with a ``half_open`` event in the next."""
 
-    async def fail() -> None:
-        raise Boom("down")
-
     breaker = CircuitBreaker(fail, reset_timeout=0.5, timeout=None)
-    seen: list[str] = []
-    breaker.on("half_open", lambda *_: seen.append("half_open"))
+    seen = EventLog().attach(breaker, "half_open")
 
     async def trip() -> None:
         with pytest.raises(Boom):
@@ -68,11 +66,11 @@ def test_half_open_event_fires_in_the_loop_that_follows() -> None:
         # The first use re-arms the breaker's timers on this loop; a rejected call is one.
         with pytest.raises(OpenCircuitError):
             await breaker.fire()
-        assert not seen
+        assert not seen.names
         await asyncio.sleep(0.7)
 
     asyncio.run(wait_for_half_open())
-    assert seen == ["half_open"]
+    assert seen.names == ["half_open"]
 
 
 def test_snapshots_continue_in_the_next_loop() -> None:
@@ -112,11 +110,8 @@ async def test_module_breaker_second_test_loop_still_times_out() -> None:
 
 
 def _distributed(client: aioredis.Redis, instance: str, **options: Any) -> CircuitBreaker[..., Any]:
-    async def ok() -> str:
-        return "ok"
-
     return CircuitBreaker(
-        ok,
+        succeed,
         name="loops",
         reset_timeout=5.0,
         distributed={
@@ -140,7 +135,9 @@ def test_distributed_breaker_follows_the_cluster_in_a_second_loop(
 
     async def first_loop() -> None:
         assert await breaker.fire() == "ok"
-        await _until(lambda: breaker._link is not None and breaker._link.gen is not None)
+        await eventually(
+            lambda: breaker._link is not None and breaker._link.gen is not None, within=2.0
+        )
 
     asyncio.run(first_loop())
 
@@ -150,7 +147,7 @@ def test_distributed_breaker_follows_the_cluster_in_a_second_loop(
         try:
             assert await breaker.fire() == "ok"  # the first use in this loop
             await other.force_open()
-            await _until(lambda: breaker.state is State.FORCED_OPEN, within=2.0)
+            await eventually(lambda: breaker.state is State.FORCED_OPEN, within=2.0)
             await breaker.shutdown()
         finally:
             await other.shutdown()
@@ -158,10 +155,3 @@ def test_distributed_breaker_follows_the_cluster_in_a_second_loop(
             await client.aclose()
 
     asyncio.run(second_loop())
-
-
-async def _until(predicate: Any, within: float = 2.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition did not hold in time"
-        await asyncio.sleep(0.01)

@@ -6,19 +6,11 @@ from __future__ import annotations
 import logging
 
 import pytest
-from helpers import Boom
+from helpers import Boom, fail, succeed
 
 from distributed_opossum import CircuitBreaker
 from distributed_opossum._logs import Throttle
 from distributed_opossum.testing import FakeClock
-
-
-async def _ok() -> str:
-    return "ok"
-
-
-async def _fail() -> str:
-    raise Boom("down")
 
 
 def test_the_library_logger_has_a_null_handler() -> None:
@@ -30,8 +22,8 @@ def test_the_library_logger_has_a_null_handler() -> None:
 async def test_calls_are_never_logged(caplog: pytest.LogCaptureFixture) -> None:
     """A hundred calls, successes and failures, make no record."""
     caplog.set_level(logging.DEBUG, logger="distributed_opossum")
-    ok = CircuitBreaker(_ok, clock=FakeClock())
-    failing = CircuitBreaker(_fail, clock=FakeClock(), volume_threshold=1000)
+    ok = CircuitBreaker(succeed, clock=FakeClock())
+    failing = CircuitBreaker(fail, clock=FakeClock(), volume_threshold=1000)
     for _ in range(50):
         await ok.fire()
         with pytest.raises(Boom):
@@ -45,7 +37,7 @@ async def test_a_state_change_is_one_record_with_its_fields(
     """Opening is a warning and closing is info, with circuit, state, previous_state, cause."""
     caplog.set_level(logging.INFO, logger="distributed_opossum")
     clock = FakeClock()
-    breaker = CircuitBreaker(_fail, name="payments", clock=clock, reset_timeout=1.0)
+    breaker = CircuitBreaker(fail, name="payments", clock=clock, reset_timeout=1.0)
     with pytest.raises(Boom):
         await breaker.fire()
     breaker.close()

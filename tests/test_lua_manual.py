@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis.asyncio as aioredis
 from transport_support import (
     KEYS,
     PARAMS,
+    Client,
     entry,
     next_message,
     open_then_half_open,
-    redis_now,
+    redis_now_ms,
     report,
     seed,
     stats_instances,
@@ -23,9 +23,6 @@ from transport_support import (
 )
 
 from distributed_opossum._redis.scripts import script_source, scripts_for
-
-Client = aioredis.Redis
-
 
 # --------------------------------------------------------------------------- force_open
 
@@ -114,7 +111,7 @@ async def test_reset_closes_and_clears_attempts(any_redis_client: Client) -> Non
 async def test_reset_starts_a_new_window(any_redis_client: Client) -> None:
     """Failures reported before a reset do not count after it."""
     await report(any_redis_client, successes=1)
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await seed(any_redis_client, entry(now, "sick", failures=50))
     await scripts_for(any_redis_client).reset(KEYS, instance="ops", key_ttl_ms=60_000)
     state = await report(any_redis_client, successes=1)
@@ -175,7 +172,7 @@ async def test_cleanup_removes_old_and_garbage_entries_from_the_head(
     any_redis_client: Client,
 ) -> None:
     """Old entries and garbage at the head go; the first young entry stops the loop."""
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await seed(
         any_redis_client,
         entry(now - 40 * 60_000),
@@ -193,7 +190,7 @@ async def test_cleanup_removes_old_and_garbage_entries_from_the_head(
 @pytest.mark.parametrize(("max_age_ms", "removed"), [(0, 2), (120_000, 1), (600_000, 0)])
 async def test_cleanup_max_age(any_redis_client: Client, max_age_ms: int, removed: int) -> None:
     """max_age_ms picks the cutoff."""
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await seed(any_redis_client, entry(now - 300_000), entry(now - 60_000))
     count = await scripts_for(any_redis_client).cleanup_stats(KEYS, max_age_ms=max_age_ms)
     assert count == removed
@@ -210,7 +207,7 @@ async def test_cleanup_of_nothing(any_redis_client: Client) -> None:
 
 async def test_cleanup_default_is_thirty_minutes(any_redis_client: Client) -> None:
     """Without max_age_ms (empty ARGV), the script keeps 30 minutes."""
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await seed(any_redis_client, entry(now - 31 * 60_000), entry(now - 29 * 60_000))
     sha = await any_redis_client.script_load(script_source("cleanup_stats"))
     assert await any_redis_client.evalsha(sha, 1, KEYS.stats) == 1

@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis.asyncio as aioredis
 from transport_support import (
     KEYS,
     PARAMS,
+    Client,
     assert_no_broadcast,
     entry,
     next_message,
     params,
-    redis_now,
+    redis_now_ms,
     report,
     seed,
     stats_instances,
@@ -26,9 +26,6 @@ from transport_support import (
 
 from distributed_opossum._redis.keys import BreakerKeys
 from distributed_opossum._redis.scripts import DecisionParams, parse_broadcast
-
-Client = aioredis.Redis
-
 
 # --------------------------------------------------------------------------- basics
 
@@ -120,7 +117,7 @@ async def test_pooled_rate_decision(
     expected: str | None,
 ) -> None:
     """Pooled volume >= threshold and pooled rate strictly above the percentage opens."""
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     entries = [entry(now, pod, successes=s, failures=f) for pod, s, f in seeded]
     if entries:
         await seed(any_redis_client, *entries)
@@ -161,7 +158,7 @@ async def test_only_a_closed_breaker_is_opened(any_redis_client: Client, state_n
     """Failures and trips reported while open (or half-open with a trial under way, or
     forced open) change nothing."""
     await report(any_redis_client, successes=1)
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await any_redis_client.hset(
         KEYS.state,
         mapping={
@@ -182,7 +179,7 @@ async def test_a_trip_opens_an_opening_nobody_uses(
     """An open period that is over (or half-open without a trial under way) is opened
     again by a new trip, at once, with a broadcast: an expired open absorbs no trip."""
     await report(any_redis_client, successes=1)
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await any_redis_client.hset(
         KEYS.state, mapping={"state": state_name, "epoch": 5, "attempts": 1, "open_until": now - 1}
     )
@@ -196,7 +193,7 @@ async def test_a_trip_opens_an_opening_nobody_uses(
 async def test_old_failures_do_not_reopen_an_opening_nobody_uses(any_redis_client: Client) -> None:
     """Without a new trip, an expired open stays as it is, whatever the window holds."""
     await report(any_redis_client, failures=10)
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await any_redis_client.hset(
         KEYS.state, mapping={"state": "open", "epoch": 5, "open_until": now - 1}
     )
@@ -220,7 +217,7 @@ async def test_a_trip_from_another_history_counts_in_this_one(any_redis_client: 
 
 async def test_entries_with_absurd_counts_count_nowhere(any_redis_client: Client) -> None:
     """An entry claiming more than 10**8 calls of a kind is ignored, not trusted."""
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await seed(any_redis_client, entry(now, "ghost", successes=0, failures=10**9))
     state = await report(any_redis_client, successes=5)
     assert (state.state, state.changed) == ("closed", False)
@@ -236,7 +233,7 @@ async def _quorum_report(
     client: Client, pods: list[tuple[str, int, int]], decision: DecisionParams
 ) -> str | None:
     """Seed one entry per (pod, successes, failures), judge them; the reason if it opened."""
-    now = await redis_now(client)
+    now = await redis_now_ms(client)
     await seed(client, *(entry(now, pod, successes=s, failures=f) for pod, s, f in pods))
     state = await report(client, "pod-last", decision=decision)
     assert state.state == ("open" if state.changed else "closed")
@@ -295,7 +292,7 @@ async def test_min_pod_volume_defaults_to_volume_threshold(any_redis_client: Cli
 
 async def test_idle_pod_has_no_say_in_a_fraction(any_redis_client: Client) -> None:
     """A pod with no completed calls does not count among the reporting pods."""
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await seed(any_redis_client, entry(now, "sick", failures=10), entry(now, "fine", successes=10))
     # Only rejects: an entry of volume 0. Were this pod counted, 1 vote of 3
     # pods would fall short of 50 %.
@@ -306,7 +303,7 @@ async def test_idle_pod_has_no_say_in_a_fraction(any_redis_client: Client) -> No
 async def test_fraction_survives_float_rounding(any_redis_client: Client) -> None:
     """7 of 25 pods meet quorum 0.28, although 0.28 * 25 is 7.000000000000001 in doubles."""
     assert 0.28 * 25 > 7
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     pods = [entry(now, f"sick{i}", failures=5) for i in range(7)]
     pods += [entry(now, f"fine{i}", successes=5) for i in range(18)]
     await seed(any_redis_client, *pods)
@@ -318,7 +315,7 @@ async def test_local_trip_is_a_vote_only_under_the_current_epoch(any_redis_clien
     """With quorum, a local trip is one vote, and a stale one is none."""
     await report(any_redis_client, successes=1)
     await any_redis_client.hset(KEYS.state, "epoch", 4)
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await seed(any_redis_client, entry(now, "tripped", local_open=True, epoch=3, successes=10))
     await seed(any_redis_client, entry(now, "sick", failures=10))
     decision = params(quorum=2)
@@ -339,7 +336,7 @@ async def test_single_local_trip_does_not_open_a_quorum_of_two(any_redis_client:
 
 async def test_entries_older_than_the_window_are_trimmed(any_redis_client: Client) -> None:
     """Old entries leave the list and the decision; young ones stay."""
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     window = PARAMS.window_ms
     await seed(
         any_redis_client,
@@ -356,7 +353,7 @@ async def test_entries_older_than_the_window_are_trimmed(any_redis_client: Clien
 async def test_entries_before_the_last_close_are_trimmed(any_redis_client: Client) -> None:
     """The window starts over at closed_at (an entry stamped at it is before it)."""
     await report(any_redis_client)  # creates the state hash, appends nothing
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await any_redis_client.hset(KEYS.state, "closed_at", now - 100)
     await seed(
         any_redis_client,
@@ -372,7 +369,7 @@ async def test_entries_before_the_last_close_are_trimmed(any_redis_client: Clien
 
 async def test_trim_stops_at_the_first_young_entry(any_redis_client: Client) -> None:
     """An old entry behind a young head stays in the list but is not counted."""
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await seed(
         any_redis_client,
         entry(now, "young", successes=1),
@@ -385,7 +382,7 @@ async def test_trim_stops_at_the_first_young_entry(any_redis_client: Client) -> 
 
 async def test_list_is_capped_at_max_entries(any_redis_client: Client) -> None:
     """Only the newest max_entries entries are kept."""
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await seed(any_redis_client, *(entry(now, f"pod{i}", successes=1) for i in range(10)))
     await report(any_redis_client, "newest", successes=1, decision=params(max_entries=4))
     instances = await stats_instances(any_redis_client)
@@ -394,7 +391,7 @@ async def test_list_is_capped_at_max_entries(any_redis_client: Client) -> None:
 
 async def test_capped_entries_leave_the_decision(any_redis_client: Client) -> None:
     """Failures pushed out by the cap no longer count."""
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await seed(any_redis_client, entry(now, "sick", failures=100), entry(now, "ok", successes=1))
     state = await report(any_redis_client, successes=1, decision=params(max_entries=2))
     assert state.state == "closed"
@@ -421,7 +418,7 @@ GARBAGE_ENTRIES = [
 
 async def test_garbage_entries_are_skipped_and_popped_at_the_head(any_redis_client: Client) -> None:
     """Unparsable entries never fail the script: dropped at the head, ignored elsewhere."""
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     middle = json.dumps({"v": 1, "timestamp": now, "instance": "x", "failures": "many"})
     await seed(
         any_redis_client,

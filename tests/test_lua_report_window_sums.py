@@ -17,14 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from test_lua_report_window import GARBAGE_ENTRIES
-from transport_support import KEYS, PARAMS, entry, params, redis_now, report, seed
+from transport_support import KEYS, PARAMS, Client, entry, params, redis_now_ms, report, seed, text
 
 from distributed_opossum._redis.keys import BreakerKeys
 from distributed_opossum._redis.scripts import DecisionParams, SharedState, scripts_for
-
-Client = aioredis.Redis
 
 MAX_EXACT = 2**53
 HEADER_COUNTS = (
@@ -41,11 +38,6 @@ HEADER_COUNTS = (
 
 
 # --------------------------------------------------------------------------- the oracle
-
-
-def text(value: bytes | str) -> str:
-    """A reply as text (redis-py types replies as bytes or str)."""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def lua_count(value: object) -> float | None:
@@ -176,8 +168,8 @@ async def assert_sums_match_the_list(client: Client, keys: BreakerKeys = KEYS) -
 
 async def a_moment_passes(client: Client) -> None:
     """Wait until Redis' clock has moved on by at least 1 ms."""
-    start = await redis_now(client)
-    while await redis_now(client) <= start:
+    start = await redis_now_ms(client)
+    while await redis_now_ms(client) <= start:
         pass
 
 
@@ -308,7 +300,7 @@ async def random_step(
             )
     elif roll < 0.85:
         # Another writer: garbage, or entries stamped out of order.
-        now = await redis_now(client)
+        now = await redis_now_ms(client)
         await seed(
             client,
             rng.choice(
@@ -462,7 +454,7 @@ async def test_out_of_order_entries_are_judged_by_reading_until_popped(
     any_redis_client: Client,
 ) -> None:
     """Behind a young head, old entries do not count; once popped, sums alone decide."""
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     window = PARAMS.window_ms
     await seed(
         any_redis_client,
@@ -485,7 +477,7 @@ async def test_a_later_stamp_in_the_list_marks_new_entries_unsorted(
     any_redis_client: Client,
 ) -> None:
     """An entry stamped after Redis' now (a clock stepped back) makes appends out of order."""
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await seed(any_redis_client, entry(now + 60_000, "future", successes=1))
     await checked_report(any_redis_client, successes=1)  # rebuilt: behind the later stamp
     await checked_report(any_redis_client, "next", failures=1)
@@ -584,7 +576,7 @@ async def test_a_stray_pod_field_cannot_sway_a_recount(any_redis_client: Client)
 async def test_cleanup_by_an_operator_is_noticed(any_redis_client: Client) -> None:
     """cleanup_stats pops entries behind the sums' back; the list length gives it away."""
     hour = params(window_ms=3_600_000, key_ttl_ms=3_600_000)
-    now = await redis_now(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
     await seed(any_redis_client, entry(now - 40 * 60_000, "old", failures=9))
     await checked_report(any_redis_client, "a", decision=hour, successes=9)
     assert (await assert_sums_match_the_list(any_redis_client))["failures"] == "9"

@@ -15,6 +15,7 @@ from redis_server import RedisServer
 from transport_support import (
     KEYS,
     PARAMS,
+    Client,
     assert_no_broadcast,
     next_message,
     open_then_half_open,
@@ -24,8 +25,6 @@ from transport_support import (
 )
 
 from distributed_opossum._redis.scripts import DecisionParams, SharedState, TrialGrant, scripts_for
-
-Client = aioredis.Redis
 
 
 async def acquire(client: Client, holder: str, decision: DecisionParams = PARAMS) -> TrialGrant:

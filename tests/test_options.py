@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from support_api import Recorder, Sleeper
+from helpers import Recorder, Sleeper
 
 from distributed_opossum import CircuitBreaker, DistributedOptions
 from distributed_opossum.testing import FakeClock

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
-from distributed_support import Cluster, eventually
+from distributed_support import ClusterFactory, Pod
+from helpers import Downstream, Ignored, outcome_of
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -16,52 +16,12 @@ from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
     NumberDataPoint,
 )
-from redis_server import RedisServer
+from waiting import eventually
 
-from distributed_opossum import CircuitBreaker, OpenCircuitError, otel
+from distributed_opossum import CircuitBreaker, otel
 from distributed_opossum.testing import FakeClock
 
 STATES = ("closed", "open", "half_open", "forced_open")
-
-
-class Boom(Exception):
-    """A failure of the downstream."""
-
-
-class Ignored(Exception):
-    """An error ``error_filter`` says is not a failure."""
-
-
-class Downstream:
-    """Succeeds, fails or raises an ignored error as told; may take fake time."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.outcome = "ok"
-        self.takes = 0.0
-
-    async def action(self) -> str:
-        """The guarded call."""
-        if self.takes:
-            await self.clock.sleep(self.takes)
-        if self.outcome == "fail":
-            raise Boom("down")
-        if self.outcome == "ignored":
-            raise Ignored("not a failure")
-        return "ok"
-
-
-async def call(breaker: CircuitBreaker[..., Any]) -> str:
-    """One call: ``ok``, ``failed``, ``ignored`` or ``rejected``."""
-    try:
-        await breaker.fire()
-    except Boom:
-        return "failed"
-    except Ignored:
-        return "ignored"
-    except OpenCircuitError:
-        return "rejected"
-    return "ok"
 
 
 class Meter:
@@ -125,7 +85,7 @@ def instruments() -> Iterator[Register]:
 async def test_counters_count_each_kind_of_call(instruments: Register) -> None:
     """Successful, failed and ignored calls and rejections each move their own counter."""
     clock = FakeClock()
-    downstream = Downstream(clock)
+    downstream = Downstream(clock=clock)
     breaker = CircuitBreaker(
         downstream.action,
         name="payments",
@@ -136,11 +96,11 @@ async def test_counters_count_each_kind_of_call(instruments: Register) -> None:
     meter = Meter()
     instruments(meter.provider, breakers=[breaker])
     for outcome, times in (("ok", 3), ("fail", 2), ("ignored", 1)):
-        downstream.outcome = outcome
+        downstream.mode = outcome
         for _ in range(times):
-            await call(breaker)
+            await outcome_of(breaker)
     breaker.open()
-    assert await call(breaker) == "rejected"
+    assert await outcome_of(breaker) == "rejected"
     counts = {
         kind: meter.value("circuitbreaker.calls", name="payments", kind=kind)
         for kind in ("successful", "failed", "ignored")
@@ -152,7 +112,7 @@ async def test_counters_count_each_kind_of_call(instruments: Register) -> None:
 async def test_latency_histogram_buckets(instruments: Register) -> None:
     """The histogram takes seconds, with the advised boundaries."""
     clock = FakeClock()
-    downstream = Downstream(clock)
+    downstream = Downstream(clock=clock)
     breaker = CircuitBreaker(downstream.action, name="payments", clock=clock)
     meter = Meter()
     instruments(meter.provider, breakers=[breaker], buckets=(0.01, 0.05, 0.1))
@@ -171,10 +131,10 @@ async def test_latency_histogram_buckets(instruments: Register) -> None:
 async def test_no_histogram_without_buckets(instruments: Register) -> None:
     """``buckets=None`` leaves the latency histogram out; the call totals stay."""
     clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock).action, name="payments", clock=clock)
+    breaker = CircuitBreaker(Downstream(clock=clock).action, name="payments", clock=clock)
     meter = Meter()
     instruments(meter.provider, breakers=[breaker], buckets=None)
-    await call(breaker)
+    await outcome_of(breaker)
     assert meter.value("circuitbreaker.calls", name="payments", kind="successful") == 1
     assert "circuitbreaker.call.duration" not in meter.collect()
 
@@ -182,19 +142,19 @@ async def test_no_histogram_without_buckets(instruments: Register) -> None:
 async def test_gauges_state_failure_rate_and_buffered_calls(instruments: Register) -> None:
     """The state one-hot, the window's failure rate (-1 below the volume) and its calls."""
     clock = FakeClock()
-    downstream = Downstream(clock)
+    downstream = Downstream(clock=clock)
     breaker = CircuitBreaker(downstream.action, name="payments", clock=clock, volume_threshold=2)
     meter = Meter()
     instruments(meter.provider, breakers=[breaker], refresh_interval=None)
     assert meter.states("payments") == {s: int(s == "closed") for s in STATES}
     assert meter.value("circuitbreaker.failure_rate", name="payments") == -1.0
-    await call(breaker)
-    downstream.outcome = "fail"
-    await call(breaker)
+    await outcome_of(breaker)
+    downstream.mode = "fail"
+    await outcome_of(breaker)
     assert meter.value("circuitbreaker.failure_rate", name="payments") == 50.0
     buffered = "circuitbreaker.buffered_calls"
     assert meter.value(buffered, name="payments", kind="failed") == 1
-    await call(breaker)
+    await outcome_of(breaker)
     assert breaker.opened
     assert meter.states("payments") == {s: int(s == "open") for s in STATES}
     await clock.advance(30.0)
@@ -205,12 +165,12 @@ async def test_gauges_state_failure_rate_and_buffered_calls(instruments: Registe
 async def test_a_collection_off_the_loop_serves_the_last_refresh(instruments: Register) -> None:
     """An export thread never reads a breaker's window; the state events still reach it."""
     clock = FakeClock()
-    downstream = Downstream(clock)
+    downstream = Downstream(clock=clock)
     breaker = CircuitBreaker(downstream.action, name="payments", clock=clock)
     meter = Meter()
     instruments(meter.provider, breakers=[breaker], refresh_interval=None)
-    downstream.outcome = "fail"
-    await call(breaker)  # opens: 1 failure of 1
+    downstream.mode = "fail"
+    await outcome_of(breaker)  # opens: 1 failure of 1
     from_thread = await asyncio.to_thread(meter.collect)
     rates = [p.value for p in from_thread["circuitbreaker.failure_rate"]]
     assert rates == [-1.0]
@@ -227,9 +187,9 @@ async def test_breakers_made_later_join_and_shut_down_ones_leave(instruments: Re
     meter = Meter()
     instruments(meter.provider)
     assert meter.states("otel-later") == {}
-    later = CircuitBreaker(Downstream(clock).action, name="otel-later", clock=clock)
+    later = CircuitBreaker(Downstream(clock=clock).action, name="otel-later", clock=clock)
     assert meter.states("otel-later") == {s: int(s == "closed") for s in STATES}
-    await call(later)
+    await outcome_of(later)
     assert meter.value("circuitbreaker.calls", name="otel-later", kind="successful") == 1
     await later.shutdown()
     assert meter.states("otel-later") == {}
@@ -240,13 +200,13 @@ async def test_breakers_made_later_join_and_shut_down_ones_leave(instruments: Re
 async def test_close_stops_everything(instruments: Register) -> None:
     """``close()`` unsubscribes and reports no gauge any more."""
     clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock).action, name="payments", clock=clock)
+    breaker = CircuitBreaker(Downstream(clock=clock).action, name="payments", clock=clock)
     meter = Meter()
     registered = instruments(meter.provider, breakers=[breaker])
     assert breaker._events.call_listened
     registered.close()
     assert not breaker._events.call_listened
-    await call(breaker)
+    await outcome_of(breaker)
     assert meter.states("payments") == {}
     assert meter.value("circuitbreaker.calls", name="payments", kind="successful") is None
 
@@ -258,9 +218,9 @@ async def test_the_global_meter_provider_by_default(
     meter = Meter()
     monkeypatch.setattr(metrics, "get_meter_provider", lambda: meter.provider)
     clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock).action, name="payments", clock=clock)
+    breaker = CircuitBreaker(Downstream(clock=clock).action, name="payments", clock=clock)
     instruments(breakers=[breaker])
-    await call(breaker)
+    await outcome_of(breaker)
     assert meter.value("circuitbreaker.calls", name="payments", kind="successful") == 1
 
 
@@ -271,16 +231,6 @@ def test_bad_arguments() -> None:
         otel.register(meter.provider, breakers=42)
     with pytest.raises(ValueError, match="refresh_interval"):
         otel.register(meter.provider, refresh_interval=-1.0)
-
-
-@pytest.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A client of the test's private redis-server."""
-    client = aioredis.Redis.from_url(redis_server.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 CLUSTER_NUMBERS = (
@@ -304,60 +254,53 @@ def cluster_figures(meter: Meter) -> dict[str, Any]:
 
 
 async def test_cluster_gauges_are_the_same_on_every_pod(
-    redis_server: RedisServer, admin: aioredis.Redis, instruments: Register
+    make_cluster: ClusterFactory, instruments: Register
 ) -> None:
     """Two pods, each with its own meter provider, report the same cluster view."""
-    async with Cluster(
-        redis_server.url,
-        reset_timeout=30.0,
-        volume_threshold=2,
-        distributed={"sync_interval": 0.05},
-    ) as cluster:
-        pods = [cluster.pod(f"pod{i}") for i in range(2)]
-        meters = [Meter() for _ in pods]
-        for pod, meter in zip(pods, meters, strict=True):
-            instruments(meter.provider, breakers=[pod.breaker])
-        await cluster.ready(admin)
-        for _ in range(3):
-            assert await pods[0].call() == "ok"
-        pods[1].downstream.mode = "fail"
-        assert await pods[1].call() == "failed"
+    cluster = await make_cluster(
+        reset_timeout=30.0, volume_threshold=2, rolling_count_timeout=10.0, sync_interval=0.05
+    )
 
-        def pooled(meter: Meter) -> bool:
-            figures = cluster_figures(meter)
-            return (figures["successful"], figures["failed"]) == (3, 1)
+    def metered(pod: Pod) -> Meter:
+        meter = Meter()
+        instruments(meter.provider, breakers=[pod.breaker])
+        return meter
 
-        await eventually(lambda: all(pooled(m) for m in meters), within=2.0, what="pooled")
-        first, second = (cluster_figures(meter) for meter in meters)
-        assert first == second
-        assert first["circuitbreaker.cluster.failure_rate"] == 25.0
-        assert first["circuitbreaker.cluster.pods_reporting"] == 2
-        assert first["state"] == {s: int(s == "closed") for s in STATES}
+    pods, meters = await cluster.observed(metered)
 
-        await pods[0].breaker.force_open()
+    def pooled(meter: Meter) -> bool:
+        figures = cluster_figures(meter)
+        return (figures["successful"], figures["failed"]) == (3, 1)
 
-        def forced(meter: Meter) -> bool:
-            return meter.states("payments", "circuitbreaker.cluster.state")["forced_open"] == 1
+    await eventually(lambda: all(pooled(m) for m in meters), within=2.0, what="pooled")
+    first, second = (cluster_figures(meter) for meter in meters)
+    assert first == second
+    assert first["circuitbreaker.cluster.failure_rate"] == 25.0
+    assert first["circuitbreaker.cluster.pods_reporting"] == 2
+    assert first["state"] == {s: int(s == "closed") for s in STATES}
 
-        await eventually(lambda: all(forced(m) for m in meters), within=2.0, what="forced open")
-        retry = [
-            meter.value("circuitbreaker.cluster.retry_after", name="payments") for meter in meters
-        ]
-        assert retry == [None, None]  # no trial until reset(): OpenTelemetry takes no +Inf
-        await pods[0].breaker.reset()
+    await pods[0].breaker.force_open()
 
-        def closed(meter: Meter) -> bool:
-            return meter.states("payments", "circuitbreaker.cluster.state")["closed"] == 1
+    def forced(meter: Meter) -> bool:
+        return meter.states("payments", "circuitbreaker.cluster.state")["forced_open"] == 1
 
-        await eventually(lambda: all(closed(m) for m in meters), within=2.0, what="closed")
-        await pods[1].trip()
+    await eventually(lambda: all(forced(m) for m in meters), within=2.0, what="forced open")
+    retry = [meter.value("circuitbreaker.cluster.retry_after", name="payments") for meter in meters]
+    assert retry == [None, None]  # no trial until reset(): OpenTelemetry takes no +Inf
+    await pods[0].breaker.reset()
 
-        def opened(meter: Meter) -> bool:
-            return meter.states("payments", "circuitbreaker.cluster.state")["open"] == 1
+    def closed(meter: Meter) -> bool:
+        return meter.states("payments", "circuitbreaker.cluster.state")["closed"] == 1
 
-        await eventually(lambda: all(opened(m) for m in meters), within=2.0, what="open")
-        for meter in meters:
-            retry_after = meter.value("circuitbreaker.cluster.retry_after", name="payments")
-            assert retry_after is not None
-            assert 25.0 < retry_after <= 30.0
-            assert meter.value("circuitbreaker.cluster.attempts", name="payments") == 1
+    await eventually(lambda: all(closed(m) for m in meters), within=2.0, what="closed")
+    await pods[1].trip()
+
+    def opened(meter: Meter) -> bool:
+        return meter.states("payments", "circuitbreaker.cluster.state")["open"] == 1
+
+    await eventually(lambda: all(opened(m) for m in meters), within=2.0, what="open")
+    for meter in meters:
+        retry_after = meter.value("circuitbreaker.cluster.retry_after", name="payments")
+        assert retry_after is not None
+        assert 25.0 < retry_after <= 30.0
+        assert meter.value("circuitbreaker.cluster.attempts", name="payments") == 1

@@ -9,62 +9,23 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
-from distributed_support import Cluster, eventually, eventually_async
+from distributed_support import ClusterFactory, Pod
+from helpers import Downstream, Ignored, breaker_on, outcome_of
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.parser import text_string_to_metric_families
 from redis_server import RedisServer
+from waiting import eventually, eventually_async
 
-from distributed_opossum import CircuitBreaker, OpenCircuitError, SemaphoreLockedError, prometheus
+from distributed_opossum import CircuitBreaker, SemaphoreLockedError, prometheus
 from distributed_opossum.testing import FakeClock
 
 POD_SCRIPT = Path(__file__).with_name("prometheus_pod_process.py")
-
-
-class Boom(Exception):
-    """A failure of the downstream."""
-
-
-class Ignored(Exception):
-    """An error ``error_filter`` says is not a failure."""
-
-
-class Downstream:
-    """Succeeds, fails or raises an ignored error as told; may take fake time."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock = clock
-        self.outcome = "ok"
-        self.takes = 0.0
-
-    async def action(self) -> str:
-        """The guarded call."""
-        if self.takes:
-            await self.clock.sleep(self.takes)
-        if self.outcome == "fail":
-            raise Boom("down")
-        if self.outcome == "ignored":
-            raise Ignored("not a failure")
-        return "ok"
-
-
-async def call(breaker: CircuitBreaker[..., Any]) -> str:
-    """One call: ``ok``, ``failed``, ``ignored`` or ``rejected``."""
-    try:
-        await breaker.fire()
-    except Boom:
-        return "failed"
-    except Ignored:
-        return "ignored"
-    except OpenCircuitError:
-        return "rejected"
-    return "ok"
 
 
 def value(registry: CollectorRegistry, metric: str, **labels: str) -> float | None:
@@ -103,7 +64,7 @@ Register = Callable[..., prometheus.BreakerCollector]
 async def test_counters_count_each_kind_of_call(collectors: Register) -> None:
     """Successful, failed and ignored calls and rejections each move their own counter."""
     clock = FakeClock()
-    downstream = Downstream(clock)
+    downstream = Downstream(clock=clock)
     breaker = CircuitBreaker(
         downstream.action,
         name="payments",
@@ -114,12 +75,12 @@ async def test_counters_count_each_kind_of_call(collectors: Register) -> None:
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker])
     for outcome, times in (("ok", 3), ("fail", 2), ("ignored", 1)):
-        downstream.outcome = outcome
+        downstream.mode = outcome
         for _ in range(times):
-            await call(breaker)
+            await outcome_of(breaker)
     breaker.open()
-    assert await call(breaker) == "rejected"
-    assert await call(breaker) == "rejected"
+    assert await outcome_of(breaker) == "rejected"
+    assert await outcome_of(breaker) == "rejected"
 
     def calls(kind: str) -> float | None:
         return value(registry, "circuitbreaker_calls_total", name="payments", kind=kind)
@@ -131,16 +92,17 @@ async def test_counters_count_each_kind_of_call(collectors: Register) -> None:
     assert value(registry, count, name="payments", kind="ignored") == 1.0
 
 
-async def test_counters_are_monotonic_when_the_window_forgets(collectors: Register) -> None:
+async def test_counters_are_monotonic_when_the_window_forgets(
+    collectors: Register, clock: FakeClock
+) -> None:
     """The totals keep counting after the rolling window has dropped the calls."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock).action, name="payments", clock=clock)
+    breaker = breaker_on(clock, name="payments")
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker])
     for _ in range(4):
-        await call(breaker)
+        await outcome_of(breaker)
     await clock.advance(60.0)  # far past the 10 s window
-    await call(breaker)
+    await outcome_of(breaker)
     assert breaker.stats.successes == 1
     assert value(registry, "circuitbreaker_calls_total", name="payments", kind="successful") == 5.0
     assert value(registry, "circuitbreaker_buffered_calls", name="payments", kind="successful") == 1
@@ -149,7 +111,7 @@ async def test_counters_are_monotonic_when_the_window_forgets(collectors: Regist
 async def test_a_full_capacity_is_a_failure_without_latency(collectors: Register) -> None:
     """A call refused by ``capacity`` counts as failed, as the breaker does, but adds no latency."""
     clock = FakeClock()
-    downstream = Downstream(clock)
+    downstream = Downstream(clock=clock)
     downstream.takes = 1.0
     breaker = CircuitBreaker(
         downstream.action, name="payments", clock=clock, capacity=1, volume_threshold=100
@@ -170,7 +132,7 @@ async def test_a_full_capacity_is_a_failure_without_latency(collectors: Register
 async def test_latency_histogram_buckets(collectors: Register) -> None:
     """Each call's latency lands in the first bucket that holds it."""
     clock = FakeClock()
-    downstream = Downstream(clock)
+    downstream = Downstream(clock=clock)
     breaker = CircuitBreaker(downstream.action, name="payments", clock=clock)
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker], buckets=(0.01, 0.05, 0.1))
@@ -189,13 +151,12 @@ async def test_latency_histogram_buckets(collectors: Register) -> None:
     assert total == pytest.approx(0.305)
 
 
-async def test_no_histogram_without_buckets(collectors: Register) -> None:
+async def test_no_histogram_without_buckets(collectors: Register, clock: FakeClock) -> None:
     """``buckets=None`` leaves the latency histogram out (its cost with it); the counters stay."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock).action, name="payments", clock=clock)
+    breaker = breaker_on(clock, name="payments")
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker], buckets=None)
-    await call(breaker)
+    await outcome_of(breaker)
     labels = {"name": "payments", "kind": "successful"}
     assert value(registry, "circuitbreaker_calls_total", **labels) == 1.0
     assert value(registry, "circuitbreaker_calls_seconds_count", **labels) is None
@@ -203,10 +164,9 @@ async def test_no_histogram_without_buckets(collectors: Register) -> None:
     assert value(registry, "circuitbreaker_calls_total", **labels) is None
 
 
-async def test_state_gauges_follow_every_state(collectors: Register) -> None:
+async def test_state_gauges_follow_every_state(collectors: Register, clock: FakeClock) -> None:
     """One gauge per state: 1 for the current state, 0 for the three others."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock).action, name="payments", clock=clock)
+    breaker = breaker_on(clock, name="payments")
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker], refresh_interval=None)
     expected = dict.fromkeys(("closed", "open", "half_open", "forced_open"), 0.0)
@@ -221,10 +181,11 @@ async def test_state_gauges_follow_every_state(collectors: Register) -> None:
     assert states(registry, "payments") == {**expected, "closed": 1.0}
 
 
-async def test_state_events_update_the_gauges_without_a_scrape(collectors: Register) -> None:
+async def test_state_events_update_the_gauges_without_a_scrape(
+    collectors: Register, clock: FakeClock
+) -> None:
     """A state change sets the gauges at once: a scrape from another thread sees it."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock).action, name="payments", clock=clock)
+    breaker = breaker_on(clock, name="payments")
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker], refresh_interval=None)
     breaker.open()
@@ -235,18 +196,18 @@ async def test_state_events_update_the_gauges_without_a_scrape(collectors: Regis
 async def test_failure_rate_and_buffered_calls(collectors: Register) -> None:
     """The window's failure rate, -1 below the volume threshold, and its calls by kind."""
     clock = FakeClock()
-    downstream = Downstream(clock)
+    downstream = Downstream(clock=clock)
     breaker = CircuitBreaker(downstream.action, name="payments", clock=clock, volume_threshold=4)
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker])
     assert value(registry, "circuitbreaker_failure_rate", name="payments") == -1.0
-    await call(breaker)
-    downstream.outcome = "fail"
-    await call(breaker)
+    await outcome_of(breaker)
+    downstream.mode = "fail"
+    await outcome_of(breaker)
     assert value(registry, "circuitbreaker_failure_rate", name="payments") == -1.0
-    downstream.outcome = "ok"
-    await call(breaker)
-    await call(breaker)
+    downstream.mode = "ok"
+    await outcome_of(breaker)
+    await outcome_of(breaker)
     assert value(registry, "circuitbreaker_failure_rate", name="payments") == 25.0
     buffered = "circuitbreaker_buffered_calls"
     assert value(registry, buffered, name="payments", kind="successful") == 3.0
@@ -257,13 +218,13 @@ async def test_failure_rate_and_buffered_calls(collectors: Register) -> None:
 async def test_a_scrape_off_the_loop_never_reads_the_window(collectors: Register) -> None:
     """From another thread a scrape serves the last refresh: the breaker's window is not touched."""
     clock = FakeClock()
-    downstream = Downstream(clock)
+    downstream = Downstream(clock=clock)
     breaker = CircuitBreaker(downstream.action, name="payments", clock=clock)
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker], refresh_interval=None)
     assert value(registry, "circuitbreaker_failure_rate", name="payments") == -1.0
-    downstream.outcome = "fail"
-    await call(breaker)
+    downstream.mode = "fail"
+    await outcome_of(breaker)
     text = (await asyncio.to_thread(generate_latest, registry)).decode()
     assert 'circuitbreaker_failure_rate{name="payments"} -1.0' in text
     assert 'circuitbreaker_calls_total{kind="failed",name="payments"} 1.0' in text  # events are
@@ -273,12 +234,12 @@ async def test_a_scrape_off_the_loop_never_reads_the_window(collectors: Register
 async def test_the_refresh_timer_keeps_gauges_fresh_for_other_threads(collectors: Register) -> None:
     """Every ``refresh_interval`` the loop refreshes the gauges a thread's scrape serves."""
     clock = FakeClock()
-    downstream = Downstream(clock)
+    downstream = Downstream(clock=clock)
     breaker = CircuitBreaker(downstream.action, name="payments", clock=clock)
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker], refresh_interval=0.01)
-    downstream.outcome = "fail"
-    await call(breaker)
+    downstream.mode = "fail"
+    await outcome_of(breaker)
 
     async def scraped_rate() -> float | None:
         text = (await asyncio.to_thread(generate_latest, registry)).decode()
@@ -295,7 +256,7 @@ def test_the_refresh_timer_follows_the_breakers_to_a_new_loop() -> None:
     """Registered outside any loop, the timer starts with the first event, and moves to the
     next loop when the first one is gone."""
     clock = FakeClock()
-    downstream = Downstream(clock)
+    downstream = Downstream(clock=clock)
     breaker = CircuitBreaker(downstream.action, name="payments", clock=clock)
     registry = CollectorRegistry()
     collector = prometheus.register(registry, breakers=[breaker], refresh_interval=0.01)
@@ -308,7 +269,7 @@ def test_the_refresh_timer_follows_the_breakers_to_a_new_loop() -> None:
 
     async def first() -> None:
         assert await scraped_rate() is None  # nothing read the window yet
-        await call(breaker)
+        await outcome_of(breaker)
 
         async def refreshed() -> bool:
             return await scraped_rate() == 0.0
@@ -316,8 +277,8 @@ def test_the_refresh_timer_follows_the_breakers_to_a_new_loop() -> None:
         await eventually_async(refreshed, within=2.0, what="a refresh on the first loop")
 
     async def second() -> None:
-        downstream.outcome = "fail"
-        await call(breaker)
+        downstream.mode = "fail"
+        await outcome_of(breaker)
 
         async def refreshed() -> bool:
             return await scraped_rate() == 50.0
@@ -337,9 +298,9 @@ async def test_breakers_made_later_join_and_shut_down_ones_leave(collectors: Reg
     registry = CollectorRegistry()
     collectors(registry)
     assert value(registry, "circuitbreaker_state", name="metrics-later", state="closed") is None
-    later = CircuitBreaker(Downstream(clock).action, name="metrics-later", clock=clock)
+    later = CircuitBreaker(Downstream(clock=clock).action, name="metrics-later", clock=clock)
     assert value(registry, "circuitbreaker_state", name="metrics-later", state="closed") == 1.0
-    await call(later)
+    await outcome_of(later)
     labels = {"name": "metrics-later", "kind": "successful"}
     assert value(registry, "circuitbreaker_calls_total", **labels) == 1.0
     await later.shutdown()
@@ -353,7 +314,7 @@ async def test_a_collected_breaker_leaves(collectors: Register) -> None:
     registry = CollectorRegistry()
     collectors(registry, refresh_interval=None)
     breaker: CircuitBreaker[..., Any] | None = CircuitBreaker(
-        Downstream(clock).action, name="metrics-collected", clock=clock
+        Downstream(clock=clock).action, name="metrics-collected", clock=clock
     )
     assert "metrics-collected" in generate_latest(registry).decode()
     del breaker
@@ -364,12 +325,12 @@ async def test_a_collected_breaker_leaves(collectors: Register) -> None:
 async def test_same_name_breakers_share_series_until_the_last_goes(collectors: Register) -> None:
     """Two breakers of one name add up; the series stay while one of them lives."""
     clock = FakeClock()
-    first = CircuitBreaker(Downstream(clock).action, name="twins", clock=clock)
-    second = CircuitBreaker(Downstream(clock).action, name="twins", clock=clock)
+    first = CircuitBreaker(Downstream(clock=clock).action, name="twins", clock=clock)
+    second = CircuitBreaker(Downstream(clock=clock).action, name="twins", clock=clock)
     registry = CollectorRegistry()
     collectors(registry, breakers=[first, second])
-    await call(first)
-    await call(second)
+    await outcome_of(first)
+    await outcome_of(second)
     labels = {"name": "twins", "kind": "successful"}
     assert value(registry, "circuitbreaker_calls_total", **labels) == 2.0
     await first.shutdown()
@@ -378,13 +339,12 @@ async def test_same_name_breakers_share_series_until_the_last_goes(collectors: R
     assert value(registry, "circuitbreaker_calls_total", **labels) is None
 
 
-async def test_the_exposition_parses(collectors: Register) -> None:
+async def test_the_exposition_parses(collectors: Register, clock: FakeClock) -> None:
     """The text exposition parses, with the documented names and types."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock).action, name='pay"ments\\', clock=clock)
+    breaker = breaker_on(clock, name='pay"ments\\')
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker])
-    await call(breaker)
+    await outcome_of(breaker)
     families = {
         f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
     }
@@ -414,10 +374,9 @@ async def test_the_exposition_parses(collectors: Register) -> None:
     }
 
 
-async def test_namespace_prefixes_every_name(collectors: Register) -> None:
+async def test_namespace_prefixes_every_name(collectors: Register, clock: FakeClock) -> None:
     """``namespace="resilience4j"`` gives resilience4j's own names."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock).action, name="payments", clock=clock)
+    breaker = breaker_on(clock, name="payments")
     registry = CollectorRegistry()
     collectors(registry, breakers=[breaker], namespace="resilience4j")
     state = value(registry, "resilience4j_circuitbreaker_state", name="payments", state="closed")
@@ -433,20 +392,18 @@ async def test_one_register_per_registry(collectors: Register) -> None:
         collectors(registry, breakers=[])
 
 
-async def test_default_registry(collectors: Register) -> None:
+async def test_default_registry(collectors: Register, clock: FakeClock) -> None:
     """Without a registry, the metrics go to ``prometheus_client.REGISTRY``."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock).action, name="metrics-default", clock=clock)
+    breaker = breaker_on(clock, name="metrics-default")
     collector = collectors(breakers=[breaker])
     assert value(REGISTRY, "circuitbreaker_state", name="metrics-default", state="closed") == 1.0
     collector.close()
     assert value(REGISTRY, "circuitbreaker_state", name="metrics-default", state="closed") is None
 
 
-async def test_close_unsubscribes(collectors: Register) -> None:
+async def test_close_unsubscribes(collectors: Register, clock: FakeClock) -> None:
     """``close()`` leaves the breaker as it was: no listener, back on its plain call path."""
-    clock = FakeClock()
-    breaker = CircuitBreaker(Downstream(clock).action, name="payments", clock=clock)
+    breaker = breaker_on(clock, name="payments")
     registry = CollectorRegistry()
     collector = collectors(registry, breakers=[breaker])
     assert breaker._events.call_listened
@@ -462,7 +419,7 @@ async def test_a_callable_picks_the_breakers(collectors: Register) -> None:
     chosen: list[CircuitBreaker[..., Any]] = []
     registry = CollectorRegistry()
     collectors(registry, breakers=lambda: chosen)
-    chosen.append(CircuitBreaker(Downstream(clock).action, name="picked", clock=clock))
+    chosen.append(CircuitBreaker(Downstream(clock=clock).action, name="picked", clock=clock))
     assert value(registry, "circuitbreaker_state", name="picked", state="closed") == 1.0
     chosen.clear()
     assert value(registry, "circuitbreaker_state", name="picked", state="closed") is None
@@ -490,16 +447,6 @@ def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: st
 # --------------------------------------------------------------------------- the cluster's view
 
 
-@pytest.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A client of the test's private redis-server."""
-    client = aioredis.Redis.from_url(redis_server.url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 CLUSTER_GAUGES = (
     "circuitbreaker_cluster_failure_rate",
     "circuitbreaker_cluster_pods_reporting",
@@ -521,102 +468,97 @@ def cluster_figures(registry: CollectorRegistry) -> dict[str, Any]:
 
 
 async def test_cluster_gauges_are_the_same_on_every_pod(
-    redis_server: RedisServer, admin: aioredis.Redis, collectors: Register
+    make_cluster: ClusterFactory, collectors: Register
 ) -> None:
     """Two pods, each with its own registry, report the same cluster view."""
-    async with Cluster(
-        redis_server.url,
-        reset_timeout=30.0,
-        volume_threshold=100,
-        distributed={"sync_interval": 0.05},
-    ) as cluster:
-        pods = [cluster.pod(f"pod{i}") for i in range(2)]
-        registries = [CollectorRegistry() for _ in pods]
-        for pod, registry in zip(pods, registries, strict=True):
-            collectors(registry, breakers=[pod.breaker])
-        await cluster.ready(admin)
-        for _ in range(3):
-            assert await pods[0].call() == "ok"
-        pods[1].downstream.mode = "fail"
-        assert await pods[1].call() == "failed"
+    cluster = await make_cluster(
+        reset_timeout=30.0, volume_threshold=100, rolling_count_timeout=10.0, sync_interval=0.05
+    )
 
-        def pooled(pod: int) -> bool:
-            figures = cluster_figures(registries[pod])
-            return (figures["successful"], figures["failed"]) == (3.0, 1.0)
+    def registered(pod: Pod) -> CollectorRegistry:
+        registry = CollectorRegistry()
+        collectors(registry, breakers=[pod.breaker])
+        return registry
 
-        await eventually(lambda: pooled(0) and pooled(1), within=2.0, what="pooled on both pods")
-        first, second = (cluster_figures(registry) for registry in registries)
-        assert first == second
-        assert first["circuitbreaker_cluster_failure_rate"] == -1.0  # below volume_threshold
-        assert first["circuitbreaker_cluster_pods_reporting"] == 2.0
-        assert (first["failed"], first["circuitbreaker_registry_down"]) == (1.0, 0.0)
-        assert first["state"] == {"closed": 1.0, "open": 0.0, "half_open": 0.0, "forced_open": 0.0}
+    pods, registries = await cluster.observed(registered)
 
-        await pods[1].breaker.force_open()
+    def pooled(pod: int) -> bool:
+        figures = cluster_figures(registries[pod])
+        return (figures["successful"], figures["failed"]) == (3.0, 1.0)
 
-        def forced(pod: int) -> bool:
-            return (
-                states(registries[pod], "payments", "circuitbreaker_cluster_state")["forced_open"]
-                == 1.0
-            )
+    await eventually(lambda: pooled(0) and pooled(1), within=2.0, what="pooled on both pods")
+    first, second = (cluster_figures(registry) for registry in registries)
+    assert first == second
+    assert first["circuitbreaker_cluster_failure_rate"] == -1.0  # below volume_threshold
+    assert first["circuitbreaker_cluster_pods_reporting"] == 2.0
+    assert (first["failed"], first["circuitbreaker_registry_down"]) == (1.0, 0.0)
+    assert first["state"] == {"closed": 1.0, "open": 0.0, "half_open": 0.0, "forced_open": 0.0}
 
-        await eventually(lambda: forced(0) and forced(1), within=2.0, what="forced open on both")
-        retry = [
-            value(registry, "circuitbreaker_cluster_retry_after_seconds", name="payments")
-            for registry in registries
-        ]
-        assert retry == [math.inf, math.inf]
-        assert states(registries[0], "payments") == {
-            "closed": 0.0,
-            "open": 0.0,
-            "half_open": 0.0,
-            "forced_open": 1.0,
-        }
-        await pods[0].breaker.reset()
+    await pods[1].breaker.force_open()
 
-        def closed(registry: CollectorRegistry) -> bool:
-            return states(registry, "payments", "circuitbreaker_cluster_state")["closed"] == 1.0
+    def forced(pod: int) -> bool:
+        return (
+            states(registries[pod], "payments", "circuitbreaker_cluster_state")["forced_open"]
+            == 1.0
+        )
 
-        await eventually(lambda: all(closed(r) for r in registries), within=2.0, what="closed")
-        assert cluster_figures(registries[0])["circuitbreaker_cluster_attempts"] == 0.0
-        await pods[1].trip()
+    await eventually(lambda: forced(0) and forced(1), within=2.0, what="forced open on both")
+    retry = [
+        value(registry, "circuitbreaker_cluster_retry_after_seconds", name="payments")
+        for registry in registries
+    ]
+    assert retry == [math.inf, math.inf]
+    assert states(registries[0], "payments") == {
+        "closed": 0.0,
+        "open": 0.0,
+        "half_open": 0.0,
+        "forced_open": 1.0,
+    }
+    await pods[0].breaker.reset()
 
-        def opened(registry: CollectorRegistry) -> bool:
-            return states(registry, "payments", "circuitbreaker_cluster_state")["open"] == 1.0
+    def closed(registry: CollectorRegistry) -> bool:
+        return states(registry, "payments", "circuitbreaker_cluster_state")["closed"] == 1.0
 
-        await eventually(lambda: all(opened(r) for r in registries), within=2.0, what="open")
-        for registry in registries:
-            retry_after = value(
-                registry, "circuitbreaker_cluster_retry_after_seconds", name="payments"
-            )
-            assert retry_after is not None
-            assert 25.0 < retry_after <= 30.0
-            assert value(registry, "circuitbreaker_cluster_attempts", name="payments") == 1.0
+    await eventually(lambda: all(closed(r) for r in registries), within=2.0, what="closed")
+    assert cluster_figures(registries[0])["circuitbreaker_cluster_attempts"] == 0.0
+    await pods[1].trip()
+
+    def opened(registry: CollectorRegistry) -> bool:
+        return states(registry, "payments", "circuitbreaker_cluster_state")["open"] == 1.0
+
+    await eventually(lambda: all(opened(r) for r in registries), within=2.0, what="open")
+    for registry in registries:
+        retry_after = value(registry, "circuitbreaker_cluster_retry_after_seconds", name="payments")
+        assert retry_after is not None
+        assert 25.0 < retry_after <= 30.0
+        assert value(registry, "circuitbreaker_cluster_attempts", name="payments") == 1.0
 
 
 async def test_registry_down_shows_at_once(
-    redis_server: RedisServer, admin: aioredis.Redis, collectors: Register
+    redis_server: RedisServer, make_cluster: ClusterFactory, collectors: Register
 ) -> None:
     """``registry_down``/``registry_up`` set the gauge without waiting for a refresh."""
-    async with Cluster(redis_server.url, distributed={"sync_interval": 0.05}) as cluster:
-        pod = cluster.pod("pod0")
-        registry = CollectorRegistry()
-        collectors(registry, breakers=[pod.breaker], refresh_interval=None)
-        await cluster.ready(admin)
+    cluster = await make_cluster(
+        server=redis_server, rolling_count_timeout=10.0, sync_interval=0.05
+    )
+    pod = cluster.pod("pod0")
+    registry = CollectorRegistry()
+    collectors(registry, breakers=[pod.breaker], refresh_interval=None)
+    await cluster.ready()
 
-        async def down_from_a_thread() -> float | None:
-            text = (await asyncio.to_thread(generate_latest, registry)).decode()
-            families = {f.name: f for f in text_string_to_metric_families(text)}
-            samples = families["circuitbreaker_registry_down"].samples
-            return samples[0].value if samples else None
+    async def down_from_a_thread() -> float | None:
+        text = (await asyncio.to_thread(generate_latest, registry)).decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        samples = families["circuitbreaker_registry_down"].samples
+        return samples[0].value if samples else None
 
-        assert await down_from_a_thread() == 0.0
-        redis_server.stop()
-        await eventually(lambda: pod.count("registry_down") == 1, within=5.0, what="down")
-        assert await down_from_a_thread() == 1.0
-        redis_server.start()
-        await eventually(lambda: pod.count("registry_up") == 1, within=5.0, what="up")
-        assert await down_from_a_thread() == 0.0
+    assert await down_from_a_thread() == 0.0
+    redis_server.stop()
+    await eventually(lambda: pod.count("registry_down") == 1, within=5.0, what="down")
+    assert await down_from_a_thread() == 1.0
+    redis_server.start()
+    await eventually(lambda: pod.count("registry_up") == 1, within=5.0, what="up")
+    assert await down_from_a_thread() == 0.0
 
 
 # --------------------------------------------------------------------------- multiprocess mode

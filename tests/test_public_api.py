@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support_api import Boom, Gate, Recorder, Sleeper
+from helpers import Boom, Gate, Recorder, Sleeper
 
 import distributed_opossum
 from distributed_opossum import (

@@ -10,20 +10,13 @@ the library's reload and its retry, and every error class redis-py has
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 import redis.exceptions
-from distributed_support import (
-    Cluster,
-    admin_of,
-    assert_no_leak,
-    call_outcome,
-    eventually,
-    open_then_half_open,
-)
+from distributed_support import Cluster, ClusterFactory, Pod, assert_no_leak, call_outcome
 from redis_server import RedisServer
 
 from distributed_opossum import RegistryError
@@ -42,27 +35,33 @@ async def fill_to_maxmemory(admin: aioredis.Redis) -> None:
         await admin.set("one-more", b"x")
 
 
-async def test_trial_at_maxmemory_lets_no_redis_error_through(redis_server: RedisServer) -> None:
+async def test_trial_at_maxmemory_lets_no_redis_error_through(
+    redis_server: RedisServer, make_cluster: ClusterFactory
+) -> None:
     """Redis at maxmemory (noeviction) when the open period ends: trial calls raise no OOM error."""
-    async with (
-        admin_of(redis_server) as admin,
-        Cluster(
-            redis_server.url,
-            reset_timeout=0.3,
-            rolling_count_timeout=1.0,
-            distributed={"sync_interval": 1.0},
-        ) as cluster,
-    ):
-        pods = [cluster.pod("pod0"), cluster.pod("pod1")]
-        await cluster.ready(admin)
-        await pods[0].trip()
-        await eventually(lambda: pods[1].breaker.opened, within=0.5, what="pod1 open")
-        await fill_to_maxmemory(admin)
-        await eventually(lambda: all(p.breaker.half_open for p in pods), within=1.0)
-        for pod in pods:
-            pod.downstream.mode = "ok"
-        outcomes = [await call_outcome(pod) for pod in pods for _ in range(3)]
-        assert_no_leak(outcomes)
+    cluster = await make_cluster(server=redis_server, reset_timeout=0.3, sync_interval=1.0)
+    pods = await cluster.started(2)
+    await cluster.trip()
+    await fill_to_maxmemory(cluster.admin)
+    await cluster.half_open(within=1.0)
+    outcomes = [await call_outcome(pod) for pod in pods for _ in range(3)]
+    assert_no_leak(outcomes)
+
+
+ClientT = TypeVar("ClientT", bound=aioredis.Redis)
+
+
+async def half_open_with(cluster: Cluster, client_class: type[ClientT]) -> tuple[ClientT, Pod]:
+    """pod0 on a client of its own, pod1 on a ``client_class`` client; tripped through pod0,
+    every pod half-open. Returns pod1's client and pod1."""
+    client = cluster.adopt(client_class.from_url(cluster.url, client_name="pod1"))
+    assert isinstance(client, client_class)
+    cluster.pod("pod0")
+    pod1 = cluster.pod("pod1", client=client)
+    await cluster.ready()
+    await cluster.trip()
+    await cluster.half_open()
+    return client, pod1
 
 
 class FlushAfterLoad(aioredis.Redis):
@@ -83,31 +82,16 @@ class FlushAfterLoad(aioredis.Redis):
 
 
 async def test_script_cache_flushed_between_reload_and_retry_stays_hidden(
-    redis_server: RedisServer,
+    redis_server: RedisServer, make_cluster: ClusterFactory
 ) -> None:
     """NOSCRIPT on the retry after a reload (a flush in between) does not reach the caller."""
-    async with (
-        admin_of(redis_server) as admin,
-        Cluster(
-            redis_server.url,
-            reset_timeout=0.3,
-            rolling_count_timeout=1.0,
-            distributed={"sync_interval": 2.0},
-        ) as cluster,
-    ):
-        client = FlushAfterLoad.from_url(redis_server.url, client_name="pod1")
-        assert isinstance(client, FlushAfterLoad)
-        pods = [cluster.pod("pod0"), cluster.pod("pod1", client=client)]
-        try:
-            await open_then_half_open(cluster, admin, pods)
-            await admin.script_flush()
-            client.flush_after_load = True
-            outcomes = [await call_outcome(pods[1]) for _ in range(3)]
-        finally:
-            client.flush_after_load = False
-            await pods[1].breaker.shutdown()
-            await client.aclose()
-        assert_no_leak(outcomes)
+    cluster = await make_cluster(server=redis_server, reset_timeout=0.3, sync_interval=2.0)
+    client, pod1 = await half_open_with(cluster, FlushAfterLoad)
+    await cluster.admin.script_flush()
+    client.flush_after_load = True
+    outcomes = [await call_outcome(pod1) for _ in range(3)]
+    client.flush_after_load = False
+    assert_no_leak(outcomes)
 
 
 def _every_redis_error() -> list[type[Exception]]:
@@ -144,34 +128,20 @@ class FailingEvalsha(aioredis.Redis):
 
 @pytest.mark.parametrize("error_class", _every_redis_error(), ids=lambda cls: cls.__name__)
 async def test_lease_request_lets_no_redis_error_through(
-    redis_server_session: RedisServer,
-    redis_client: aioredis.Redis,
-    error_class: type[Exception],
+    make_cluster: ClusterFactory, error_class: type[Exception]
 ) -> None:
     """Whatever redis-py raises on the lease request, fire() raises none of it; commands raise
     RegistryError."""
-    async with Cluster(
-        redis_server_session.url,
-        reset_timeout=0.1,
-        rolling_count_timeout=1.0,
-        distributed={"sync_interval": 2.0},
-    ) as cluster:
-        client = FailingEvalsha.from_url(redis_server_session.url, client_name="pod1")
-        assert isinstance(client, FailingEvalsha)
-        pods = [cluster.pod("pod0"), cluster.pod("pod1", client=client)]
-        try:
-            await open_then_half_open(cluster, redis_client, pods)
-            client.error = _instance(error_class)
-            outcomes = [await call_outcome(pods[1])]
-            if error_class is redis.exceptions.NoScriptError:
-                # The script's source goes out instead (EVAL): the command works.
-                await pods[1].breaker.reset()
-            else:
-                with pytest.raises(Exception) as command:  # noqa: PT011 (checked below)
-                    await pods[1].breaker.reset()
-                assert isinstance(command.value, RegistryError), repr(command.value)
-        finally:
-            client.error = None
-            await pods[1].breaker.shutdown()
-            await client.aclose()
-        assert_no_leak(outcomes)
+    cluster = await make_cluster(reset_timeout=0.1, sync_interval=2.0)
+    client, pod1 = await half_open_with(cluster, FailingEvalsha)
+    client.error = _instance(error_class)
+    outcomes = [await call_outcome(pod1)]
+    if error_class is redis.exceptions.NoScriptError:
+        # The script's source goes out instead (EVAL): the command works.
+        await pod1.breaker.reset()
+    else:
+        with pytest.raises(Exception) as command:  # noqa: PT011 (checked below)
+            await pod1.breaker.reset()
+        assert isinstance(command.value, RegistryError), repr(command.value)
+    client.error = None
+    assert_no_leak(outcomes)

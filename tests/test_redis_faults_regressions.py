@@ -23,20 +23,12 @@ from collections.abc import Callable
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 import redis.exceptions
-from distributed_support import (
-    Cluster,
-    admin_of,
-    assert_no_leak,
-    call_outcome,
-    eventually,
-    eventually_async,
-    open_then_half_open,
-    redis_now_ms,
-    stays,
-)
+from distributed_support import ClusterFactory, assert_no_leak, call_outcome, counted, more_counted
+from redis_admin import kill_pubsub
 from redis_server import RedisServer
+from transport_support import entry, redis_now_ms
+from waiting import eventually, eventually_async, stays
 
 from distributed_opossum import State
 
@@ -51,228 +43,153 @@ SLACK = 0.3
 # --------------------------------------------------------------------------- 2: pub/sub
 
 
-async def test_killed_pubsub_connection_is_not_an_outage(
-    redis_server_session: RedisServer, redis_client: aioredis.Redis
-) -> None:
+async def test_killed_pubsub_connection_is_not_an_outage(make_cluster: ClusterFactory) -> None:
     """CLIENT KILL TYPE pubsub while open: no registry_down, still one trial cluster-wide."""
-    async with Cluster(
-        redis_server_session.url,
-        reset_timeout=0.6,
-        rolling_count_timeout=1.0,
-        distributed={"sync_interval": 1.0},
-    ) as cluster:
-        pods = [cluster.pod(f"pod{i}") for i in range(4)]
-        await cluster.ready(redis_client)
-        await pods[0].trip()
-        await eventually(lambda: all(p.breaker.opened for p in pods), within=0.5, what="all open")
-        killed = await redis_client.client_kill_filter(_type="pubsub", skipme=True)
-        assert killed >= 4
-        await eventually(lambda: all(p.breaker.half_open for p in pods), within=1.5)
-        calls = sum(p.downstream.calls for p in pods)
-        for pod in pods:
-            pod.downstream.mode = "ok"
-        outcomes = await asyncio.gather(*(call_outcome(p) for p in pods))
-        trials = sum(p.downstream.calls for p in pods) - calls
-        downs = {p.instance: p.count("registry_down") for p in pods}
-        assert trials == 1, (
-            f"{trials} trial calls in one period ({outcomes}); registry_down={downs}"
-        )
-        assert all(n == 0 for n in downs.values()), f"a lost subscription was an outage: {downs}"
+    cluster = await make_cluster(reset_timeout=0.6, sync_interval=1.0)
+    pods = await cluster.started(4)
+    await cluster.trip()
+    assert await kill_pubsub(cluster.admin) >= 4
+    await eventually(lambda: all(p.breaker.half_open for p in pods), within=1.5)
+    calls = sum(p.downstream.calls for p in pods)
+    for pod in pods:
+        pod.downstream.mode = "ok"
+    outcomes = await asyncio.gather(*(call_outcome(p) for p in pods))
+    trials = sum(p.downstream.calls for p in pods) - calls
+    downs = {p.instance: p.count("registry_down") for p in pods}
+    assert trials == 1, f"{trials} trial calls in one period ({outcomes}); registry_down={downs}"
+    assert all(n == 0 for n in downs.values()), f"a lost subscription was an outage: {downs}"
 
 
 # --------------------------------------------------------------------------- 3: empty restart
 
 
 async def test_trip_during_outage_reaches_the_fleet_after_an_empty_restart(
-    redis_server: RedisServer,
+    redis_server: RedisServer, make_cluster: ClusterFactory
 ) -> None:
     """A pod trips while Redis is down; Redis returns empty: within two ticks every pod is open."""
-    async with (
-        admin_of(redis_server) as admin,
-        Cluster(
-            redis_server.url,
-            reset_timeout=5.0,
-            rolling_count_timeout=1.0,
-            distributed={"sync_interval": TICK},
-        ) as cluster,
-    ):
-        pods = [cluster.pod(f"pod{i}") for i in range(3)]
-        await cluster.ready(admin)
-        # Some history first, so the shared epoch is past 0 when Redis loses it.
-        await pods[0].breaker.force_open()
-        await pods[0].breaker.reset()
-        await eventually(lambda: all(p.breaker.closed for p in pods), within=0.5)
-        assert pods[1].link.epoch >= 2
+    cluster = await make_cluster(server=redis_server, reset_timeout=5.0, sync_interval=TICK)
+    pods = await cluster.started(3)
+    # Some history first, so the shared epoch is past 0 when Redis loses it.
+    await pods[0].breaker.force_open()
+    await pods[0].breaker.reset()
+    await eventually(lambda: all(p.breaker.closed for p in pods), within=0.5)
+    assert pods[1].link.epoch >= 2
 
-        redis_server.kill()
+    redis_server.kill()
+    await eventually(
+        lambda: all(p.count("registry_down") == 1 for p in pods), within=2.0, what="down"
+    )
+    await pods[2].trip()
+    assert pods[2].causes("open")[-1] == "local"
+    # The bucket holding the failures is reported into the outage, and lost
+    # (nothing is buffered): only the trip vote is kept for later.
+    await asyncio.sleep(0.15)  # the bucket (0.1 s) ends
+    await more_counted([pods[2]], "tick_errors", 2)  # the failures' report lost
+    redis_server.start()  # same port, empty
+    await eventually(lambda: all(p.count("registry_up") == 1 for p in pods), within=3.0, what="up")
+    back = time.monotonic()
+    try:
         await eventually(
-            lambda: all(p.count("registry_down") == 1 for p in pods), within=2.0, what="down"
+            lambda: pods[0].breaker.opened and pods[1].breaker.opened,
+            within=2 * TICK + SLACK,
+            what="the trip made during the outage reaching the other pods",
         )
-        await pods[2].trip()
-        assert pods[2].causes("open")[-1] == "local"
-        # The bucket holding the failures is reported into the outage, and lost
-        # (nothing is buffered): only the trip vote is kept for later.
-        await asyncio.sleep(0.15)  # the bucket (0.1 s) ends
-        ticks = pods[2].coordinator.stats["tick_errors"]
-        await eventually(
-            lambda: pods[2].coordinator.stats["tick_errors"] >= ticks + 2,
-            what="the failures' report lost",
-        )
-        redis_server.start()  # same port, empty
-        await eventually(
-            lambda: all(p.count("registry_up") == 1 for p in pods), within=3.0, what="up"
-        )
-        back = time.monotonic()
-        try:
-            await eventually(
-                lambda: pods[0].breaker.opened and pods[1].breaker.opened,
-                within=2 * TICK + SLACK,
-                what="the trip made during the outage reaching the other pods",
-            )
-        finally:
-            state = await cluster.state_hash(admin)
-        assert state.get("state") == "open", (state, time.monotonic() - back)
+    finally:
+        state = await cluster.state_hash()
+    assert state.get("state") == "open", (state, time.monotonic() - back)
 
 
 # --------------------------------------------------------------------------- 4: after a freeze
 
 
 async def test_expired_shared_open_left_by_a_freeze_does_not_hold_trips_back(
-    redis_server: RedisServer,
+    redis_server: RedisServer, make_cluster: ClusterFactory
 ) -> None:
     """Redis frozen through an open period: after it, a new trip reaches every pod within ms."""
-    reset_timeout = 1.5
-    async with (
-        admin_of(redis_server) as admin,
-        Cluster(
-            redis_server.url,
-            reset_timeout=reset_timeout,
-            rolling_count_timeout=1.0,
-            distributed={"sync_interval": TICK},
-        ) as cluster,
-    ):
-        pods = [cluster.pod(f"pod{i}") for i in range(3)]
-        await cluster.ready(admin)
-        await pods[0].trip()
-        await eventually(lambda: all(p.breaker.opened for p in pods), within=0.5, what="all open")
-        redis_server.pause()
-        try:
-            await eventually(
-                lambda: all(p.count("registry_down") == 1 for p in pods), within=4.0, what="down"
-            )
-            await eventually(lambda: all(p.breaker.half_open for p in pods), within=2.0)
-            for pod in pods:  # the local rule: one local trial each, and they close
-                pod.downstream.mode = "ok"
-                assert await call_outcome(pod) == "ok"
-            assert all(p.breaker.closed for p in pods)
-        finally:
-            redis_server.resume()
+    cluster = await make_cluster(server=redis_server, reset_timeout=1.5, sync_interval=TICK)
+    pods = await cluster.started(3)
+    await cluster.trip()
+    redis_server.pause()
+    try:
         await eventually(
-            lambda: all(p.count("registry_up") == 1 for p in pods), within=3.0, what="up"
+            lambda: all(p.count("registry_down") == 1 for p in pods), within=4.0, what="down"
         )
-        reports = [p.coordinator.stats["reports"] for p in pods]
+        await eventually(lambda: all(p.breaker.half_open for p in pods), within=2.0)
+        for pod in pods:  # the local rule: one local trial each, and they close
+            pod.downstream.mode = "ok"
+            assert await call_outcome(pod) == "ok"
+        assert all(p.breaker.closed for p in pods)
+    finally:
+        redis_server.resume()
+    await eventually(lambda: all(p.count("registry_up") == 1 for p in pods), within=3.0, what="up")
+    await more_counted(pods, "reports")  # a report of every pod
+    await cluster.ready(within=3.0)
+    await pods[1].trip()
+    try:
         await eventually(
-            lambda: all(
-                p.coordinator.stats["reports"] > r for p, r in zip(pods, reports, strict=True)
-            ),
-            within=1.0,
-            what="a report of every pod",
+            lambda: pods[0].breaker.opened and pods[2].breaker.opened,
+            within=2 * TICK + SLACK,
+            what="the trip reaching pod0 and pod2",
         )
-        await cluster.ready(admin, within=3.0)
-        await pods[1].trip()
-        try:
-            await eventually(
-                lambda: pods[0].breaker.opened and pods[2].breaker.opened,
-                within=2 * TICK + SLACK,
-                what="the trip reaching pod0 and pod2",
-            )
-        except AssertionError as error:
-            state = await cluster.state_hash(admin)
-            left = int(state.get("open_until", 0)) - await redis_now_ms(admin)
-            raise AssertionError(
-                f"{error}: shared state {state.get('state')!r} epoch {state.get('epoch')} "
-                f"(open_until {left} ms from now); pods "
-                f"{[(p.instance, p.breaker.state.value, p.link.epoch) for p in pods]}"
-            ) from None
+    except AssertionError as error:
+        state = await cluster.state_hash()
+        left = int(state.get("open_until", 0)) - await redis_now_ms(cluster.admin)
+        raise AssertionError(
+            f"{error}: shared state {state.get('state')!r} epoch {state.get('epoch')} "
+            f"(open_until {left} ms from now); pods "
+            f"{[(p.instance, p.breaker.state.value, p.link.epoch) for p in pods]}"
+        ) from None
 
 
 # --------------------------------------------------------------------------- 5: forged input
 
 
 async def test_broadcast_with_a_far_future_epoch_does_not_freeze_the_pods(
-    redis_server_session: RedisServer, redis_client: aioredis.Redis
+    make_cluster: ClusterFactory,
 ) -> None:
     """A forged broadcast (current gen, epoch 2**53 - 1, closed): force_open still reaches all."""
-    async with Cluster(
-        redis_server_session.url,
-        reset_timeout=1.0,
-        rolling_count_timeout=1.0,
-        distributed={"sync_interval": TICK},
-    ) as cluster:
-        pods = [cluster.pod(f"pod{i}") for i in range(3)]
-        await cluster.ready(redis_client)
-        forged = {
-            "v": 1,
-            "name": cluster.name,
-            "gen": pods[0].link.gen,
-            "epoch": 2**53 - 1,
-            "state": "closed",
-            "open_until": 0,
-            "now": await redis_now_ms(redis_client),
-            "attempts": 0,
-            "origin": "intruder",
-            "reason": "forged",
-        }
-        messages = [p.coordinator.stats["messages"] for p in pods]
-        await redis_client.publish(cluster.keys.events, json.dumps(forged))
-        await eventually(
-            lambda: all(
-                p.coordinator.stats["messages"] > m for p, m in zip(pods, messages, strict=True)
-            ),
-            what="the forged broadcast delivered",
-        )
-        await pods[0].breaker.force_open()
-        await eventually(
-            lambda: all(p.breaker.state is State.FORCED_OPEN for p in pods),
-            within=2 * TICK + SLACK,
-            what="force_open on every pod after the forged epoch",
-        )
+    cluster = await make_cluster(reset_timeout=1.0, sync_interval=TICK)
+    pods = await cluster.started(3)
+    forged = {
+        "v": 1,
+        "name": cluster.name,
+        "gen": pods[0].link.gen,
+        "epoch": 2**53 - 1,
+        "state": "closed",
+        "open_until": 0,
+        "now": await redis_now_ms(cluster.admin),
+        "attempts": 0,
+        "origin": "intruder",
+        "reason": "forged",
+    }
+    async with counted(pods, "messages"):  # the forged broadcast delivered
+        await cluster.admin.publish(cluster.keys.events, json.dumps(forged))
+    await pods[0].breaker.force_open()
+    await eventually(
+        lambda: all(p.breaker.state is State.FORCED_OPEN for p in pods),
+        within=2 * TICK + SLACK,
+        what="force_open on every pod after the forged epoch",
+    )
 
 
 async def test_stats_entry_with_absurd_counts_does_not_open_the_fleet(
-    redis_server_session: RedisServer, redis_client: aioredis.Redis
+    make_cluster: ClusterFactory,
 ) -> None:
     """One forged stats entry claiming 10**12 failures opens nobody."""
-    async with Cluster(
-        redis_server_session.url,
-        reset_timeout=1.0,
-        rolling_count_timeout=1.0,
-        distributed={"sync_interval": TICK},
-    ) as cluster:
-        pods = [cluster.pod(f"pod{i}") for i in range(3)]
-        await cluster.ready(redis_client)
-        for pod in pods:
-            for _ in range(20):
-                assert await pod.call() == "ok"
-        entry = {
-            "v": 1,
-            "timestamp": await redis_now_ms(redis_client),
-            "instance": "ghost",
-            "fires": 10**12,
-            "successes": 0,
-            "failures": 10**12,
-            "timeouts": 0,
-            "rejects": 0,
-            "local_open": False,
-            "epoch": pods[0].link.epoch,
-        }
-        await redis_client.rpush(cluster.keys.stats, json.dumps(entry))
-        await stays(
-            lambda: all(p.breaker.closed for p in pods),
-            duration=4 * TICK,
-            what="every pod closed after the forged entry",
-        )
-        assert (await cluster.state_hash(redis_client))["state"] == "closed"
+    cluster = await make_cluster(reset_timeout=1.0, sync_interval=TICK)
+    pods = await cluster.started(3)
+    for pod in pods:
+        for _ in range(20):
+            assert await pod.call() == "ok"
+    now = await redis_now_ms(cluster.admin)
+    forged = entry(now, "ghost", failures=10**12, epoch=pods[0].link.epoch)
+    await cluster.admin.rpush(cluster.keys.stats, forged)
+    await stays(
+        lambda: all(p.breaker.closed for p in pods),
+        duration=4 * TICK,
+        what="every pod closed after the forged entry",
+    )
+    assert (await cluster.state_hash())["state"] == "closed"
 
 
 async def _stall_per_message(
@@ -294,67 +211,54 @@ async def _stall_per_message(
 
 
 async def test_oversized_broadcast_is_rejected_before_it_costs_the_loop(
-    redis_server_session: RedisServer, redis_client: aioredis.Redis
+    make_cluster: ClusterFactory,
 ) -> None:
     """1 MB on the events channel stalls the event loop of four pods by less than 5 ms."""
-    async with Cluster(
-        redis_server_session.url,
-        reset_timeout=1.0,
-        rolling_count_timeout=1.0,
-        distributed={"sync_interval": 1.0},
-    ) as cluster:
-        pods = [cluster.pod(f"pod{i}") for i in range(4)]
-        await cluster.ready(redis_client)
-        publisher = redis.Redis.from_url(redis_server_session.url)
-        payload = b'{"v":1,"pad":"' + b"x" * (1024 * 1024) + b'"}'
+    cluster = await make_cluster(reset_timeout=1.0, sync_interval=1.0)
+    pods = await cluster.started(4)
+    publisher = redis.Redis.from_url(cluster.url)
+    payload = b'{"v":1,"pad":"' + b"x" * (1024 * 1024) + b'"}'
 
-        def publish() -> None:
-            publisher.publish(cluster.keys.events, payload)
+    def publish() -> None:
+        publisher.publish(cluster.keys.events, payload)
 
-        try:
-            quiet = await _stall_per_message(lambda: None, messages=5, gap=0.05)
-            stalls = await _stall_per_message(publish, messages=10, gap=0.06)
-        finally:
-            publisher.close()
-        assert all(p.coordinator.stats["bad_messages"] >= 10 for p in pods)
-        typical = statistics.median(stalls)
-        assert typical < 0.005, (
-            f"each 1 MB message stalled the loop {typical * 1000:.1f} ms (median; "
-            f"quiet: {statistics.median(quiet) * 1000:.1f} ms; all: "
-            f"{[round(s * 1000, 1) for s in stalls]})"
-        )
+    try:
+        quiet = await _stall_per_message(lambda: None, messages=5, gap=0.05)
+        stalls = await _stall_per_message(publish, messages=10, gap=0.06)
+    finally:
+        publisher.close()
+    assert all(p.coordinator.stats["bad_messages"] >= 10 for p in pods)
+    typical = statistics.median(stalls)
+    assert typical < 0.005, (
+        f"each 1 MB message stalled the loop {typical * 1000:.1f} ms (median; "
+        f"quiet: {statistics.median(quiet) * 1000:.1f} ms; all: "
+        f"{[round(s * 1000, 1) for s in stalls]})"
+    )
 
 
 # --------------------------------------------------------------------------- 7: trial count
 
 
 async def test_half_open_never_admits_more_than_max_calls_trials(
-    redis_server_session: RedisServer, redis_client: aioredis.Redis
+    make_cluster: ClusterFactory,
 ) -> None:
     """half_open_max_calls=2: a pod whose trial succeeded gets no third trial in the period."""
-    async with Cluster(
-        redis_server_session.url,
-        reset_timeout=0.3,
-        half_open_max_calls=2,
-        rolling_count_timeout=1.0,
-        distributed={"sync_interval": 2.0},
-    ) as cluster:
-        pods = [cluster.pod(f"pod{i}") for i in range(3)]
-        await open_then_half_open(cluster, redis_client, pods)
-        calls = sum(p.downstream.calls for p in pods)
+    cluster = await make_cluster(reset_timeout=0.3, half_open_max_calls=2, sync_interval=2.0)
+    pods = await cluster.half_opened(3)
+    calls = sum(p.downstream.calls for p in pods)
 
-        pods[1].downstream.mode = "hang"  # trial 1: holds its lease
-        hanging = asyncio.get_running_loop().create_task(call_outcome(pods[1]))
-        await eventually(lambda: pods[1].downstream.running == 1, what="pod1's trial running")
-        assert await call_outcome(pods[0]) == "ok"  # trial 2: succeeds
+    pods[1].downstream.mode = "hang"  # trial 1: holds its lease
+    hanging = asyncio.get_running_loop().create_task(call_outcome(pods[1]))
+    await eventually(lambda: pods[1].downstream.running == 1, what="pod1's trial running")
+    assert await call_outcome(pods[0]) == "ok"  # trial 2: succeeds
 
-        async def one_success_recorded() -> bool:
-            return (await cluster.state_hash(redis_client)).get("trial_successes") == "1"
+    async def one_success_recorded() -> bool:
+        return (await cluster.state_hash()).get("trial_successes") == "1"
 
-        await eventually_async(one_success_recorded, what="the first success in Redis")
-        later = [await call_outcome(pods[0]), await call_outcome(pods[2])]
-        pods[1].downstream.release("ok")
-        await hanging
-        trials = sum(p.downstream.calls for p in pods) - calls
-        assert trials <= 2, f"{trials} trials in one half-open period (later calls: {later})"
-        assert_no_leak(later)
+    await eventually_async(one_success_recorded, what="the first success in Redis")
+    later = [await call_outcome(pods[0]), await call_outcome(pods[2])]
+    pods[1].downstream.release("ok")
+    await hanging
+    trials = sum(p.downstream.calls for p in pods) - calls
+    assert trials <= 2, f"{trials} trials in one half-open period (later calls: {later})"
+    assert_no_leak(later)

@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis_server import RedisServer
-from transport_support import KEYS, PARAMS, params, report
+from transport_support import KEYS, PARAMS, Client, params, report
 
 from distributed_opossum._redis import scripts as _scripts
 from distributed_opossum._redis.keys import BreakerKeys
@@ -32,7 +32,6 @@ from distributed_opossum._redis.scripts import (
     scripts_for,
 )
 
-Client = aioredis.Redis
 LUA_DIR = (Path(__file__).resolve().parent.parent / "lua").resolve()
 
 

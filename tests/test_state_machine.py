@@ -533,6 +533,16 @@ def test_every_transition_bumps_epoch_and_changed_at() -> None:
 # -- exceeds_threshold ---------------------------------------------------------------------------
 
 
+def opens(successes: int, failures: int, volume_threshold: int, percentage: float) -> bool:
+    """``exceeds_threshold`` with the tables' argument order."""
+    return exceeds_threshold(
+        successes,
+        failures,
+        volume_threshold=volume_threshold,
+        error_threshold_percentage=percentage,
+    )
+
+
 @pytest.mark.parametrize(
     ("successes", "failures", "volume_threshold", "percentage", "expected"),
     [
@@ -556,15 +566,7 @@ def test_exceeds_threshold_table(
     successes: int, failures: int, volume_threshold: int, percentage: float, expected: bool
 ) -> None:
     """Open when volume (successes + failures) ≥ threshold and failure % strictly above."""
-    assert (
-        exceeds_threshold(
-            successes,
-            failures,
-            volume_threshold=volume_threshold,
-            error_threshold_percentage=percentage,
-        )
-        is expected
-    )
+    assert opens(successes, failures, volume_threshold, percentage) is expected
 
 
 @given(
@@ -583,15 +585,7 @@ def test_exceeds_threshold_matches_exact_rule(
         and volume >= volume_threshold
         and Fraction(failures * 100, volume) > Fraction(percentage)
     )
-    assert (
-        exceeds_threshold(
-            successes,
-            failures,
-            volume_threshold=volume_threshold,
-            error_threshold_percentage=percentage,
-        )
-        is expected
-    )
+    assert opens(successes, failures, volume_threshold, percentage) is expected
 
 
 # -- restore -------------------------------------------------------------------------------------

@@ -6,17 +6,14 @@ import asyncio
 import time
 
 import pytest
+from helpers import succeed
 
 from distributed_opossum import CircuitBreaker, OpenCircuitError, Stats
 
 
-async def ok() -> str:
-    return "ok"
-
-
 def test_snapshot_listener_registered_outside_a_loop_gets_snapshots() -> None:
     """A snapshot handler added before asyncio.run() is served once the breaker is used."""
-    breaker = CircuitBreaker(ok, rolling_count_timeout=0.1, rolling_count_buckets=2)
+    breaker = CircuitBreaker(succeed, rolling_count_timeout=0.1, rolling_count_buckets=2)
     snapshots: list[Stats] = []
     breaker.on("snapshot", snapshots.append)
 
@@ -32,7 +29,9 @@ def test_snapshot_listener_registered_outside_a_loop_gets_snapshots() -> None:
 
 def test_state_restored_open_outside_a_loop_announces_half_open_on_time() -> None:
     """An open state imported before the loop ran still ends with a half_open event."""
-    breaker = CircuitBreaker(ok, reset_timeout=0.05, state={"open": True, "opened_at": time.time()})
+    breaker = CircuitBreaker(
+        succeed, reset_timeout=0.05, state={"open": True, "opened_at": time.time()}
+    )
     events: list[str] = []
     breaker.on("half_open", lambda: events.append("half_open"))
 

@@ -25,6 +25,9 @@ from distributed_opossum._redis.scripts import (
     scripts_for,
 )
 
+Client = aioredis.Redis
+"""The client type every script test takes (real or fakeredis)."""
+
 KEYS = BreakerKeys.for_breaker("test", "payments")
 
 PARAMS = DecisionParams(
@@ -43,7 +46,7 @@ def params(**changes: Any) -> DecisionParams:
     return dataclasses.replace(PARAMS, **changes)
 
 
-def entry(
+def entry_fields(
     timestamp: int,
     instance: str = "pod-a",
     *,
@@ -51,28 +54,36 @@ def entry(
     failures: int = 0,
     local_open: bool = False,
     epoch: int = 0,
-) -> str:
-    """A stats list entry as report_window writes it."""
-    return json.dumps(
-        {
-            "v": 1,
-            "timestamp": timestamp,
-            "instance": instance,
-            "fires": successes + failures,
-            "successes": successes,
-            "failures": failures,
-            "timeouts": 0,
-            "rejects": 0,
-            "local_open": local_open,
-            "epoch": epoch,
-        }
-    )
+) -> dict[str, Any]:
+    """The fields of a stats list entry as report_window writes it."""
+    return {
+        "v": 1,
+        "timestamp": timestamp,
+        "instance": instance,
+        "fires": successes + failures,
+        "successes": successes,
+        "failures": failures,
+        "timeouts": 0,
+        "rejects": 0,
+        "local_open": local_open,
+        "epoch": epoch,
+    }
 
 
-async def redis_now(client: aioredis.Redis) -> int:
+def entry(timestamp: int, instance: str = "pod-a", **fields: Any) -> str:
+    """A stats list entry as report_window writes it (JSON of :func:`entry_fields`)."""
+    return json.dumps(entry_fields(timestamp, instance, **fields))
+
+
+async def redis_now_ms(client: aioredis.Redis) -> int:
     """Redis' clock in ms, as the scripts read it."""
     seconds, micros = await client.time()
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (redis-py types replies as bytes or str)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def seed(client: aioredis.Redis, *entries: str, keys: BreakerKeys = KEYS) -> None:
