@@ -17,7 +17,7 @@ if str(TESTS) not in sys.path:
 
 import chaos_fleet  # noqa: E402
 import chaos_pod_process  # noqa: E402
-from chaos_downstream import DownstreamError, DownstreamSwitch  # noqa: E402
+from chaos_downstream import DownstreamSwitch  # noqa: E402
 from chaos_fleet import Fleet, PodView, consistent, url_client  # noqa: E402
 from chaos_proxy import ChaosProxy  # noqa: E402
 from chaos_records import Event, FleetResults, Timeline, Trial, trials_per_period  # noqa: E402
@@ -30,7 +30,6 @@ __all__ = [
     "TESTS",
     "TICK",
     "ChaosProxy",
-    "DownstreamError",
     "DownstreamSwitch",
     "Event",
     "Fleet",

@@ -36,7 +36,13 @@ class Bucket:
     """
 
     __slots__ = (
-        *COUNTER_NAMES, "histogram", "late_failures", "latency_total", "ok", "other", "seq",
+        *COUNTER_NAMES,
+        "histogram",
+        "late_failures",
+        "latency_total",
+        "ok",
+        "other",
+        "seq",
     )
 
     def __init__(self) -> None:
