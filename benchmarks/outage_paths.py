@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,36 @@ def breaker(
     return setup
 
 
+class _Floor:
+    """The least a breaker's ``fire()`` can be on CPython: a method coroutine
+    forwarding ``*args, **kwargs`` (and, for the second floor, reading the clock
+    twice for the latency; for the third, raising the library's error)."""
+
+    def __init__(self, action: Callable[[], Awaitable[Any]]) -> None:
+        self._action = action
+
+    async def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._action(*args, **kwargs)
+
+    async def forward_timed(self, *args: Any, **kwargs: Any) -> Any:
+        monotonic = time.monotonic
+        start = monotonic()
+        result = await self._action(*args, **kwargs)
+        self.latency = monotonic() - start
+        return result
+
+    async def reject(self, *args: Any, **kwargs: Any) -> Any:
+        error = _open_error()()
+        raise error
+
+
+def floor(method: str, catch: type[BaseException] | None = None) -> Setup:
+    async def setup() -> Loop:
+        return _loop(getattr(_Floor(ok), method), catch)
+
+    return setup
+
+
 def _open_error() -> type[BaseException]:
     import distributed_opossum  # noqa: PLC0415 (benchmarks load the project late)
 
@@ -125,6 +156,9 @@ def _open_error() -> type[BaseException]:
 
 
 BARE_OK = "bare `await ok()`"
+FLOOR_FORWARD = "floor: a method coroutine forwarding to `ok()`"
+FLOOR_TIMED = "floor: the same, reading the clock twice"
+FLOOR_REJECT = "floor: a method coroutine raising `OpenCircuitError()`"
 BARE_RAISE = "bare `await raising()` caught"
 BARE_SUSPEND = "bare `await suspending()`"
 REJECT = "open breaker, rejection caught"
@@ -141,6 +175,9 @@ def variants() -> list[tuple[str, Setup]]:
         (BARE_OK, bare(ok)),
         (BARE_RAISE, bare(boom, Boom)),
         (BARE_SUSPEND, bare(suspending)),
+        (FLOOR_FORWARD, floor("forward")),
+        (FLOOR_TIMED, floor("forward_timed")),
+        (FLOOR_REJECT, floor("reject", _open_error())),
         (REJECT, breaker(ok, _open_error(), opened=True, reset_timeout=3600.0)),
         (REJECT_FALLBACK, breaker(ok, opened=True, fallback=True, reset_timeout=3600.0)),
         (SUCCESS, breaker(ok)),
@@ -187,6 +224,13 @@ def targets(cost: dict[str, float], unit: str) -> list[list[str]]:
     added_failure = cost[FAILURE] - cost[BARE_RAISE]
     added_suspend = cost[SUSPEND] - cost[BARE_SUSPEND]
     rows = [
+        [
+            "floors: forwarding, with two clock reads, raising the library's error",
+            f"{fmt_ratio(cost[FLOOR_FORWARD] / cost[BARE_OK])}, "
+            f"{fmt_ratio(cost[FLOOR_TIMED] / cost[BARE_OK])} bare `ok()`; "
+            f"{fmt_ratio(cost[FLOOR_REJECT] / cost[BARE_RAISE])} a bare raise",
+            "",
+        ],
         [
             f"rejection ≤ {LIMIT_REJECT:g}x a bare raise",
             fmt_ratio(cost[REJECT] / cost[BARE_RAISE]),

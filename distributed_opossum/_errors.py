@@ -66,12 +66,17 @@ class OpenCircuitError(CircuitBreakerError):
     """
 
     code = "EOPENBREAKER"
+    # Slots: no instance dict to make for each rejection (an outage's hot path).
+    __slots__ = ("breaker_name", "retry_after")
 
     # Positional parameters (the library's own calls use them): an exception made
     # with keyword arguments costs several times more to make.
     def __init__(self, breaker_name: str = "", retry_after: float | None = None) -> None:
         self.breaker_name = breaker_name
         self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[type[OpenCircuitError], tuple[str, float | None]]:
+        return (type(self), (self.breaker_name, self.retry_after))
 
     def message(self) -> str:
         """``Breaker 'payments' is open; retry after 2.500 s``."""
