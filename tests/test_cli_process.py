@@ -11,6 +11,7 @@ import pytest
 from cli_support import ROOT, console_script, reported_breakers, run_process
 from redis_admin import dead_port_url
 from redis_server import RedisServer
+from terminal import ctrl_c_as_in_a_terminal
 from waiting import eventually
 
 from distributed_opossum import State
@@ -59,16 +60,6 @@ def test_no_server_from_the_shell_is_one_line_and_exit_3() -> None:
     assert ran.err.count("\n") == 1
 
 
-def _ctrl_c_as_in_a_terminal() -> None:
-    """SIGINT handled by default in the child, as in a terminal.
-
-    A test run started in the background (``nohup``, ``cmd &``) passes SIGINT on
-    ignored, and Python then leaves an ignored SIGINT alone: the Ctrl-C would never
-    arrive and the test would only measure how it was launched.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_ctrl_c_stops_watch_with_status_0(redis_server: RedisServer) -> None:
     """SIGINT (Ctrl-C) during watch: exit 0, nothing on stderr, no traceback."""
     command = [sys.executable, "-m", "distributed_opossum", "--url", redis_server.url, "watch"]
@@ -78,7 +69,7 @@ def test_ctrl_c_stops_watch_with_status_0(redis_server: RedisServer) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_ctrl_c_as_in_a_terminal,  # noqa: PLW1509  (only signal(), async-signal-safe)
+        preexec_fn=ctrl_c_as_in_a_terminal,  # noqa: PLW1509  (only signal(), async-signal-safe)
     ) as proc:
         try:
             assert proc.stdout is not None

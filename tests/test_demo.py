@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 from redis_server import RedisServer
+from terminal import ctrl_c_as_in_a_terminal
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/cmdline").exists(), reason="finds leftover processes through /proc"
@@ -215,7 +216,12 @@ async def test_a_signal_stops_every_process_without_a_traceback(
 ) -> None:
     """SIGINT / SIGTERM mid-run (default Redis choice): exit code, no traceback, nothing left."""
     process = await asyncio.create_subprocess_exec(
-        *DEMO, "--no-picture", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *DEMO,
+        "--no-picture",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )
     assert process.stdout is not None
     seen: list[str] = []
