@@ -57,7 +57,8 @@ def breaker_source(breakers: Any) -> BreakerSource:
     if breakers is None:
         return live_breakers
     if callable(breakers):
-        return breakers  # type: ignore[no-any-return]
+        source: BreakerSource = breakers  # called at every look
+        return source
     if isinstance(breakers, str | bytes) or not isinstance(breakers, Iterable):
         raise TypeError(
             "breakers must be None (every breaker of the process), an iterable of "
