@@ -155,14 +155,16 @@ class Listener:
         """
         backoff = RECONNECT_MIN
         host = self._host
+        failed = False
         while not host.closed:
             try:
-                subscription = await self._connect()
+                subscription = await self._connect(refresh=failed)
                 while not host.closed and self._subscription is subscription:
                     message = await subscription.get(LISTEN_POLL)
                     # Only a working subscription resets the backoff: a refused
                     # one (ACL) fails here, after subscribing seemed to succeed.
                     backoff = RECONNECT_MIN
+                    failed = False
                     if message is None:
                         self._prune()
                     else:
@@ -173,6 +175,7 @@ class Listener:
                 if host.closed:
                     break  # closing (the client was closed, say): not an outage
                 host.stats["listener_errors"] += 1
+                failed = True
                 self._trouble(error, "listening")
             await self._drop()
             if host.closed:
@@ -183,12 +186,16 @@ class Listener:
                     await self._wake.wait()
             backoff = min(backoff * 2, RECONNECT_MAX)
 
-    async def _connect(self) -> Subscription:
+    async def _connect(self, *, refresh: bool) -> Subscription:
         client = self._host.client
         if isinstance(client, RedisCluster):
             # An uninitialised cluster client knows no node yet (its pub/sub
             # would fail with a KeyError); it is a no-op once done.
             await client.initialize()
+            if refresh:
+                # After a failure the slot map may name a dead master (a failover
+                # under way): read it again, so the channels go to the new owners.
+                await client.nodes_manager.initialize()
         async with self._lock:
             subscription = self._subscription = open_for(client)
             self._sent = self._wanted()
@@ -302,7 +309,14 @@ class Listener:
         except asyncio.CancelledError:
             raise
         except Exception as error:  # the ticker checks them instead (and judges Redis' health)
-            self._trouble(error, "checking the breakers' state")
+            self._throttle.log(
+                logging.WARNING,
+                f"check:{type(error).__name__}",
+                "distributed_opossum: reading %d breaker states after subscribing failed (%s); "
+                "their next reports check them",
+                len(links),
+                describe_error(error),
+            )
             for link in links:
                 link.verify()
             return

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,8 @@ __all__ = ["LISTEN_POLL", "PlainSubscription", "ShardedSubscription", "Subscript
 LISTEN_POLL = 1.0
 """Longest one read waits for a message before the listener looks around (closing, ...)."""
 CLOSE_WAIT = 2.0
+ORPHAN_RETRY_MIN = 0.1
+ORPHAN_RETRY_MAX = 5.0
 """Longest a close waits for the shard readers it cancelled."""
 
 
@@ -95,8 +98,11 @@ class ShardedSubscription:
         self._inbox: asyncio.Queue[dict[str, Any] | _ShardLost] = asyncio.Queue()
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._node_of: dict[str, str] = {}  # channel -> node it was subscribed on
+        self._orphans: set[str] = set()  # channels of a lost shard, not subscribed again yet
+        self._retry_at = 0.0
+        self._retry_wait = ORPHAN_RETRY_MIN
         self.recovered = 0
-        """Shards whose channels were subscribed again after their connection failed."""
+        """Channels subscribed again after their shard's connection failed."""
 
     @property
     def connected(self) -> bool:
@@ -130,7 +136,10 @@ class ShardedSubscription:
 
     async def get(self, wait: float) -> dict[str, Any] | None:
         """The next message or confirmation of any shard, or None after ``wait`` seconds."""
+        await self._adopt_orphans()
         self._start_readers()
+        if self._orphans:  # come back in time to try them again
+            wait = min(wait, max(self._retry_at - asyncio.get_running_loop().time(), 0.0))
         try:
             async with asyncio.timeout(wait):
                 item = await self._inbox.get()
@@ -147,6 +156,7 @@ class ShardedSubscription:
         self._readers.clear()
         for reader in readers:
             reader.cancel()
+        self._orphans.clear()
         if readers:
             await asyncio.wait(readers, timeout=CLOSE_WAIT)
         await self._pubsub.aclose()
@@ -185,20 +195,41 @@ class ShardedSubscription:
             self._inbox.put_nowait(_ShardLost(node.name, error))
 
     async def _recover(self, lost: _ShardLost) -> None:
-        """A shard's connection failed: its channels go to whoever owns their slots now."""
+        """A shard's connection failed: its channels go to whoever owns their slots now
+        (the other shards' subscriptions stay as they are)."""
         channels = [c for c, node in self._node_of.items() if node == lost.node]
         logger.warning(
             "distributed_opossum: lost the pub/sub connection to %s (%s: %s); "
-            "subscribing its %d channel(s) again",
+            "subscribing its %d channel(s) again on their slots' owners",
             lost.node,
             type(lost.error).__name__,
             lost.error,
             len(channels),
         )
         self._readers.pop(lost.node, None)
-        if channels:
+        for channel in channels:
+            del self._node_of[channel]
+        self._orphans.update(channels)
+        self._retry_at = 0.0
+        self._retry_wait = ORPHAN_RETRY_MIN
+        await self._adopt_orphans()
+
+    async def _adopt_orphans(self) -> None:
+        """Subscribe a lost shard's channels again, once their slots have an owner that
+        answers (a failover takes the cluster a few seconds): retried with backoff."""
+        loop = asyncio.get_running_loop()
+        if not self._orphans or loop.time() < self._retry_at:
+            return
+        channels = sorted(self._orphans)
+        try:
             await self.resubscribe(channels)
-            self.recovered += 1
+        except Exception as error:  # the new owner is not there yet: later
+            logger.debug("distributed_opossum: subscribing again failed: %s", error)
+            self._retry_at = loop.time() + self._retry_wait * random.uniform(0.5, 1.5)
+            self._retry_wait = min(self._retry_wait * 2, ORPHAN_RETRY_MAX)
+            return
+        self._orphans.difference_update(channels)
+        self.recovered += len(channels)
 
     async def _refresh(self) -> None:
         """Read the slot map again (ClusterPubSub moves channels whose owner changed)."""
