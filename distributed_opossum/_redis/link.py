@@ -359,9 +359,10 @@ class SharedLink:
             self._rolled_back(state)  # Redis lost the history this pod knew
             return
         if same_gen and state.epoch < self.epoch:
-            if verified and not self._stale_check and state.now_ms < self._known_ms:
-                # The check was read before the news this pod follows was made (the
-                # news came first, on the other connection): no rollback, ask again.
+            if verified and not self._stale_check and state.now_ms <= self._known_ms:
+                # The check was read before the news this pod follows was made, or in
+                # the same ms (the news came first, on the other connection): no
+                # rollback, ask again.
                 # Once only, so that a forged broadcast's clock cannot hold a pod
                 # off Redis' state for longer than one more round trip.
                 self._stale_check = True
