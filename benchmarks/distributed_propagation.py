@@ -53,11 +53,13 @@ from _harness import header, machine, md_table, verdict
 from helpers import Boom, fail
 
 from distributed_opossum import CircuitBreaker
+from distributed_opossum._redis.keys import BreakerKeys
 
 NAME = "payments"
 LONG = 600.0  # reset_timeout: no pod may go half-open during the benchmark
 
-READY, OPEN, CLOSE, STOP, RAW, RECV = 1, 2, 3, 4, 5, 6
+READY, OPEN, CLOSE, STOP, RAW, RECV, SEEN = 1, 2, 3, 4, 5, 6, 7
+OBSERVER = -1  # the breakdown's plain subscriber of the breaker's channel, in a process alone
 TARGET_RATIO = 1.5  # p99 of trip -> open over p99 of the bare PUBLISH
 RAW_CHANNEL = "bench:raw-fanout"
 
@@ -121,6 +123,11 @@ async def worker_async(
         pubsub = client.pubsub()
         await pubsub.subscribe(RAW_CHANNEL)
         listeners.append(asyncio.create_task(raw_listener(pubsub, events, pod)))
+    if not indexes:  # the observer: when each broadcast leaves Redis, give or take a wake-up
+        clients.append(new_client(port))
+        pubsub = clients[-1].pubsub()
+        await pubsub.subscribe(RAW_CHANNEL, BreakerKeys.for_breaker("dopossum", NAME).events)
+        listeners.append(asyncio.create_task(raw_listener(pubsub, events, OBSERVER)))
     send_record(events, READY, worker, 0)
     while (await next_record(control))[0] != STOP:
         pass
@@ -135,12 +142,15 @@ async def worker_async(
 
 
 async def raw_listener(pubsub: Any, events: Connection, pod: int) -> None:
-    """The baseline: a plain redis-py subscriber stamping each message it gets."""
+    """The baseline: a plain redis-py subscriber stamping each message it gets (a message
+    on another channel than the baseline's is a broadcast the observer saw)."""
+    raw = RAW_CHANNEL.encode()
     try:
         while True:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
             if message is not None:
-                send_record(events, RAW, pod, time.monotonic_ns())
+                kind = RAW if message["channel"] == raw else SEEN
+                send_record(events, kind, pod, time.monotonic_ns())
     finally:
         await pubsub.aclose()
 
@@ -177,6 +187,8 @@ class Trips:
         self.latencies: list[dict[int, float]] = []  # per trip: pod -> seconds
         self.received: list[dict[int, float]] = []  # per trip: pod -> broadcast received
         self.sent: list[float] = []  # t0 -> the tripping pod's report left
+        self.seen: list[float] = []  # t0 -> the observer received the broadcast
+        self.seen_raw: list[float] = []  # bare PUBLISH -> the observer received it
         self.decided: list[float] = []  # t0 -> the tripper's report answered "open"
         self.raw: list[list[float]] = []  # per round, per pod: PUBLISH -> plain subscriber
         self.missing = 0
@@ -212,7 +224,7 @@ class Trips:
 
     def count(self, kind: int) -> Callable[[list[tuple[int, int, int, int]]], bool]:
         def done(records: list[tuple[int, int, int, int]]) -> bool:
-            return len({pod for _, k, pod, _ in records if k == kind}) >= self.others
+            return len({pod for _, k, pod, _ in records if k == kind and pod >= 0}) >= self.others
 
         return done
 
@@ -245,6 +257,9 @@ class Trips:
                 self.decided.append((self._answered_ns - t0) / 1e9)
             if self._sent_ns:
                 self.sent.append((self._sent_ns - t0) / 1e9)
+            seen = [v for _, kind, pod, v in records if kind == SEEN and pod == OBSERVER]
+            if seen:
+                self.seen.append((min(seen) - t0) / 1e9)
         if not all_open and not timed:
             raise RuntimeError("warm-up trip: not every pod opened within 5 s")
         await self.reset()
@@ -259,6 +274,8 @@ class Trips:
         for _, kind, pod, value in self.inbox.take():
             if kind == RAW and pod not in first:
                 first[pod] = value
+        if OBSERVER in first:
+            self.seen_raw.append((first.pop(OBSERVER) - t0) / 1e9)
         self.raw.append([(first[p] - t0) / 1e9 for p in sorted(first)])
 
     async def reset(self) -> None:
@@ -339,6 +356,8 @@ class Fleet:
             ]
             rows += [
                 _row("· trip → the tripping pod's report sent", trips.sent),
+                _row("· trip → the observer received the broadcast", trips.seen),
+                _row("· bare `PUBLISH` → the observer received it", trips.seen_raw),
                 _row("· trip → each pod's listener received the broadcast", received),
                 _row("· received → that pod's `open` (parse, follow, emit)", gaps),
                 _row("· trip → the tripping pod's report answered", trips.decided),
@@ -354,6 +373,8 @@ def spread(pods: int, workers: int) -> list[list[int]]:
 async def run_fleet(port: int, pods: int, args: argparse.Namespace) -> Fleet:
     context = multiprocessing.get_context("spawn")
     shares = spread(pods, args.workers)
+    if args.breakdown:
+        shares.append([])  # the observer
     pipes = [(context.Pipe(duplex=False), context.Pipe(duplex=False)) for _ in shares]
     processes = [
         context.Process(
@@ -401,7 +422,7 @@ async def run_fleet(port: int, pods: int, args: argparse.Namespace) -> Fleet:
             if process.is_alive():
                 process.terminate()
                 process.join(5)
-    return Fleet(pods, len(shares), trips, elapsed)
+    return Fleet(pods, len(spread(pods, args.workers)), trips, elapsed)
 
 
 async def main_async(args: argparse.Namespace) -> str:
