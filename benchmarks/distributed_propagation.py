@@ -54,6 +54,7 @@ from helpers import Boom, fail
 
 from distributed_opossum import CircuitBreaker
 from distributed_opossum._redis.keys import BreakerKeys
+from distributed_opossum._redis.scripts import ScriptBatch
 
 NAME = "payments"
 LONG = 600.0  # reset_timeout: no pod may go half-open during the benchmark
@@ -186,7 +187,8 @@ class Trips:
         )
         self.latencies: list[dict[int, float]] = []  # per trip: pod -> seconds
         self.received: list[dict[int, float]] = []  # per trip: pod -> broadcast received
-        self.sent: list[float] = []  # t0 -> the tripping pod's report left
+        self.sent: list[float] = []  # t0 -> the ticker takes the tripping pod's report
+        self.written: list[float] = []  # t0 -> its call built, the pipeline is written
         self.seen: list[float] = []  # t0 -> the observer received the broadcast
         self.seen_raw: list[float] = []  # bare PUBLISH -> the observer received it
         self.decided: list[float] = []  # t0 -> the tripper's report answered "open"
@@ -196,6 +198,7 @@ class Trips:
         self.reset_fallbacks = 0
         self._answered_ns = 0
         self._sent_ns = 0
+        self._written_ns = 0
         link = self.breaker._link
         assert link is not None
         original = link.apply
@@ -213,14 +216,22 @@ class Trips:
         assert link is not None
         assert link.coordinator is not None
         coordinator = link.coordinator
-        send = coordinator._send_reports
+        send_due = coordinator._send_reports
 
         async def send_reports(due: Any, reports: Any) -> Any:
             if self._sent_ns == 0 and any(r.local_open for r in reports):
                 self._sent_ns = time.monotonic_ns()
-            return await send(due, reports)
+            return await send_due(due, reports)
 
         setattr(coordinator, "_send_reports", send_reports)  # noqa: B010
+        pipeline_send = ScriptBatch._send
+
+        async def send_pipeline(batch: ScriptBatch, calls: Any, *, source: bool = False) -> Any:
+            if self._sent_ns and not self._written_ns:
+                self._written_ns = time.monotonic_ns()
+            return await pipeline_send(batch, calls, source=source)
+
+        setattr(ScriptBatch, "_send", send_pipeline)  # noqa: B010  (this process only)
 
     def count(self, kind: int) -> Callable[[list[tuple[int, int, int, int]]], bool]:
         def done(records: list[tuple[int, int, int, int]]) -> bool:
@@ -232,6 +243,7 @@ class Trips:
         self.inbox.take()
         self._answered_ns = 0
         self._sent_ns = 0
+        self._written_ns = 0
         t0 = time.monotonic_ns()
         with contextlib.suppress(Boom):
             await self.breaker.fire()
@@ -257,6 +269,8 @@ class Trips:
                 self.decided.append((self._answered_ns - t0) / 1e9)
             if self._sent_ns:
                 self.sent.append((self._sent_ns - t0) / 1e9)
+            if self._written_ns:
+                self.written.append((self._written_ns - t0) / 1e9)
             seen = [v for _, kind, pod, v in records if kind == SEEN and pod == OBSERVER]
             if seen:
                 self.seen.append((min(seen) - t0) / 1e9)
@@ -355,7 +369,8 @@ class Fleet:
                 if pod in trip
             ]
             rows += [
-                _row("· trip → the tripping pod's report sent", trips.sent),
+                _row("· trip → the ticker takes the tripping pod's report", trips.sent),
+                _row("· trip → its script call built, pipeline written", trips.written),
                 _row("· trip → the observer received the broadcast", trips.seen),
                 _row("· bare `PUBLISH` → the observer received it", trips.seen_raw),
                 _row("· trip → each pod's listener received the broadcast", received),
