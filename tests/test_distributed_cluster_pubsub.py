@@ -123,12 +123,17 @@ async def make_pod(cluster_topology: RedisClusterTopology) -> AsyncIterator[Any]
             await pod.aclose()
 
 
+async def command(node: aioredis.Redis, *args: str | int) -> Any:
+    """One raw command (redis-py leaves ``execute_command`` unannotated)."""
+    return await node.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
 async def shard_subscribers(topology: RedisClusterTopology, channel: str) -> tuple[int, int]:
     """``(PUBSUB SHARDNUMSUB, PUBSUB NUMSUB)`` of ``channel`` on the master of its slot."""
     address = await topology.master_of(channel)
     node = aioredis.Redis(host=address[0], port=address[1])
     try:
-        sharded = await node.execute_command("PUBSUB", "SHARDNUMSUB", channel)  # type: ignore[no-untyped-call]
+        sharded = await command(node, "PUBSUB", "SHARDNUMSUB", channel)
         plain = await node.pubsub_numsub(channel)
         return int(sharded[1]), int(plain[0][1])
     finally:
@@ -217,3 +222,62 @@ async def test_subscriptions_follow_a_master_failover(
     await eventually(lambda: b.breakers[victim].opened, within=2.0, what="B open")
     assert (victim, "remote") in b.opened
     assert all(b.breakers[n].closed for n in names[1:])
+
+
+async def move_slot(topology: RedisClusterTopology, key: str) -> tuple[str, str]:
+    """Migrate the slot of ``key`` (and its keys) to another master; ``(from, to)`` node names."""
+    slot = key_slot(key.encode())
+    source = await topology.master_of(key)
+    host, port = topology.startup_nodes[0]
+    probe = aioredis.RedisCluster(host=host, port=port)
+    try:
+        await probe.initialize()
+        masters = [(n.host, int(n.port)) for n in probe.get_primaries()]
+    finally:
+        await probe.aclose()
+    target = next(a for a in masters if a != source)
+    nodes = {a: aioredis.Redis(host=a[0], port=a[1]) for a in masters}
+    try:
+        src, dst = nodes[source], nodes[target]
+        src_id = (await command(src, "CLUSTER", "MYID")).decode()
+        dst_id = (await command(dst, "CLUSTER", "MYID")).decode()
+        await command(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        await command(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := await command(src, "CLUSTER", "GETKEYSINSLOT", slot, 100):
+            await command(src, "MIGRATE", target[0], target[1], "", 0, 5000, "KEYS", *keys)
+        for address in (target, source, *[a for a in masters if a not in (source, target)]):
+            await command(nodes[address], "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+    finally:
+        for node in nodes.values():
+            await node.aclose()
+    return f"{source[0]}:{source[1]}", f"{target[0]}:{target[1]}"
+
+
+async def test_subscriptions_follow_a_slot_move(
+    cluster_topology: RedisClusterTopology, make_pod: Any
+) -> None:
+    """Move a breaker's slot to another master: the old owner drops the shard channel,
+    B subscribes it on the new owner, and follows A's next change there."""
+    names = await names_over_every_master(cluster_topology, per_master=1)
+    a, b = make_pod("A", names), make_pod("B", names)
+    await eventually(
+        lambda: all(p.coordinator.stats["confirmations"] >= len(names) for p in (a, b)),
+        within=10.0,
+        what="both pods subscribed",
+    )
+    moved = names[0]
+    keys = BreakerKeys.for_breaker(PREFIX, moved)
+    await a.breakers[moved].reset()  # the state hash exists, and moves with the slot
+    confirmed = b.coordinator.stats["confirmations"]
+    await move_slot(cluster_topology, keys.state)
+
+    async def both_on_the_new_owner() -> bool:
+        return await shard_subscribers(cluster_topology, keys.events) == (2, 0)
+
+    await eventually_async(both_on_the_new_owner, within=10.0, what="both pods moved")
+    assert b.coordinator.stats["confirmations"] > confirmed
+    await b.learn([moved])
+    await a.breakers[moved].force_open()
+    await eventually(lambda: b.breakers[moved].opened, within=2.0, what="B open")
+    assert (moved, "remote") in b.opened
+    assert a.coordinator.stats["listener_errors"] == b.coordinator.stats["listener_errors"] == 0

@@ -84,6 +84,7 @@ class Listener:
         self._sent: set[str] = set()  # channels subscribed on the current subscription
         self._lock = asyncio.Lock()  # one subscription command at a time
         self._dirty = False
+        self._moved: set[str] = set()  # channels a shard dropped: their slot moved away
         self._syncing: asyncio.Task[None] | None = None
         self._to_check: set[str] = set()
         self._checking: asyncio.Task[None] | None = None
@@ -131,7 +132,11 @@ class Listener:
                         await subscription.unsubscribe(gone)
                     if new:
                         self._sent.update(new)
-                        await subscription.subscribe(new)
+                        if self._moved.intersection(new):
+                            self._moved.clear()
+                            await subscription.resubscribe(new)  # on the slot's new owner
+                        else:
+                            await subscription.subscribe(new)
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:  # a new connection subscribes everything
@@ -267,6 +272,7 @@ class Listener:
             # A shard dropped the channel (its slot moved away): subscribe it again
             # on the slot's new owner (the confirmation then makes us check).
             self._sent.discard(channel)
+            self._moved.add(channel)
             self.changed()
 
     def _on_broadcast(self, channel: str, data: object) -> None:

@@ -63,6 +63,10 @@ class PlainSubscription:
         """``UNSUBSCRIBE`` from ``channels``."""
         await self._pubsub.unsubscribe(*channels)
 
+    async def resubscribe(self, channels: Sequence[str]) -> None:
+        """Subscribe ``channels`` again (a single Redis has no slots to move)."""
+        await self.subscribe(channels)
+
     async def get(self, wait: float) -> dict[str, Any] | None:
         """The next message or confirmation, or None after ``wait`` seconds."""
         if not self._opened.is_set():
@@ -199,7 +203,7 @@ class ShardedSubscription:
         (the other shards' subscriptions stay as they are)."""
         channels = [c for c, node in self._node_of.items() if node == lost.node]
         logger.warning(
-            "distributed_opossum: lost the pub/sub connection to %s (%s: %s); "
+            "distributed_opossum: the pub/sub connection to %s failed (%s: %s); "
             "subscribing its %d channel(s) again on their slots' owners",
             lost.node,
             type(lost.error).__name__,
