@@ -25,7 +25,7 @@ from waiting import eventually, eventually_async, stays
 from distributed_opossum import CircuitBreaker
 from distributed_opossum._redis.coordinator import Coordinator
 from distributed_opossum._redis.keys import BreakerKeys
-from distributed_opossum._redis.scripts import scripts_for
+from distributed_opossum._redis.scripts import SCRIPT_NAMES, script_source, scripts_for
 
 LONG = 30.0
 """Report interval and open period: nothing a test waits for may come from a report."""
@@ -213,3 +213,14 @@ async def test_a_killed_subscription_resubscribes_and_reads_what_it_missed(
             await breaker.shutdown()
         await admin.aclose()
         await client.aclose()
+
+
+def test_scripts_for_a_cluster_client_broadcast_on_shard_channels() -> None:
+    """Every script that broadcasts does it with SPUBLISH for a cluster client, PUBLISH else;
+    nothing else differs."""
+    for name in SCRIPT_NAMES:
+        plain, sharded = script_source(name), script_source(name, sharded=True)
+        assert "'SPUBLISH'" not in plain
+        assert sharded.replace("'SPUBLISH'", "'PUBLISH'") == plain
+        assert ("'SPUBLISH'" in sharded) == ("'PUBLISH'" in plain)
+    assert "'SPUBLISH'" in script_source("report_window", sharded=True)
