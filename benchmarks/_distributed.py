@@ -241,8 +241,7 @@ async def first_sync(breakers: Sequence[Any], limit_s: float = 10.0) -> None:
             b._link.coordinator for b in breakers if b._link is not None and b._link.coordinator
         ]
         if len(coordinators) == len(breakers) and all(
-            c.stats["round_trips"] > 0 and c._pubsub is not None and c._pubsub.subscribed
-            for c in coordinators
+            c.stats["round_trips"] > 0 and c.stats["confirmations"] > 0 for c in coordinators
         ):
             return
         await asyncio.sleep(0.01)

@@ -1,9 +1,10 @@
 """Trip propagation: one pod trips, how long until every other pod reports ``open``.
 
-``--workers`` worker processes (started with multiprocessing's ``spawn``) each run
-``--pods-per-worker`` pods: breakers named ``payments``, each with its own Redis client,
-hence its own coordinator and pub/sub connection. The main process runs one more pod, the
-tripping one, whose action always fails (``volume_threshold=1``: one failure trips it).
+For each fleet size of ``--fleets`` (default 5, 20 and 50 pods), ``--workers`` worker
+processes (started with multiprocessing's ``spawn``) share the pods (as evenly as they
+go): breakers named ``payments``, each with its own Redis client, hence its own
+coordinator and pub/sub connection. The main process runs one more pod, the tripping
+one, whose action always fails (``volume_threshold=1``: one failure trips it).
 
 For each of ``--trips`` trips (after ``--warmup`` untimed ones) the main process takes
 ``t0 = time.monotonic_ns()`` and fires one failing call; the pod trips locally, its
@@ -13,6 +14,15 @@ sends ``time.monotonic_ns()`` to the main process (one system-wide ``CLOCK_MONOT
 Linux, so the stamps of all processes compare). The latency of a pod is its stamp minus
 ``t0``. Then the shared breaker is reset (``await breaker.reset()``) and the next trip
 starts once every pod reported ``close``, after a random 5-15 ms pause.
+
+After each trip the main process also ``PUBLISH``es on a plain channel to which every pod
+subscribes with a plain redis-py ``PubSub`` of its own: the floor, measured the same
+way, by the same processes, on the same clock, interleaved with the trips.
+
+With ``--breakdown`` the run also stamps where the time goes: when the tripping pod's
+report leaves (the ticker sends it), and when each pod's listener receives the broadcast
+(before parsing it); each stamp costs its pod one pipe write, so the headline rows come
+from a run without it.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import multiprocessing
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -42,12 +53,15 @@ from _harness import header, machine, md_table, verdict
 from helpers import Boom, fail
 
 from distributed_opossum import CircuitBreaker
+from distributed_opossum._redis.keys import BreakerKeys
+from distributed_opossum._redis.scripts import ScriptBatch
 
 NAME = "payments"
-TARGET_P99_S = 0.010
 LONG = 600.0  # reset_timeout: no pod may go half-open during the benchmark
 
-READY, OPEN, CLOSE, STOP, RAW = 1, 2, 3, 4, 5
+READY, OPEN, CLOSE, STOP, RAW, RECV, SEEN = 1, 2, 3, 4, 5, 6, 7
+OBSERVER = -1  # the breakdown's plain subscriber of the breaker's channel, in a process alone
+TARGET_RATIO = 1.5  # p99 of trip -> open over p99 of the bare PUBLISH
 RAW_CHANNEL = "bench:raw-fanout"
 
 
@@ -65,13 +79,33 @@ def stamp(conn: Connection, kind: int, pod: int) -> Callable[..., None]:
     return handler
 
 
+def stamp_receipt(breaker: CircuitBreaker[[], int], conn: Connection, pod: int) -> None:
+    """Stamp each broadcast as the pod's listener receives it, before it is parsed."""
+    link = breaker._link
+    assert link is not None
+    assert link.coordinator is not None
+    listener = link.coordinator.listener
+    original = listener._on_message
+
+    def on_message(message: dict[str, Any]) -> None:
+        if message.get("type") in ("message", "smessage"):
+            send_record(conn, RECV, pod, time.monotonic_ns())
+        original(message)
+
+    setattr(listener, "_on_message", on_message)  # noqa: B010  (wraps the bound method)
+
+
 async def worker_async(
-    port: int, worker: int, pods: int, events: Connection, control: Connection
+    port: int,
+    worker: int,
+    indexes: list[int],
+    breakdown: bool,
+    events: Connection,
+    control: Connection,
 ) -> None:
-    clients = [new_client(port) for _ in range(pods)]
+    clients = [new_client(port) for _ in indexes]
     breakers: list[CircuitBreaker[[], int]] = []
-    for index, client in enumerate(clients):
-        pod = worker * pods + index
+    for index, (pod, client) in enumerate(zip(indexes, clients, strict=True)):
         breaker: CircuitBreaker[[], int] = CircuitBreaker(
             healthy,
             name=NAME,
@@ -82,11 +116,19 @@ async def worker_async(
         breaker.on("close", stamp(events, CLOSE, pod))
         breakers.append(breaker)
     await first_sync(breakers)
+    if breakdown:
+        for pod, breaker in zip(indexes, breakers, strict=True):
+            stamp_receipt(breaker, events, pod)
     listeners = []
-    for index, client in enumerate(clients):
+    for pod, client in zip(indexes, clients, strict=True):
         pubsub = client.pubsub()
         await pubsub.subscribe(RAW_CHANNEL)
-        listeners.append(asyncio.create_task(raw_listener(pubsub, events, worker * pods + index)))
+        listeners.append(asyncio.create_task(raw_listener(pubsub, events, pod)))
+    if not indexes:  # the observer: when each broadcast leaves Redis, give or take a wake-up
+        clients.append(new_client(port))
+        pubsub = clients[-1].pubsub()
+        await pubsub.subscribe(RAW_CHANNEL, BreakerKeys.for_breaker("dopossum", NAME).events)
+        listeners.append(asyncio.create_task(raw_listener(pubsub, events, OBSERVER)))
     send_record(events, READY, worker, 0)
     while (await next_record(control))[0] != STOP:
         pass
@@ -101,18 +143,28 @@ async def worker_async(
 
 
 async def raw_listener(pubsub: Any, events: Connection, pod: int) -> None:
-    """The baseline: a plain redis-py subscriber stamping each message it gets."""
+    """The baseline: a plain redis-py subscriber stamping each message it gets (a message
+    on another channel than the baseline's is a broadcast the observer saw)."""
+    raw = RAW_CHANNEL.encode()
     try:
         while True:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
             if message is not None:
-                send_record(events, RAW, pod, time.monotonic_ns())
+                kind = RAW if message["channel"] == raw else SEEN
+                send_record(events, kind, pod, time.monotonic_ns())
     finally:
         await pubsub.aclose()
 
 
-def worker_main(port: int, worker: int, pods: int, events: Connection, control: Connection) -> None:
-    asyncio.run(worker_async(port, worker, pods, events, control))
+def worker_main(
+    port: int,
+    worker: int,
+    indexes: list[int],
+    breakdown: bool,
+    events: Connection,
+    control: Connection,
+) -> None:
+    asyncio.run(worker_async(port, worker, indexes, breakdown, events, control))
 
 
 # ------------------------------------------------------------------------------ main side
@@ -134,12 +186,19 @@ class Trips:
             distributed={"client": self.client, "instance_id": "tripper"},
         )
         self.latencies: list[dict[int, float]] = []  # per trip: pod -> seconds
+        self.received: list[dict[int, float]] = []  # per trip: pod -> broadcast received
+        self.sent: list[float] = []  # t0 -> the ticker takes the tripping pod's report
+        self.written: list[float] = []  # t0 -> its call built, the pipeline is written
+        self.seen: list[float] = []  # t0 -> the observer received the broadcast
+        self.seen_raw: list[float] = []  # bare PUBLISH -> the observer received it
         self.decided: list[float] = []  # t0 -> the tripper's report answered "open"
         self.raw: list[list[float]] = []  # per round, per pod: PUBLISH -> plain subscriber
         self.missing = 0
         self.reset_mode = "`await breaker.reset()`"
         self.reset_fallbacks = 0
         self._answered_ns = 0
+        self._sent_ns = 0
+        self._written_ns = 0
         link = self.breaker._link
         assert link is not None
         original = link.apply
@@ -151,15 +210,40 @@ class Trips:
 
         setattr(link, "apply", apply)  # noqa: B010  (instance attribute wraps the method)
 
+    def stamp_sending(self) -> None:
+        """Stamp when the ticker sends the report that carries the trip."""
+        link = self.breaker._link
+        assert link is not None
+        assert link.coordinator is not None
+        coordinator = link.coordinator
+        send_due = coordinator._send_reports
+
+        async def send_reports(due: Any, reports: Any) -> Any:
+            if self._sent_ns == 0 and any(r.local_open for r in reports):
+                self._sent_ns = time.monotonic_ns()
+            return await send_due(due, reports)
+
+        setattr(coordinator, "_send_reports", send_reports)  # noqa: B010
+        pipeline_send = ScriptBatch._send
+
+        async def send_pipeline(batch: ScriptBatch, calls: Any, *, source: bool = False) -> Any:
+            if self._sent_ns and not self._written_ns:
+                self._written_ns = time.monotonic_ns()
+            return await pipeline_send(batch, calls, source=source)
+
+        setattr(ScriptBatch, "_send", send_pipeline)  # noqa: B010  (this process only)
+
     def count(self, kind: int) -> Callable[[list[tuple[int, int, int, int]]], bool]:
         def done(records: list[tuple[int, int, int, int]]) -> bool:
-            return len({pod for _, k, pod, _ in records if k == kind}) >= self.others
+            return len({pod for _, k, pod, _ in records if k == kind and pod >= 0}) >= self.others
 
         return done
 
     async def trip(self, timed: bool) -> None:
         self.inbox.take()
         self._answered_ns = 0
+        self._sent_ns = 0
+        self._written_ns = 0
         t0 = time.monotonic_ns()
         with contextlib.suppress(Boom):
             await self.breaker.fire()
@@ -176,8 +260,20 @@ class Trips:
                     first[pod] = value
             self.missing += self.others - len(first)
             self.latencies.append({pod: (value - t0) / 1e9 for pod, value in first.items()})
+            received: dict[int, int] = {}
+            for _, kind, pod, value in records:
+                if kind == RECV and pod not in received:
+                    received[pod] = value
+            self.received.append({pod: (value - t0) / 1e9 for pod, value in received.items()})
             if self._answered_ns:
                 self.decided.append((self._answered_ns - t0) / 1e9)
+            if self._sent_ns:
+                self.sent.append((self._sent_ns - t0) / 1e9)
+            if self._written_ns:
+                self.written.append((self._written_ns - t0) / 1e9)
+            seen = [v for _, kind, pod, v in records if kind == SEEN and pod == OBSERVER]
+            if seen:
+                self.seen.append((min(seen) - t0) / 1e9)
         if not all_open and not timed:
             raise RuntimeError("warm-up trip: not every pod opened within 5 s")
         await self.reset()
@@ -192,6 +288,8 @@ class Trips:
         for _, kind, pod, value in self.inbox.take():
             if kind == RAW and pod not in first:
                 first[pod] = value
+        if OBSERVER in first:
+            self.seen_raw.append((first.pop(OBSERVER) - t0) / 1e9)
         self.raw.append([(first[p] - t0) / 1e9 for p in sorted(first)])
 
     async def reset(self) -> None:
@@ -215,154 +313,203 @@ class Trips:
         await self.client.aclose()
 
 
-def summary(trips: Trips, workers: int, pods: int) -> tuple[str, str, float | None]:
-    every = [value for trip in trips.latencies for value in trip.values()]
-    slowest = [max(trip.values()) for trip in trips.latencies if trip]
-    rows: list[list[str]] = []
+def _row(label: str, values: list[float]) -> list[str]:
+    if not values:
+        return [label, "0", "n/a", "n/a", "n/a", "n/a"]
+    return [
+        label,
+        f"{len(values):,}",
+        fmt_ms(percentile(values, 50)),
+        fmt_ms(percentile(values, 99)),
+        fmt_ms(max(values)),
+        fmt_ms(min(values)),
+    ]
 
-    def row(label: str, values: list[float]) -> None:
-        if not values:
-            rows.append([label, "0", "n/a", "n/a", "n/a", "n/a"])
-            return
-        rows.append(
-            [
-                label,
-                f"{len(values):,}",
-                fmt_ms(percentile(values, 50)),
-                fmt_ms(percentile(values, 99)),
-                fmt_ms(max(values)),
-                fmt_ms(min(values)),
-            ]
-        )
 
-    row("each pod (trip → that pod's `open`)", every)
-    row("slowest pod of each trip (all open)", slowest)
-    row("tripper's report answered (`open` decided in Redis)", trips.decided)
-    row("baseline: plain `PUBLISH` → each plain subscriber", [v for r in trips.raw for v in r])
-    row("baseline: plain `PUBLISH` → slowest subscriber", [max(r) for r in trips.raw if r])
-    main_table = md_table(["latency", "samples", "p50 ms", "p99 ms", "max ms", "min ms"], rows)
-    rows = []
-    for worker in range(workers):
-        values = [
-            value
-            for trip in trips.latencies
-            for pod, value in trip.items()
-            if pod // pods == worker
+@dataclass
+class Fleet:
+    """What one fleet size measured."""
+
+    pods: int
+    workers: int
+    trips: Trips
+    elapsed: float
+
+    @property
+    def each(self) -> list[float]:
+        return [value for trip in self.trips.latencies for value in trip.values()]
+
+    @property
+    def raw(self) -> list[float]:
+        return [v for r in self.trips.raw for v in r]
+
+    def ratio(self, q: float) -> float | None:
+        each, raw = self.each, self.raw
+        if not each or not raw:
+            return None
+        return percentile(each, q) / percentile(raw, q)
+
+    def table(self) -> str:
+        trips = self.trips
+        rows = [
+            _row("each pod (trip → that pod's `open`)", self.each),
+            _row(
+                "slowest pod of each trip (all open)",
+                [max(trip.values()) for trip in trips.latencies if trip],
+            ),
+            _row("baseline: bare `PUBLISH` → each plain subscriber", self.raw),
+            _row("baseline: bare `PUBLISH` → slowest subscriber", [max(r) for r in trips.raw if r]),
         ]
-        row(f"worker process {worker} (pods {worker * pods}-{worker * pods + pods - 1})", values)
-    worker_table = md_table(
-        ["each pod of", "samples", "p50 ms", "p99 ms", "max ms", "min ms"], rows
-    )
-    return main_table, worker_table, percentile(every, 99) if every else None
+        if trips.sent:
+            received = [v for trip in trips.received for v in trip.values()]
+            gaps = [
+                trip[pod] - received_at
+                for trip, arrivals in zip(trips.latencies, trips.received, strict=True)
+                for pod, received_at in arrivals.items()
+                if pod in trip
+            ]
+            rows += [
+                _row("· trip → the ticker takes the tripping pod's report", trips.sent),
+                _row("· trip → its script call built, pipeline written", trips.written),
+                _row("· trip → the observer received the broadcast", trips.seen),
+                _row("· bare `PUBLISH` → the observer received it", trips.seen_raw),
+                _row("· trip → each pod's listener received the broadcast", received),
+                _row("· received → that pod's `open` (parse, follow, emit)", gaps),
+                _row("· trip → the tripping pod's report answered", trips.decided),
+            ]
+        return md_table(["latency", "samples", "p50 ms", "p99 ms", "max ms", "min ms"], rows)
+
+
+def spread(pods: int, workers: int) -> list[list[int]]:
+    """Pod indexes of each worker, as even as they go."""
+    return [[p for p in range(pods) if p % workers == w] for w in range(min(workers, pods))]
+
+
+async def run_fleet(port: int, pods: int, args: argparse.Namespace) -> Fleet:
+    context = multiprocessing.get_context("spawn")
+    shares = spread(pods, args.workers)
+    if args.breakdown:
+        shares.append([])  # the observer
+    pipes = [(context.Pipe(duplex=False), context.Pipe(duplex=False)) for _ in shares]
+    processes = [
+        context.Process(
+            target=worker_main,
+            args=(port, w, indexes, args.breakdown, events_w, control_r),
+            daemon=True,
+        )
+        for w, (indexes, ((_, events_w), (control_r, _))) in enumerate(
+            zip(shares, pipes, strict=True)
+        )
+    ]
+    for process in processes:
+        process.start()
+    inbox = Inbox([events_r for (events_r, _), _ in pipes])
+    trips: Trips | None = None
+    try:
+        ready = await inbox.wait_for(
+            lambda records: sum(1 for r in records if r[1] == READY) >= len(shares),
+            limit_s=60.0,
+        )
+        if not ready:
+            raise RuntimeError("the worker processes did not get ready within 60 s")
+        inbox.take()
+        trips = Trips(port, inbox, pods)
+        await first_sync([trips.breaker])
+        if args.breakdown:
+            trips.stamp_sending()
+        started = time.monotonic()
+        for number in range(args.warmup + args.trips):
+            await trips.trip(timed=number >= args.warmup)
+            await asyncio.sleep(random.uniform(0.005, 0.015))
+            if number >= args.warmup:
+                await trips.raw_round()
+                await asyncio.sleep(random.uniform(0.005, 0.015))
+        elapsed = time.monotonic() - started
+    finally:
+        for (_, _), (_, control_w) in pipes:
+            with contextlib.suppress(OSError):
+                send_record(control_w, STOP, 0, 0)
+        if trips is not None:
+            await trips.close()
+        inbox.close()
+        for process in processes:
+            process.join(10)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+    return Fleet(pods, len(spread(pods, args.workers)), trips, elapsed)
 
 
 async def main_async(args: argparse.Namespace) -> str:
-    context = multiprocessing.get_context("spawn")
-    others = args.workers * args.pods_per_worker
+    fleets: list[Fleet] = []
     with private_redis() as server:
-        pipes = [
-            (context.Pipe(duplex=False), context.Pipe(duplex=False)) for _ in range(args.workers)
-        ]
-        processes = [
-            context.Process(
-                target=worker_main,
-                args=(server.port, w, args.pods_per_worker, events_w, control_r),
-                daemon=True,
-            )
-            for w, ((_, events_w), (control_r, _)) in enumerate(pipes)
-        ]
-        for process in processes:
-            process.start()
-        inbox = Inbox([events_r for (events_r, _), _ in pipes])
-        trips: Trips | None = None
-        try:
-            ready = await inbox.wait_for(
-                lambda records: sum(1 for r in records if r[1] == READY) >= args.workers,
-                limit_s=60.0,
-            )
-            if not ready:
-                raise RuntimeError("the worker processes did not get ready within 60 s")
-            inbox.take()
-            trips = Trips(server.port, inbox, others)
-            await first_sync([trips.breaker])
-            started = time.monotonic()
-            for number in range(args.warmup + args.trips):
-                await trips.trip(timed=number >= args.warmup)
-                await asyncio.sleep(random.uniform(0.005, 0.015))
-                if number >= args.warmup:
-                    await trips.raw_round()
-                    await asyncio.sleep(random.uniform(0.005, 0.015))
-            elapsed = time.monotonic() - started
-        finally:
-            for (_, _), (_, control_w) in pipes:
-                with contextlib.suppress(OSError):
-                    send_record(control_w, STOP, 0, 0)
-            if trips is not None:
-                await trips.close()
-            inbox.close()
-            for process in processes:
-                process.join(10)
-                if process.is_alive():
-                    process.terminate()
-                    process.join(5)
-    main_table, worker_table, p99 = summary(trips, args.workers, args.pods_per_worker)
-    fallback = (
-        ""
-        if trips.reset_fallbacks == 0
-        else (
-            " **`await breaker.reset()` on the tripping pod did not close the other pods "
-            "within 2 s** (it closed the local breaker only), so the benchmark reset the "
-            "cluster with " + trips.reset_mode + "."
+        for pods in args.fleets:
+            fleets.append(await run_fleet(server.port, pods, args))
+    summary_rows = []
+    for fleet in fleets:
+        each, raw = fleet.each, fleet.raw
+        ratio = fleet.ratio(99)
+        summary_rows.append(
+            [
+                f"{fleet.pods} pods in {fleet.workers} processes",
+                f"{len(fleet.trips.latencies)}",
+                f"{fmt_ms(percentile(each, 50))} / {fmt_ms(percentile(each, 99))}",
+                f"{fmt_ms(percentile(raw, 50))} / {fmt_ms(percentile(raw, 99))}",
+                "n/a" if ratio is None else f"{ratio:.2f}×",
+                verdict(None if ratio is None else ratio <= TARGET_RATIO),
+                f"{fleet.trips.missing}",
+            ]
         )
-    )
-    targets = md_table(
-        ["target", "measured", "verdict"],
+    summary = md_table(
         [
-            [
-                f"p99 trip → each pod open ≤ {TARGET_P99_S * 1000:g} ms (loopback)",
-                "n/a" if p99 is None else f"{p99 * 1000:.2f} ms",
-                verdict(None if p99 is None else p99 <= TARGET_P99_S),
-            ],
-            [
-                "every pod opened on every trip",
-                f"{trips.missing} pod-trips missing",
-                verdict(trips.missing == 0),
-            ],
+            "fleet",
+            "trips",
+            "trip → each pod `open`, p50 / p99 ms",
+            "bare `PUBLISH` → each subscriber, p50 / p99 ms",
+            "p99 ratio",
+            f"p99 ≤ {TARGET_RATIO}× floor",
+            "pod-trips missing",
         ],
+        summary_rows,
     )
-    return "\n\n".join(
-        [
-            "## Trip propagation across pods",
-            header(),
-            machine(),
-            "Libraries: " + library_versions(),
-            f"{others} listening pods in {args.workers} worker processes "
-            f"({args.pods_per_worker} each, own Redis client and pub/sub connection per pod) + "
-            f"the tripping pod in the main process; {args.trips} timed trips after "
-            f"{args.warmup} warm-up trips, {elapsed:.1f} s. Private redis-server on "
-            "loopback. Latency = `time.monotonic_ns()` in each pod's `open` handler minus "
-            "the stamp taken just before the tripping call. Between trips the cluster is "
-            f"reset with {trips.reset_mode} and every pod must report `close`." + fallback,
-            "Baseline rows: after each trip, the main process `PUBLISH`es on a plain channel "
-            "that every pod also subscribes to with a plain redis-py `PubSub` (its own "
-            "connection, same client, same process): the floor set by Redis, redis-py, "
-            "the processes' wake-ups and the machine, without the library.",
-            main_table,
-            worker_table,
-            "### Targets",
-            targets,
+    parts = [
+        "## Trip propagation across pods, against a bare `PUBLISH`",
+        header(),
+        machine(),
+        "Libraries: " + library_versions(),
+        "Per fleet: the listening pods in worker processes (own Redis client and pub/sub "
+        "connection per pod) + the tripping pod in the main process; "
+        f"{args.trips} timed trips after {args.warmup} warm-up trips. Private redis-server "
+        "on loopback. Latency = `time.monotonic_ns()` in each pod's `open` handler minus the "
+        "stamp taken just before the tripping call. After each trip, the main process "
+        "`PUBLISH`es on a plain channel every pod also subscribes to with a plain redis-py "
+        "`PubSub`: the floor, measured the same way by the same processes.",
+        summary,
+    ]
+    for fleet in fleets:
+        parts += [
+            f"### {fleet.pods} pods in {fleet.workers} processes ({fleet.elapsed:.1f} s)",
+            fleet.table(),
         ]
-    )
+    return "\n\n".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
     parser.add_argument(
-        "--pods-per-worker", type=int, default=5, help="pods per worker process (default 5)"
+        "--fleets",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[5, 20, 50],
+        help="listening pods per fleet, comma-separated (default 5,20,50)",
     )
+    parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
     parser.add_argument("--trips", type=int, default=200, help="timed trips (default 200)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed trips first (default 3)")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also stamp the report leaving and each broadcast's receipt",
+    )
     args = parser.parse_args()
     print(asyncio.run(main_async(args)))
 

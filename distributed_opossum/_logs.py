@@ -22,10 +22,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._state import Transition
 
-__all__ = ["Throttle", "log_transition", "logger"]
+__all__ = ["Throttle", "describe_error", "log_transition", "logger"]
 
 logger = logging.getLogger("distributed_opossum")
 logger.addHandler(logging.NullHandler())
+
+
+def describe_error(error: BaseException) -> str:
+    """An error in one line, naming its kind (``NoPermissionError: ...``)."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class Throttle:

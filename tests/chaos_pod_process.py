@@ -195,7 +195,7 @@ class Pod:
             "epoch": link.epoch,
             "shared": link.shared,
             "down": link.registry_down,
-            "subscribed": bool(coordinator is not None and coordinator._pubsub is not None),
+            "subscribed": bool(coordinator is not None and coordinator.listener.subscribed),
         }
 
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from helpers import Downstream, EventLog, outcome_of
-from redis_admin import pattern_subscribers, user_subscriptions
+from redis_admin import channel_subscribers, user_subscriptions
 from redis_server import RedisServer
 from transport_support import text
 from waiting import eventually, eventually_async
@@ -254,7 +254,7 @@ class Cluster:
             names = {
                 str(p.client.connection_pool.connection_kwargs["client_name"]) for p in self.pods
             }
-            return await pattern_subscribers(admin, names) == names
+            return await channel_subscribers(admin, names) == names
 
         await eventually_async(listening, within=within, interval=0.005, what="pods subscribed")
 

@@ -19,9 +19,9 @@ __all__ = [
     "acl_setuser",
     "admin_client",
     "admin_of",
+    "channel_subscribers",
     "dead_port_url",
     "kill_pubsub",
-    "pattern_subscribers",
     "readme_acl_rule",
     "user_subscriptions",
     "user_url",
@@ -74,16 +74,16 @@ async def kill_pubsub(admin: aioredis.Redis) -> int:
     return killed
 
 
-async def pattern_subscribers(admin: aioredis.Redis, names: set[str]) -> set[str]:
-    """Which of the client ``names`` hold a pattern subscription on the server."""
+async def channel_subscribers(admin: aioredis.Redis, names: set[str]) -> set[str]:
+    """Which of the client ``names`` hold a channel subscription on the server."""
     found = set()
     for entry in await admin.client_list():
-        if entry.get("name") in names and int(entry.get("psub", 0)) > 0:
+        if entry.get("name") in names and int(entry.get("sub", 0)) > 0:
             found.add(entry["name"])
     return found
 
 
 async def user_subscriptions(admin: aioredis.Redis, user: str) -> int:
-    """How many connections of the Redis ``user`` hold a pattern subscription."""
+    """How many connections of the Redis ``user`` hold a channel subscription."""
     entries = await admin.client_list()
-    return sum(1 for e in entries if e.get("user") == user and int(e.get("psub", 0)) > 0)
+    return sum(1 for e in entries if e.get("user") == user and int(e.get("sub", 0)) > 0)

@@ -108,7 +108,7 @@ async def test_hundred_breakers_share_one_coordinator_and_few_connections(
             within=1.0,
             what="coordinator stopped after the last shutdown",
         )
-        assert coordinator._pubsub is None
+        assert not coordinator.listener.subscribed
         # A new breaker on the same client gets a fresh, working coordinator.
         again = breakers_on(client, 1)[0]
         fresh = coordinator_of(again)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from distributed_support import PREFIX, Cluster
-from redis_admin import pattern_subscribers
+from redis_admin import channel_subscribers
 from redis_server import RedisServer
 from waiting import eventually
 
@@ -110,7 +110,7 @@ async def test_trip_in_one_process_opens_the_others(
             await cluster.ready(redis_client, within=5.0)
             everyone = {"proc-a", "proc-b", "here"}
             deadline = time.monotonic() + 5.0
-            while await pattern_subscribers(redis_client, everyone) != everyone:
+            while await channel_subscribers(redis_client, everyone) != everyone:
                 assert time.monotonic() < deadline, "child processes did not subscribe"
                 await asyncio.sleep(0.01)
 

@@ -18,9 +18,9 @@ from distributed_support import PREFIX, ClusterFactory, Pod, more_counted
 from helpers import take_general_path
 from redis_admin import (
     acl_setuser,
+    channel_subscribers,
     dead_port_url,
     kill_pubsub,
-    pattern_subscribers,
     readme_acl_rule,
     user_url,
 )
@@ -485,7 +485,7 @@ async def test_redis_pubsub_reconnects_after_listener_connection_is_killed(
 
 
 async def _subscribed(admin: aioredis.Redis, names: set[str]) -> bool:
-    return await pattern_subscribers(admin, names) == names
+    return await channel_subscribers(admin, names) == names
 
 
 async def test_redis_down_at_start_then_up(

@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 from helpers import cancel
 from local_http_server import LocalHttpServer
-from redis_admin import pattern_subscribers
+from redis_admin import channel_subscribers
 from redis_server import RedisServer
 from waiting import eventually, eventually_async
 
@@ -494,7 +494,7 @@ async def test_distributed_breakers_open_on_every_pod(
         names = {"pod-0", "pod-1"}
 
         async def subscribed() -> bool:
-            return await pattern_subscribers(admin, names) == names
+            return await channel_subscribers(admin, names) == names
 
         await eventually_async(subscribed, within=5.0, what="both pods subscribed")
         await trip(http[0], server, lambda: pods[0].breakers[server.netloc])

@@ -1,7 +1,7 @@
 """One coordinator per (event loop, Redis client): the ticker and the listener.
 
 All breakers of a process that share a client share its coordinator: ONE
-pub/sub connection (a pattern subscription per key prefix), ONE ticker task
+pub/sub connection (the channel of each breaker held, see :mod:`.listener`), ONE ticker task
 that pipelines the reports of every breaker that is due into one round trip,
 and one view of Redis' health (``registry_down`` / ``registry_up``).
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import weakref
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -34,12 +33,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from distributed_opossum._logs import Throttle, logger
+from distributed_opossum._logs import Throttle, describe_error, logger
 
 from .client import is_closed, watch_close
 from .failover import CHECK_INTERVAL, MasterWatch
-from .keys import events_pattern
-from .scripts import SharedState, WindowReport, parse_broadcast, scripts_for
+from .listener import Listener
+from .scripts import SharedState, WindowReport, scripts_for
 
 if TYPE_CHECKING:
     from .link import SharedLink
@@ -73,7 +72,6 @@ BATCH_SIZE = 1000
 most processes, small enough that a round trip stays far below ROUND_TRIP_LIMIT."""
 RECONNECT_MIN = 0.05
 RECONNECT_MAX = 5.0
-LISTEN_POLL = 1.0
 CLOSE_WAIT = 2.0
 
 _coordinators: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Coordinator]] = (
@@ -117,7 +115,6 @@ class Coordinator:
         self.loop = loop
         self.links: weakref.WeakSet[SharedLink] = weakref.WeakSet()
         self.by_channel: dict[str, weakref.WeakSet[SharedLink]] = {}
-        self.patterns: set[str] = set()
         self.down: BaseException | None = None
         self.closed = False
         """True from the moment closing begins: never handed out again, loops stop."""
@@ -135,10 +132,10 @@ class Coordinator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._pubsub: Any = None
         self._closing: asyncio.Task[None] | None = None
-        self._listener_wake = asyncio.Event()
         self._throttle = Throttle()
+        self.listener = Listener(self)
+        """The pub/sub side: subscribes to the channel of each breaker held."""
         self._master = MasterWatch.of(client)
         self._master_checked = 0.0
 
@@ -147,17 +144,16 @@ class Coordinator:
     def register(self, link: SharedLink) -> None:
         """Start serving ``link`` (and the background tasks, on the first one)."""
         self.links.add(link)
-        self.by_channel.setdefault(link.keys.events, weakref.WeakSet()).add(link)
+        members = self.by_channel.get(link.keys.events)
+        if not members:  # the channel's first link: subscribe it
+            members = self.by_channel[link.keys.events] = weakref.WeakSet()
+            self.listener.changed()
+        members.add(link)
         if self.down is not None:
             # It joins an outage in progress: tell it once its owner had a chance
             # to listen (breakers register from their constructor).
             self.loop.call_soon(self._tell_down, link)
         link.next_due = self.loop.time()  # first sync at once: learn an open cluster
-        pattern = events_pattern(link.prefix)
-        if pattern not in self.patterns:
-            self.patterns.add(pattern)
-            if self._pubsub is not None:
-                self.spawn(self._pubsub.psubscribe(pattern), "psubscribe")
         if self._ticker is None:
             self._ticker = self.loop.create_task(self._tick_forever(), name="dopossum-ticker")
             self._listener = self.loop.create_task(self._listen_forever(), name="dopossum-listener")
@@ -169,8 +165,9 @@ class Coordinator:
         members = self.by_channel.get(link.keys.events)
         if members is not None:
             members.discard(link)
-            if not members:
+            if not members:  # its last link left: unsubscribe it
                 del self.by_channel[link.keys.events]
+                self.listener.changed()
         if self.links or self.closed:
             return False
         self._begin_close()
@@ -275,7 +272,7 @@ class Coordinator:
             # Bounded: a Redis client stuck on a frozen server must not hang shutdown
             # (the loops also stop on ``closed`` should a client swallow the cancel).
             await asyncio.wait(tasks, timeout=CLOSE_WAIT)
-        await self._close_pubsub()
+        await self.listener.close()
 
     def _retire(self) -> None:
         """Cancelled by someone else (the loop is ending): let the breakers go.
@@ -299,7 +296,7 @@ class Coordinator:
         others = [t for t in (self._ticker, *self._tasks) if t is not None and t is not current]
         if others:
             await asyncio.wait(others, timeout=CLOSE_WAIT)
-        await self._close_pubsub()
+        await self.listener.close()
         pool = getattr(self.client, "connection_pool", None)
         if pool is not None:
             try:
@@ -349,7 +346,7 @@ class Coordinator:
             link.verify()  # due now: what it decided locally meets Redis' state
             link.emit("registry_up")
         self._wake.set()
-        self._listener_wake.set()  # subscribe now rather than after its backoff
+        self.listener.wake()  # subscribe now rather than after its backoff
 
     # -- the ticker --------------------------------------------------------------------------
 
@@ -432,7 +429,7 @@ class Coordinator:
             "breaker's state from the new master",
             *switched,
         )
-        self._pubsub_lost()
+        self.listener.lost()
         for link in list(self.links):
             link.verify()
 
@@ -513,108 +510,14 @@ class Coordinator:
     # -- the listener ------------------------------------------------------------------------
 
     async def _listen_forever(self) -> None:
-        """Subscribe, and dispatch every message, for good.
-
-        A lost subscription (its connection killed, say) is not an outage:
-        commands may work all along, so it announces nothing; it reconnects at
-        once, then with a capped backoff, and once subscribed again re-reads
-        every breaker's state (messages may have been lost meanwhile). Only
-        failing commands make the registry "down".
-        """
-        backoff = RECONNECT_MIN
-        connected_before = False
-        while not self.closed:
-            try:
-                pubsub = self._pubsub = self.client.pubsub(push_handler_func=_pass_push)
-                if self.patterns:
-                    await pubsub.psubscribe(*self.patterns)
-                if connected_before:
-                    self._resync()  # messages may have been lost while away
-                connected_before = True
-                while not self.closed and self._pubsub is pubsub:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=LISTEN_POLL
-                    )
-                    # Only a working subscription resets the backoff: a refused
-                    # one (ACL) fails here, after psubscribe seemed to succeed.
-                    backoff = RECONNECT_MIN
-                    if message is not None:
-                        self._on_message(message)
-            except asyncio.CancelledError:
-                if self._closing is None:  # not our close: the loop is ending
-                    self._retire()
-                    await self._release_connections()
-                raise
-            except Exception as error:  # the listener never dies: say it, back off, retry
-                if self.closed:
-                    break  # closing (the client was closed, say): not an outage
-                self.stats["listener_errors"] += 1
-                self._throttle.log(
-                    logging.WARNING,
-                    f"listener:{type(error).__name__}",
-                    "distributed_opossum: lost the pub/sub subscription (%s); subscribing "
-                    "again (state changes arrive with the reports meanwhile)",
-                    _describe(error),
-                )
-            await self._close_pubsub()
-            if self.closed:
-                break
-            self._listener_wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(backoff * random.uniform(0.5, 1.5)):
-                    await self._listener_wake.wait()
-            backoff = min(backoff * 2, RECONNECT_MAX)
-
-    def _resync(self) -> None:
-        for link in list(self.links):
-            link.verify()
-        self._wake.set()
-
-    def _pubsub_lost(self) -> None:
-        """Drop the subscription now (the listener subscribes again, and resyncs)."""
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            self.spawn(pubsub.aclose(), "close pub/sub")
-        self._listener_wake.set()
-
-    def _on_message(self, message: dict[str, Any]) -> None:
-        self.stats["messages"] += 1
-        channel = message.get("channel")
-        if isinstance(channel, bytes):
-            channel = channel.decode("utf-8", "replace")
-        links = self.by_channel.get(channel) if isinstance(channel, str) else None
-        if not links:
-            return
-        data = message.get("data")
-        broadcast = parse_broadcast(data) if isinstance(data, bytes | str) else None
-        if broadcast is None:
-            self.stats["bad_messages"] += 1
-            return
-        for link in list(links):
-            if broadcast.name == link.keys.name:
-                link.apply(broadcast, own=False)
-
-    async def _close_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is None:
-            return
+        """Run the listener (see :mod:`.listener`); retire when the loop cancels it."""
         try:
-            await pubsub.aclose()
-        except Exception:  # closing a broken connection may fail again; nothing to do
-            logger.debug("distributed_opossum: closing pub/sub failed", exc_info=True)
+            await self.listener.run()
+        except asyncio.CancelledError:
+            if self._closing is None:  # not our close: the loop is ending
+                self._retire()
+                await self._release_connections()
+            raise
 
 
-def _describe(error: BaseException) -> str:
-    """An error in one line, naming its kind (``NoPermissionError: ...``)."""
-    text = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-async def _pass_push(response: Any) -> Any:
-    """The pub/sub push handler: the message as it came.
-
-    redis-py's default handler formats every message into a debug log line,
-    whether debug logging is on or not: a 1 MB message (anyone with access
-    to the channel can send one) cost the event loop several milliseconds.
-    """
-    return response
+_describe = describe_error

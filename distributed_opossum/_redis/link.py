@@ -180,6 +180,8 @@ class SharedLink:
         self._vote = False
         self._tripped = False  # open because of this pod's own trip
         self._verifying = False  # the next reply is followed whatever it says
+        self._known_ms = 0  # Redis' clock when the state this pod follows was read or sent
+        self._stale_check = False  # a check older than the news was already asked again
         self._holders: dict[int, tuple[str, int]] = {}  # local permit -> (holder, epoch)
         self._deadline = 0.0  # local monotonic end of the shared open period
         self._attempts = 0
@@ -357,7 +359,15 @@ class SharedLink:
             self._rolled_back(state)  # Redis lost the history this pod knew
             return
         if same_gen and state.epoch < self.epoch:
-            if verified:
+            if verified and not self._stale_check and state.now_ms <= self._known_ms:
+                # The check was read before the news this pod follows was made, or in
+                # the same ms (the news came first, on the other connection): no
+                # rollback, ask again.
+                # Once only, so that a forged broadcast's clock cannot hold a pod
+                # off Redis' state for longer than one more round trip.
+                self._stale_check = True
+                self.verify()
+            elif verified:
                 self._rolled_back(state)
             else:
                 self.verify()
@@ -406,6 +416,7 @@ class SharedLink:
 
     def _remember(self, state: SharedState | Broadcast) -> None:
         self.gen, self.epoch, self.shared = state.gen, state.epoch, state.state
+        self._known_ms, self._stale_check = state.now_ms, False
         self._attempts = state.attempts
         # Redis' clock never meets ours: only the time left travels.
         remaining = max(0, state.open_until_ms - state.now_ms) / 1000.0

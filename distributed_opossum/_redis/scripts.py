@@ -120,10 +120,24 @@ def _lua_dir() -> Traversable:
     return resources.files(__package__ or __name__.rpartition(".")[0]).joinpath("lua")
 
 
+_PUBLISH_CALL = "redis.call('PUBLISH', channel,"
+"""The one broadcast of the prelude; a Redis Cluster client's scripts SPUBLISH instead."""
+
+
 @cache
-def _scripts() -> dict[str, _Script]:
+def _scripts(sharded: bool = False) -> dict[str, _Script]:
+    """Every script by name: as sent to a single Redis, or (``sharded``) to a Redis Cluster.
+
+    The two differ in one word: a cluster's scripts broadcast with SPUBLISH on
+    the breaker's shard channel, which only the shard holding its keys serves
+    (plain PUBLISH would travel the whole cluster bus to reach every node).
+    """
     directory = _lua_dir()
     prelude = directory.joinpath(f"{_PRELUDE}.lua").read_text("utf-8")
+    if prelude.count(_PUBLISH_CALL) != 1:
+        raise RuntimeError(f"{_PRELUDE}.lua must hold exactly one {_PUBLISH_CALL!r}")
+    if sharded:
+        prelude = prelude.replace(_PUBLISH_CALL, _PUBLISH_CALL.replace("PUBLISH", "SPUBLISH"))
     scripts = {}
     for name in SCRIPT_NAMES:
         source = prelude + "\n" + directory.joinpath(f"{name}.lua").read_text("utf-8")
@@ -132,9 +146,17 @@ def _scripts() -> dict[str, _Script]:
     return scripts
 
 
-def script_source(name: str) -> str:
-    """The full source of a script as sent to Redis (prelude included)."""
-    return _scripts()[name].source
+def script_source(name: str, *, sharded: bool = False) -> str:
+    """The full source of a script as sent to Redis (prelude included); ``sharded``: as
+    sent to a Redis Cluster."""
+    return _scripts(sharded)[name].source
+
+
+def _for_client(script: _Script, client: object) -> _Script:
+    """``script`` as ``client`` runs it: the sharded variant on a Redis Cluster client."""
+    if isinstance(client, RedisCluster):
+        return _scripts(True)[script.name]
+    return script
 
 
 # --------------------------------------------------------------------------- calls
@@ -250,17 +272,19 @@ class RedisScripts:
 
     async def load(self, names: Sequence[str] = SCRIPT_NAMES) -> None:
         """SCRIPT LOAD the scripts (all by default), e.g. right after a reconnect."""
-        scripts = _scripts()
+        client = self.client
+        scripts = _scripts(isinstance(client, RedisCluster))
         for name in names:
             script = scripts[name]
-            sha = await _awaited(self.client.script_load(script.source))
+            sha = await _awaited(client.script_load(script.source))
             if isinstance(sha, bytes):
                 sha = sha.decode("ascii", "replace")
             if sha != script.sha:
                 raise ProtocolError(f"SCRIPT LOAD of {name} answered {sha!r:.60}")
 
     async def _run(self, call: _Call[T]) -> T:
-        sha = call.script.sha
+        script = _for_client(call.script, self.client)
+        sha = script.sha
         try:
             reply = await _awaited(self.client.evalsha(sha, len(call.keys), *call.keys_and_args))
         except NoScriptError:
@@ -271,7 +295,7 @@ class RedisScripts:
                     self.client.evalsha(sha, len(call.keys), *call.keys_and_args)
                 )
             except NoScriptError:  # flushed again since the load
-                source = call.script.source
+                source = script.source
                 reply = await _awaited(
                     self.client.eval(source, len(call.keys), *call.keys_and_args)
                 )
@@ -483,12 +507,14 @@ class ScriptBatch:
     async def _send(self, calls: list[_Call[SharedState]], *, source: bool = False) -> list[object]:
         if not calls:
             return []
-        pipe = self._scripts.client.pipeline(transaction=False)
+        client = self._scripts.client
+        pipe = client.pipeline(transaction=False)
         for call in calls:
+            script = _for_client(call.script, client)
             if source:
-                pipe.eval(call.script.source, len(call.keys), *call.keys_and_args)
+                pipe.eval(script.source, len(call.keys), *call.keys_and_args)
             else:
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys_and_args)
+                pipe.evalsha(script.sha, len(call.keys), *call.keys_and_args)
         return list(await pipe.execute(raise_on_error=False))
 
 

@@ -169,6 +169,9 @@ local function state_reply(s, now, changed)
   }
 end
 
+-- PUBLISH on a single Redis. For a Redis Cluster client scripts.py loads this
+-- line with SPUBLISH instead: a shard channel, so that a broadcast stays on the
+-- shard that holds the breaker's keys rather than crossing the whole bus.
 local function publish(channel, name, origin, s, now)
   redis.call('PUBLISH', channel, cjson.encode({
     v = 1, name = name, gen = s.gen, epoch = s.epoch, state = s.state,
