@@ -16,9 +16,12 @@ from typing import Any
 
 import pytest
 from cluster_pods import ClusterPod, cluster_pods, masters_of, spread_names, state_key
+from distributed_support import PREFIX
 from pod_processes import PodProcess
 from redis_cluster import RedisClusterTopology
 from waiting import eventually, stays
+
+from distributed_opossum._redis.fleet import Fleet
 
 pytestmark = [pytest.mark.redis, pytest.mark.cluster]
 
@@ -71,6 +74,15 @@ async def test_pooled_rate_and_trips_on_every_shard(
             for name in failing:
                 assert pod.events[name].causes("open") in (["cluster"], ["remote"])
         clean(pods)
+
+        # The operator's view: SCAN over every master finds every name.
+        fleet = Fleet(pods[0].client, PREFIX)
+        assert await fleet.names() == sorted(names)
+        statuses = {status.name: status for status in await fleet.read(names)}
+        for name in names:
+            shared = statuses[name].state
+            assert shared is not None
+            assert shared.state == ("open" if name in failing else "closed"), name
 
 
 async def test_trial_and_manual_control_across_pods(

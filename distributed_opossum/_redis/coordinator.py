@@ -35,7 +35,7 @@ from redis.exceptions import ResponseError
 
 from distributed_opossum._logs import Throttle, logger
 
-from .client import is_closed, route_of, watch_close
+from .client import is_closed, ready, route_of, watch_close
 from .errors import REDIS_ERRORS, REGISTRY_ERRORS
 from .errors import describe as _describe
 from .keys import events_pattern
@@ -435,6 +435,7 @@ class Coordinator:
         connected_before = False
         while not self.closed:
             try:
+                await ready(self.client)  # a cluster's pub/sub looks nodes up at once
                 pubsub = self._pubsub = self.client.pubsub(push_handler_func=_pass_push)
                 if self.patterns:
                     await pubsub.psubscribe(*self.patterns)

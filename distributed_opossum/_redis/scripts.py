@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -41,7 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .client import NodeRoute, is_cluster
+from .client import NodeRoute, is_cluster, ready, route_of
 from .keys import BreakerKeys
 from .params import DecisionParams, WindowReport, check_int, check_real, check_text, to_argv
 from .replies import (
@@ -462,10 +463,15 @@ class ScriptBatch:
 
     __slots__ = ("_calls", "_route", "_scripts")
 
-    def __init__(self, scripts: RedisScripts, route: NodeRoute | None = None) -> None:
+    def __init__(
+        self,
+        scripts: RedisScripts,
+        route: NodeRoute | None = None,
+        calls: Sequence[_Call[SharedState]] = (),
+    ) -> None:
         self._scripts = scripts
         self._route = route
-        self._calls: list[_Call[SharedState]] = []
+        self._calls: list[_Call[SharedState]] = list(calls)
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -510,6 +516,8 @@ class ScriptBatch:
                 cluster, only the batch's node was asked.
         """
         calls, self._calls = self._calls, []
+        if self._route is None and is_cluster(self._scripts.client):
+            return await self._execute_per_node(calls)
         results = await self._send(calls)
         # A call that met NOSCRIPT did not run, so sending it again cannot
         # apply anything twice; calls that did run are left alone.
@@ -528,6 +536,33 @@ class ScriptBatch:
             for i, result in zip(missing, retried, strict=True):
                 results[i] = result
         return [_parse_or_error(call, result) for call, result in zip(calls, results, strict=True)]
+
+    async def _execute_per_node(
+        self, calls: list[_Call[SharedState]]
+    ) -> list[SharedState | Exception]:
+        """A batch of a cluster client spanning nodes: one batch per node, concurrently.
+
+        Raises the first node's error, as one failed round trip would.
+        """
+        client = self._scripts.client
+        await ready(client)
+        routes: dict[str, NodeRoute] = {}
+        groups: dict[str, list[int]] = {}
+        for i, call in enumerate(calls):
+            route = route_of(client, call.keys[0])
+            routes.setdefault(route.name, route)
+            groups.setdefault(route.name, []).append(i)
+        replies = await asyncio.gather(
+            *(
+                ScriptBatch(self._scripts, routes[name], [calls[i] for i in indices]).execute()
+                for name, indices in groups.items()
+            )
+        )
+        results: list[SharedState | Exception] = [ProtocolError("not sent")] * len(calls)
+        for indices, reply in zip(groups.values(), replies, strict=True):
+            for i, result in zip(indices, reply, strict=True):
+                results[i] = result
+        return results
 
     async def _send(self, calls: list[_Call[SharedState]], *, source: bool = False) -> list[object]:
         if not calls:
