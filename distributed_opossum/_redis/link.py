@@ -294,6 +294,16 @@ class SharedLink:
         self._tripped = False
         self._closed_news = True
 
+    def window_holds_calls(self) -> bool:
+        """True while this pod's rolling window holds completed calls.
+
+        Its entries are then in the pooled window too: as they age out, the
+        decision and the pooled view may change, so the breaker keeps
+        reporting (the reply carries both) until its window is empty.
+        """
+        successes, failures = self.breaker.window.totals(self.breaker.monotonic())
+        return successes + failures > 0
+
     def take_local_news(self) -> bool:
         """True when this breaker must report though its buckets are empty.
 

@@ -1,12 +1,18 @@
 """The ticker of a coordinator: every due breaker's report, pipelined per Redis node.
 
 Once per report interval each breaker of the coordinator is *due*. A due
-breaker with news (completed calls or other counts in its finished buckets,
-a trip vote, a local close, a check asked for, or no sync yet) sends its
-report; an idle one sends nothing. Idle breakers are swept instead: every
+breaker with news (counts in its finished buckets, a trip vote, a local
+close, a check asked for, no sync yet) sends its report, and so does one whose
+rolling window still holds completed calls: its entries are in the pooled
+window, whose decision and view change as entries age out, so decisions
+come as they did when every breaker reported every tick. An idle breaker (no calls in its window, nothing
+local to tell) sends nothing. Idle breakers are swept instead: every
 ``SWEEP_INTERVAL`` seconds, one cheap script call per idle breaker
 (``touch_state.lua``: read the state hash, renew the keys' TTLs), pipelined
-like the reports.
+like the reports; and the coordinator PINGs each node with idle breakers due
+once a tick (one command whatever their number), so that outages and returns
+are noticed as soon as before. An idle pod's pooled view (``cluster_view``:
+volume, failures, pods reporting) is as of its last report; its ``age`` says so.
 
 The sweep interval. Broadcasts carry every change at once, the reply to each
 report carries the shared state, and a lost subscription re-reads every
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -171,7 +178,12 @@ class Reporter:
             # still share their ticks (and round trips).
             link.next_due = (now // link.interval + 1) * link.interval
             report = link.take_report()
-            news = not report.is_empty or link.take_local_news() or link.gen is None
+            news = (
+                not report.is_empty
+                or link.take_local_news()
+                or link.gen is None
+                or link.window_holds_calls()
+            )
             try:
                 route = route_of(self.client, link.keys.state)
             except REGISTRY_ERRORS:  # no master serves the slot (yet)
@@ -181,7 +193,10 @@ class Reporter:
             if not news and now < link.next_sweep:
                 idle[route.name] = route  # nothing to send
                 continue
-            link.next_sweep = now + SWEEP_INTERVAL
+            # Breakers made together would all be swept in one tick: the
+            # first sweep after the first sync is spread over the interval.
+            spread = random.random() if link.gen is None else 1.0
+            link.next_sweep = now + SWEEP_INTERVAL * spread
             node = work.get(route.name)
             if node is None:
                 node = work[route.name] = _NodeWork(route)
