@@ -37,6 +37,8 @@ from _harness import header, machine, md_table
 
 from distributed_opossum import CircuitBreaker
 from distributed_opossum._redis import reporter
+from distributed_opossum._redis.keys import DEFAULT_PREFIX, BreakerKeys
+from distributed_opossum._redis.scripts import scripts_for
 
 
 async def ok() -> int:
@@ -143,9 +145,30 @@ async def trivial_evalsha_cpu(port: int, batch: int, rounds: int) -> float:
     return (cpu_after - cpu_before) / (batch * rounds)
 
 
+async def touch_cpu(port: int, n: int, rounds: int) -> float:
+    """Redis CPU seconds per sweep call (``touch_state``) of the breakers of ``n``,
+    pipelined ``n`` a round trip (their keys exist: the cases just ran)."""
+    client = new_client(port)
+    keys = [BreakerKeys.for_breaker(DEFAULT_PREFIX, f"b{n}-{i}") for i in range(n)]
+    scripts = scripts_for(client)
+    try:
+        await scripts.load(["touch_state"])
+        cpu_before = await server_cpu_seconds(client)
+        for _ in range(rounds):
+            batch = scripts.batch()
+            for k in keys:
+                batch.touch_state(k, key_ttl_ms=60_000)
+            await batch.execute()
+        cpu_after = await server_cpu_seconds(client)
+    finally:
+        await client.aclose()
+    return (cpu_after - cpu_before) / (n * rounds)
+
+
 async def main_async(args: argparse.Namespace) -> str:
     sizes = [int(n) for n in args.breakers.split(",")]
     cases: list[tuple[Case, float]] = []
+    sweeps: list[list[str]] = []
     with private_redis() as server:
         floor = await idle_server_cpu(server.port, args.seconds)
         for n in sizes:
@@ -155,6 +178,17 @@ async def main_async(args: argparse.Namespace) -> str:
                     case = Case(n, busy, idle_rule)
                     await run_case(server.port, case, args.seconds, args.sync_interval)
                     cases.append((case, trivial))
+            touch = await touch_cpu(server.port, n, max(1, 20000 // n))
+            trivial = await trivial_evalsha_cpu(server.port, n, max(1, 20000 // n))
+            sweeps.append(
+                [
+                    str(n),
+                    f"{touch * 1e6:.1f}",
+                    f"{trivial * 1e6:.2f}",
+                    f"{touch / trivial:.1f}×" if trivial > 0 else "n/a",
+                    f"{touch / reporter.SWEEP_INTERVAL * 1e6:.2f}",
+                ]
+            )
     rows = []
     for case, trivial in cases:
         cpu_tick = case.per_tick(max(case.cpu_s - floor, 0.0))
@@ -200,6 +234,17 @@ async def main_async(args: argparse.Namespace) -> str:
             " µs per tick, measured with no breaker); it is noisy on a shared machine: "
             "read the ratio to a trivial `EVALSHA` measured in the same run.",
             table,
+            "### The sweep: one `touch_state` per idle breaker per sweep interval",
+            md_table(
+                [
+                    "breakers (pipelined per round trip)",
+                    "Redis CPU µs per touch_state",
+                    "µs per trivial EVALSHA",
+                    "ratio",
+                    "µs of Redis CPU per idle breaker per second",
+                ],
+                sweeps,
+            ),
         ]
     )
 

@@ -226,3 +226,26 @@ async def test_trip_in_one_process_opens_the_other(
     finally:
         codes = await asyncio.gather(a.finish(), b.finish())
     assert list(codes) == [0, 0]
+
+
+async def test_breakers_follow_a_slot_moved_to_another_master(
+    cluster_topology: RedisClusterTopology,
+) -> None:
+    """A resharding moves a breaker's slot: the pods follow the MOVED replies, nobody goes
+    down, and trips still reach the other pod."""
+    names = await spread_names(cluster_topology, 3)
+    async with cluster_pods(cluster_topology, names, **OPTIONS) as pods:
+        moved = names[1]
+        for pod in pods:  # the breaker is busy: its reports meet the move
+            assert await pod.call(moved) == "ok"
+        source, target = await cluster_topology.move_slot_of(state_key(moved))
+        assert source != target
+        for _ in range(1000):
+            if pods[0].breakers[moved].opened:
+                break
+            await pods[0].call(moved, "fail")
+        await eventually(
+            lambda: pods[1].breakers[moved].opened, within=ARRIVES, what="trip after the move"
+        )
+        assert sum(p.coordinator.stats["redirects"] for p in pods) >= 1
+        clean(pods)

@@ -5,9 +5,11 @@ breaker with news (counts in its finished buckets, a trip vote, a local
 close, a check asked for, no sync yet) sends its report, and so does one whose
 rolling window still holds completed calls: its entries are in the pooled
 window, whose decision and view change as entries age out, so decisions
-come as they did when every breaker reported every tick. An idle breaker (no calls in its window, nothing
-local to tell) sends nothing. Idle breakers are swept instead: every
-``SWEEP_INTERVAL`` seconds, one cheap script call per idle breaker
+come as they did when every breaker reported every tick. An idle breaker (no
+calls in its window, nothing local to tell) sends nothing. Idle breakers are
+swept instead: every ``SWEEP_INTERVAL`` seconds (the first sweep after a
+breaker's first sync at a random point of it, so breakers made together are
+not all swept in one tick), one cheap script call per idle breaker
 (``touch_state.lua``: read the state hash, renew the keys' TTLs), pipelined
 like the reports; and the coordinator PINGs each node with idle breakers due
 once a tick (one command whatever their number), so that outages and returns
@@ -33,7 +35,9 @@ pipeline, all sent concurrently; an error of one node's round trip makes only
 that node's breakers ``registry_down``. A MOVED or ASK reply, a node that
 cannot be reached and a slot no master covers make the slot map be read again
 (at most once per ``SLOT_REFRESH_MIN``), and the breakers concerned report
-again at the next tick.
+again at the next tick. Each node's results are applied as they come; the
+tick ends when every node answered or hit ``ROUND_TRIP_LIMIT``, so a frozen
+(not dead) master delays the next tick of the others by up to that limit.
 """
 
 from __future__ import annotations
@@ -178,11 +182,9 @@ class Reporter:
             # still share their ticks (and round trips).
             link.next_due = (now // link.interval + 1) * link.interval
             report = link.take_report()
+            local_news = link.take_local_news()  # (forgets a local close: taken now)
             news = (
-                not report.is_empty
-                or link.take_local_news()
-                or link.gen is None
-                or link.window_holds_calls()
+                local_news or not report.is_empty or link.gen is None or link.window_holds_calls()
             )
             try:
                 route = route_of(self.client, link.keys.state)
