@@ -227,9 +227,11 @@ async def main_async(args: argparse.Namespace) -> str:
             "Libraries: " + library_versions(),
             f"N breakers on one client (one coordinator), report tick {args.sync_interval:g} s, "
             f"{args.seconds:g} s per case; busy = every breaker fires every "
-            f"{args.sync_interval / 4:g} s. Sweep interval {reporter.SWEEP_INTERVAL:g} s "
-            "(longer than a case: no sweep is in these figures; it adds one `touch_state` "
-            "per idle breaker per sweep interval). Redis CPU is net of the server's own "
+            f"{args.sync_interval / 4:g} s. Sweep interval {reporter.SWEEP_INTERVAL:g} s: "
+            "the idle rows include the sweeps (the first sweep of each breaker falls at a "
+            "random point of its first interval, so they come spread out, as in the steady "
+            f"state: N × {args.sync_interval:g} / {reporter.SWEEP_INTERVAL:g} `touch_state` "
+            "per tick on average). Redis CPU is net of the server's own "
             f"(its cron and the `INFO` reads: {floor / args.seconds * args.sync_interval * 1e6:.0f}"
             " µs per tick, measured with no breaker); it is noisy on a shared machine: "
             "read the ratio to a trivial `EVALSHA` measured in the same run.",

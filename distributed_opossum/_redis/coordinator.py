@@ -376,7 +376,8 @@ class Coordinator:
         if error is None:
             # It joined while its node was down: tell it once its owner had a
             # chance to listen (breakers register from their constructor).
-            error = self._down_nodes.get(self._node_of(link) or "")
+            node = self._node_of(link)
+            error = self._down_nodes.get(node or "") or self._down_nodes.get("")
             if error is None:
                 return
         self._down_links[link] = error
