@@ -249,3 +249,59 @@ async def test_breakers_follow_a_slot_moved_to_another_master(
         )
         assert sum(p.coordinator.stats["redirects"] for p in pods) >= 1
         clean(pods)
+
+
+async def test_frozen_master_does_not_hold_the_other_masters_back(
+    cluster_topology: RedisClusterTopology,
+) -> None:
+    """SIGSTOP one master: its breakers go down; a trip on another master still reaches
+    the other pod (busy there: by its reports) within a few ticks; all is up after it."""
+    names = await spread_names(cluster_topology, 6)
+    masters = await masters_of(cluster_topology, names)
+    hit = [n for n in names if masters[n] == masters[names[0]]]
+    spared = [n for n in names if masters[n] != masters[names[0]]]
+    async with cluster_pods(cluster_topology, names, **OPTIONS) as pods:
+        for pod in pods:
+            for name in names:
+                assert await pod.call(name) == "ok"  # busy: reports every tick
+        stop = asyncio.Event()
+
+        async def busy(pod: ClusterPod) -> None:
+            while not stop.is_set():
+                for name in spared:
+                    assert await pod.call(name) in ("ok", "rejected")
+                await asyncio.sleep(0.02)
+
+        load = asyncio.create_task(busy(pods[1]))
+        frozen = cluster_topology.node_at(await cluster_topology.master_of(state_key(hit[0])))
+        frozen.pause()
+        try:
+            await eventually(
+                lambda: all(p.count(n, "registry_down") == 1 for p in pods for n in hit),
+                within=4.0,
+                what="registry_down on the frozen master's breakers",
+            )
+            tripped = spared[0]
+            for _ in range(100):
+                if pods[0].breakers[tripped].opened:
+                    break
+                assert await pods[0].call(tripped, "fail") == "failed"
+            await eventually(
+                lambda: pods[1].breakers[tripped].opened,
+                within=ARRIVES,
+                what="a trip on a healthy master reaching the other pod",
+            )
+        finally:
+            frozen.resume()
+            stop.set()
+            await load
+        await eventually(
+            lambda: all(p.count(n, "registry_up") == 1 for p in pods for n in hit),
+            within=15.0,
+            what="registry_up once the master is back (or replaced)",
+        )
+        for pod in pods:
+            for name in spared:
+                assert pod.count(name, "registry_down") == 0, (pod.instance, name)
+            for name in hit:
+                assert await pod.call(name) == "ok"

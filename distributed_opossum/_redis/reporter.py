@@ -45,8 +45,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import AskError, MovedError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -111,6 +112,9 @@ class Reporter:
         self._master_checked = 0.0
         self._slots_stale = False
         self._slots_read = float("-inf")
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._refresh: asyncio.Task[None] | None = None
+        """Round trips to cluster nodes that are down, not waited for by the ticks."""
 
     def wake(self) -> None:
         """Tick now (a breaker became due, or the coordinator is closing)."""
@@ -123,21 +127,30 @@ class Reporter:
         counted, and the ticker goes on.
         """
         coordinator = self.coordinator
-        while not coordinator.closed:
-            try:
-                await self._tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # the ticker never dies: say it (now and then), go on
-                self.stats["tick_errors"] += 1
-                self._throttle.log(
-                    logging.ERROR,
-                    f"tick:{type(error).__name__}",
-                    "distributed_opossum: report tick failed: %s",
-                    describe(error),
-                )
-                await asyncio.sleep(RECONNECT_MIN)
-            await self._sleep_until_due()
+        try:
+            while not coordinator.closed:
+                try:
+                    await self._tick()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # the ticker never dies: say it (now and then), go on
+                    self.stats["tick_errors"] += 1
+                    self._throttle.log(
+                        logging.ERROR,
+                        f"tick:{type(error).__name__}",
+                        "distributed_opossum: report tick failed: %s",
+                        describe(error),
+                    )
+                    await asyncio.sleep(RECONNECT_MIN)
+                await self._sleep_until_due()
+        finally:
+            probes = list(self._probes.values())
+            if self._refresh is not None:
+                probes.append(self._refresh)
+            for probe in probes:
+                probe.cancel()
+            if probes:
+                await asyncio.wait(probes)
 
     async def _sleep_until_due(self) -> None:
         coordinator = self.coordinator
@@ -181,14 +194,18 @@ class Reporter:
             # On a grid of the interval, so breakers made at different times
             # still share their ticks (and round trips).
             link.next_due = (now // link.interval + 1) * link.interval
+            try:
+                route: NodeRoute | None = route_of(self.client, link.keys.state)
+            except REGISTRY_ERRORS:  # no master serves the slot (yet)
+                route = None
+            if route is not None and route.name in self._probes:
+                continue  # its node, down, has not answered the last tick yet: next tick
             report = link.take_report()
             local_news = link.take_local_news()  # (forgets a local close: taken now)
             news = (
                 local_news or not report.is_empty or link.gen is None or link.window_holds_calls()
             )
-            try:
-                route = route_of(self.client, link.keys.state)
-            except REGISTRY_ERRORS:  # no master serves the slot (yet)
+            if route is None:
                 self._slots_stale = True
                 unrouted.append((link, report if news else None))
                 continue
@@ -209,30 +226,76 @@ class Reporter:
                 node.sweeping.append(link)
         if unrouted:
             self._unrouted(unrouted)
-        sends = [self._send_node(node) for node in work.values()]
+        sends = {name: self._send_node(node) for name, node in work.items()}
         # A node with only idle breakers due still hears from this pod once a
         # tick (a PING, whatever the number of breakers): its outages and
         # returns are noticed as soon as they were with a report per breaker.
-        sends.extend(self._ping(route) for name, route in idle.items() if name not in work)
-        if sends:
-            await asyncio.gather(*sends)
+        sends.update({name: self._ping(r) for name, r in idle.items() if name not in work})
+        waited = []
+        for name, send in sends.items():
+            if self._cluster and self.coordinator.down_on(name) is not None:
+                # A master that is down may hang (frozen, or its address gone):
+                # the other masters' reports must not wait for it every tick.
+                self._probe(name, send)
+            else:
+                waited.append(send)
+        if waited:
+            await asyncio.gather(*waited)
+
+    def _probe(self, name: str, send: Coroutine[Any, Any, None]) -> None:
+        """Send to a node that is down without waiting; its breakers wait for the answer."""
+        task = self.loop.create_task(send)
+        self._probes[name] = task
+
+        def done(task: asyncio.Task[None]) -> None:
+            if self._probes.get(name) is task:
+                del self._probes[name]
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                self.stats["tick_errors"] += 1
+                self._throttle.log(
+                    logging.ERROR,
+                    "probe",
+                    "distributed_opossum: report tick failed: %s",
+                    describe(error),
+                )
+
+        task.add_done_callback(done)
 
     async def _slot_map(self, due: list[SharedLink]) -> bool:
-        """Make sure the cluster client knows its slots; False when no node answers."""
+        """Make sure the cluster client knows its slots; False when no node answers.
+
+        A slot map found stale is read again in the background: the node
+        asked first may be the one that hangs.
+        """
         try:
             await ready(self.client)
-            if self._slots_stale and self.loop.time() >= self._slots_read + SLOT_REFRESH_MIN:
-                self._slots_read = self.loop.time()
-                async with asyncio.timeout(ROUND_TRIP_LIMIT):
-                    await refresh_slots(self.client)
-                self._slots_stale = False
         except REGISTRY_ERRORS as error:  # asyncio's TimeoutError is an OSError
             self.stats["tick_errors"] += 1
             for link in due:
                 link.next_due = self.loop.time() + RECONNECT_MIN
             self.coordinator.mark_down(error)
             return False
+        now = self.loop.time()
+        idle = self._refresh is None or self._refresh.done()
+        if self._slots_stale and idle and now >= self._slots_read + SLOT_REFRESH_MIN:
+            self._slots_read = now
+            self._refresh = self.loop.create_task(self._refresh_slots())
         return True
+
+    async def _refresh_slots(self) -> None:
+        try:
+            async with asyncio.timeout(ROUND_TRIP_LIMIT):
+                await refresh_slots(self.client)
+        except REGISTRY_ERRORS as error:  # the reports tell which nodes are down
+            self._throttle.log(
+                logging.WARNING,
+                "slots",
+                "distributed_opossum: reading the cluster's slot map failed: %s",
+                describe(error),
+            )
+            return
+        self._slots_stale = False
 
     def _unrouted(self, links: list[tuple[SharedLink, WindowReport | None]]) -> None:
         """No master serves these breakers' slots now: down until one does."""
