@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import subprocess
 import time
@@ -114,7 +115,7 @@ class RedisClusterTopology(Topology):
         if cli is None:
             raise RedisServerError("redis-cli is not on PATH")
         for node in self.nodes:
-            node.start()
+            _start_below_bus_limit(node)
         created = subprocess.run(
             [
                 cli,
@@ -228,6 +229,26 @@ class RedisClusterTopology(Topology):
         for address in masters:
             with redis.Redis(host=address[0], port=address[1]) as node:
                 node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+
+
+_MAX_CLUSTER_PORT = 65535 - 10000
+"""A cluster node also listens on its port + 10000 (the cluster bus)."""
+
+
+def _start_below_bus_limit(node: RedisServer) -> None:
+    """Start ``node`` on a free port whose bus port (+10000) exists too.
+
+    The OS hands out free ports up to 60999 and near each other, so a
+    port picked by the OS may be refused again and again by a cluster node.
+    """
+    for _ in range(20):
+        node.port = random.randint(20000, _MAX_CLUSTER_PORT)
+        try:
+            node.start()
+        except RedisServerError:
+            continue  # taken meanwhile
+        return
+    raise RedisServerError(f"no free port for a cluster node:\n{node.log}")
 
 
 def _role(address: Address) -> str:

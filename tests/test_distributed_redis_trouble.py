@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from distributed_support import PREFIX, ClusterFactory, Pod, more_counted, more_reports
+from distributed_support import PREFIX, ClusterFactory, Pod, more_reports
 from helpers import take_general_path
 from redis_admin import (
     acl_setuser,
@@ -250,7 +250,7 @@ async def test_paused_redis_does_not_slow_calls(
     assert set(traffic.outcomes) == {"ok"}
     assert sum(traffic.outcomes.values()) > 100
     # Back: reporting resumes, nothing was lost in the stuck connections.
-    await more_counted([pods[1]], "reports", 3, within=3.0)
+    await more_reports([pods[1]], 3, within=3.0)
     for pod in pods:
         assert pod.count("registry_down") == pod.count("registry_up") <= 1
 

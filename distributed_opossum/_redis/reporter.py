@@ -35,9 +35,11 @@ pipeline, all sent concurrently; an error of one node's round trip makes only
 that node's breakers ``registry_down``. A MOVED or ASK reply, a node that
 cannot be reached and a slot no master covers make the slot map be read again
 (at most once per ``SLOT_REFRESH_MIN``), and the breakers concerned report
-again at the next tick. Each node's results are applied as they come; the
-tick ends when every node answered or hit ``ROUND_TRIP_LIMIT``, so a frozen
-(not dead) master delays the next tick of the others by up to that limit.
+again at the next tick. Each node's results are applied as they come. A
+node found down is asked in the background from then on (its breakers wait
+for its answer, the ticks do not), so a frozen (not dead) master delays the
+others once, by up to ``ROUND_TRIP_LIMIT``, when it is found down; the slot
+map is read in the background too (the node asked first may be that one).
 """
 
 from __future__ import annotations
