@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from distributed_opossum import CircuitBreaker
 from distributed_opossum._redis.coordinator import Coordinator
 from distributed_opossum._redis.keys import BreakerKeys
 
-__all__ = ["ClusterPod", "cluster_pods", "masters_of", "spread_names", "state_key"]
+__all__ = ["ClusterPod", "calling", "cluster_pods", "masters_of", "spread_names", "state_key"]
 
 
 @dataclass
@@ -83,6 +84,26 @@ class ClusterPod:
         for breaker in self.breakers.values():
             await breaker.shutdown()
         await self.client.aclose()
+
+
+@asynccontextmanager
+async def calling(pod: ClusterPod, names: Sequence[str]) -> AsyncIterator[None]:
+    """Keep ``pod`` calling ``names`` (successfully, or rejected) while the block runs:
+    a busy breaker reports at every tick, so it learns the shared state by the replies."""
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        while not stop.is_set():
+            for name in names:
+                assert await pod.call(name) in ("ok", "rejected")
+            await asyncio.sleep(0.02)
+
+    task = asyncio.create_task(load())
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
 
 
 def state_key(name: str) -> str:

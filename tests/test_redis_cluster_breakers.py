@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import pytest
-from cluster_pods import ClusterPod, cluster_pods, masters_of, spread_names, state_key
+from cluster_pods import ClusterPod, calling, cluster_pods, masters_of, spread_names, state_key
 from distributed_support import PREFIX
 from pod_processes import PodProcess
 from redis_cluster import RedisClusterTopology
@@ -236,17 +236,17 @@ async def test_breakers_follow_a_slot_moved_to_another_master(
     names = await spread_names(cluster_topology, 3)
     async with cluster_pods(cluster_topology, names, **OPTIONS) as pods:
         moved = names[1]
-        for pod in pods:  # the breaker is busy: its reports meet the move
-            assert await pod.call(moved) == "ok"
-        source, target = await cluster_topology.move_slot_of(state_key(moved))
-        assert source != target
-        for _ in range(1000):
-            if pods[0].breakers[moved].opened:
-                break
-            await pods[0].call(moved, "fail")
-        await eventually(
-            lambda: pods[1].breakers[moved].opened, within=ARRIVES, what="trip after the move"
-        )
+        async with calling(pods[1], [moved]):  # busy: its reports meet the move
+            assert await pods[0].call(moved) == "ok"
+            source, target = await cluster_topology.move_slot_of(state_key(moved))
+            assert source != target
+            for _ in range(1000):
+                if pods[0].breakers[moved].opened:
+                    break
+                await pods[0].call(moved, "fail")
+            await eventually(
+                lambda: pods[1].breakers[moved].opened, within=ARRIVES, what="trip after the move"
+            )
         assert sum(p.coordinator.stats["redirects"] for p in pods) >= 1
         clean(pods)
 
@@ -264,15 +264,6 @@ async def test_frozen_master_does_not_hold_the_other_masters_back(
         for pod in pods:
             for name in names:
                 assert await pod.call(name) == "ok"  # busy: reports every tick
-        stop = asyncio.Event()
-
-        async def busy(pod: ClusterPod) -> None:
-            while not stop.is_set():
-                for name in spared:
-                    assert await pod.call(name) in ("ok", "rejected")
-                await asyncio.sleep(0.02)
-
-        load = asyncio.create_task(busy(pods[1]))
         frozen = cluster_topology.node_at(await cluster_topology.master_of(state_key(hit[0])))
         frozen.pause()
         try:
@@ -282,19 +273,18 @@ async def test_frozen_master_does_not_hold_the_other_masters_back(
                 what="registry_down on the frozen master's breakers",
             )
             tripped = spared[0]
-            for _ in range(100):
-                if pods[0].breakers[tripped].opened:
-                    break
-                assert await pods[0].call(tripped, "fail") == "failed"
-            await eventually(
-                lambda: pods[1].breakers[tripped].opened,
-                within=ARRIVES,
-                what="a trip on a healthy master reaching the other pod",
-            )
+            async with calling(pods[1], spared):
+                for _ in range(100):
+                    if pods[0].breakers[tripped].opened:
+                        break
+                    assert await pods[0].call(tripped, "fail") == "failed"
+                await eventually(
+                    lambda: pods[1].breakers[tripped].opened,
+                    within=ARRIVES,
+                    what="a trip on a healthy master reaching the other pod",
+                )
         finally:
             frozen.resume()
-            stop.set()
-            await load
         await eventually(
             lambda: all(p.count(n, "registry_up") == 1 for p in pods for n in hit),
             within=15.0,

@@ -37,6 +37,7 @@ __all__ = [
     "CloseWatcher",
     "NodeRoute",
     "check_client",
+    "follow_moved",
     "is_closed",
     "is_cluster",
     "ready",
@@ -175,6 +176,12 @@ def route_of(client: Any, key: str) -> NodeRoute:
         return _SINGLE
     node = client.get_node_from_key(key)
     return NodeRoute(node.name, node)
+
+
+async def follow_moved(client: Any, error: Any) -> None:
+    """Point the slot of a MOVED reply (``error``) at the node it names (no round trip)."""
+    if is_cluster(client):
+        await client.nodes_manager.move_slot(error)
 
 
 async def refresh_slots(client: Any) -> None:

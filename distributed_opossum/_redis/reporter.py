@@ -32,14 +32,15 @@ meanwhile.
 Redis Cluster. The due breakers are grouped by the master owning their keys'
 slot (the client's slot map, no round trip) and each node gets its own
 pipeline, all sent concurrently; an error of one node's round trip makes only
-that node's breakers ``registry_down``. A MOVED or ASK reply, a node that
-cannot be reached and a slot no master covers make the slot map be read again
-(at most once per ``SLOT_REFRESH_MIN``), and the breakers concerned report
-again at the next tick. Each node's results are applied as they come. A
-node found down is asked in the background from then on (its breakers wait
-for its answer, the ticks do not), so a frozen (not dead) master delays the
-others once, by up to ``ROUND_TRIP_LIMIT``, when it is found down; the slot
-map is read in the background too (the node asked first may be that one).
+that node's breakers ``registry_down``. A MOVED reply points its slot at the
+node it names; a node that cannot be reached and a slot no master covers make
+the slot map be read again (at most once per ``SLOT_REFRESH_MIN``); the
+breakers concerned (ASK and TRYAGAIN included) report again at the next tick.
+Each node's results are applied as they come. A node found down is asked in
+the background from then on (its breakers wait for its answer, the ticks do
+not), so a frozen (not dead) master delays the others once, by up to
+``ROUND_TRIP_LIMIT``, when it is found down; the slot map is read in the
+background too (the node asked first may be that one).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from distributed_opossum._logs import Throttle, logger
 
-from .client import NodeRoute, is_cluster, ready, refresh_slots, route_of
+from .client import NodeRoute, follow_moved, is_cluster, ready, refresh_slots, route_of
 from .errors import REGISTRY_ERRORS, describe
 from .failover import CHECK_INTERVAL, MasterWatch
 from .scripts import SharedState, WindowReport, scripts_for
@@ -412,12 +413,14 @@ class Reporter:
             coordinator.mark_down(refused[0], node=route.name)
             return False
         coordinator.mark_up(route.name)
+        moved: list[MovedError] = []
         for link, report, result in zip(links, reports, results, strict=True):
             if isinstance(result, _REDIRECTS):
-                # The slot moved (resharding, failover): read the slot map
-                # again and send this one at the next tick.
+                # The slot moved (resharding, failover) or is moving: send this
+                # one again at the next tick, to the node MOVED names.
                 self.stats["redirects"] += 1
-                self._slots_stale = True
+                if isinstance(result, MovedError):
+                    moved.append(result)
                 self._lost_calls([(link, report)])
                 link.verify()
                 continue
@@ -440,6 +443,11 @@ class Reporter:
                 link.verify()
                 continue
             link.apply(result, own=report is not None)
+        for redirect in moved:
+            try:
+                await follow_moved(self.client, redirect)
+            except REGISTRY_ERRORS:  # a node unknown so far, say: read the whole map
+                self._slots_stale = True
         return True
 
     async def _send(
