@@ -215,15 +215,15 @@ class Trips:
         link = self.breaker._link
         assert link is not None
         assert link.coordinator is not None
-        coordinator = link.coordinator
-        send_due = coordinator._send_reports
+        reporter = link.coordinator._reporter
+        send_due = reporter._send
 
-        async def send_reports(due: Any, reports: Any) -> Any:
-            if self._sent_ns == 0 and any(r.local_open for r in reports):
+        async def send_reports(route: Any, calls: Any) -> Any:
+            if self._sent_ns == 0 and any(r is not None and r.local_open for _, r in calls):
                 self._sent_ns = time.monotonic_ns()
-            return await send_due(due, reports)
+            return await send_due(route, calls)
 
-        setattr(coordinator, "_send_reports", send_reports)  # noqa: B010
+        setattr(reporter, "_send", send_reports)  # noqa: B010
         pipeline_send = ScriptBatch._send
 
         async def send_pipeline(batch: ScriptBatch, calls: Any, *, source: bool = False) -> Any:

@@ -15,6 +15,9 @@ Prints ``{"event": "ready"}`` once the first sync with Redis is done.
 Usage::
 
     python distributed_pod_process.py URL NAME INSTANCE PREFIX RESET_TIMEOUT SYNC_INTERVAL
+
+A URL ``cluster://HOST:PORT`` makes a ``RedisCluster`` client of the cluster
+that node belongs to.
 """
 
 from __future__ import annotations
@@ -41,7 +44,12 @@ def say(event: str, **fields: Any) -> None:
 async def main(argv: list[str]) -> int:
     """Run the pod until ``quit`` or end of input."""
     url, name, instance, prefix, reset_timeout, sync_interval = argv
-    client = aioredis.Redis.from_url(url, client_name=instance)
+    client: aioredis.Redis | aioredis.RedisCluster
+    if url.startswith("cluster://"):
+        host, _, port = url.removeprefix("cluster://").rpartition(":")
+        client = aioredis.RedisCluster(host=host, port=int(port), client_name=instance)
+    else:
+        client = aioredis.Redis.from_url(url, client_name=instance)
     downstream = Downstream()
     breaker: CircuitBreaker[[], str] = CircuitBreaker(
         downstream.action,

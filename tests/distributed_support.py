@@ -50,6 +50,7 @@ __all__ = [
     "counted",
     "gather_calls",
     "more_counted",
+    "more_reports",
     "stop",
 ]
 
@@ -390,6 +391,26 @@ async def more_counted(
     """Wait until the coordinator counter ``counter`` of every pod grew by ``more`` from now."""
     async with counted(pods, counter, more, within=within):
         pass
+
+
+async def more_reports(pods: Sequence[Pod], more: int = 1, *, within: float = 1.0) -> None:
+    """Make every pod call (successfully) until its coordinator sent ``more`` reports
+    more: an idle breaker sends none."""
+    before = [p.coordinator.stats["reports"] for p in pods]
+
+    def done() -> bool:
+        counts = [p.coordinator.stats["reports"] for p in pods]
+        return all(n >= b + more for n, b in zip(counts, before, strict=True))
+
+    async def calling() -> None:
+        while not done():
+            for pod in pods:
+                pod.downstream.mode = "ok"
+                await pod.call()
+            await asyncio.sleep(0.01)
+
+    async with asyncio.timeout(within):
+        await calling()
 
 
 async def gather_calls(calls: list[Awaitable[str]]) -> list[str]:

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import subprocess
 import time
@@ -114,7 +115,7 @@ class RedisClusterTopology(Topology):
         if cli is None:
             raise RedisServerError("redis-cli is not on PATH")
         for node in self.nodes:
-            node.start()
+            _start_below_bus_limit(node)
         created = subprocess.run(
             [
                 cli,
@@ -200,6 +201,65 @@ class RedisClusterTopology(Topology):
             if time.monotonic() >= deadline:
                 raise RedisServerError(f"no failover of slot {slot} within {within:.0f} s")
             await asyncio.sleep(0.05)
+
+    async def move_slot_of(self, key: bytes | str) -> tuple[Address, Address]:
+        """Move ``key``'s slot, with its keys, to another master (a resharding step:
+        SETSLOT IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE on every master).
+
+        Returns:
+            ``(from, to)`` addresses.
+        """
+        slot = _key_slot(key)
+        source = await self.master_of(key)
+        await asyncio.to_thread(self._move_slot, slot, source)
+        return source, await self.master_of(key)
+
+    def _move_slot(self, slot: int, source: Address) -> None:
+        masters = [a for a in self.startup_nodes if _role(a) == "master"]
+        target = next(a for a in masters if a != source)
+        ids = {a: _node_id(a) for a in masters}
+        with (
+            redis.Redis(host=source[0], port=source[1]) as src,
+            redis.Redis(host=target[0], port=target[1]) as dst,
+        ):
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                src.execute_command("MIGRATE", target[0], target[1], "", 0, 5000, "KEYS", *keys)
+        for address in masters:
+            with redis.Redis(host=address[0], port=address[1]) as node:
+                node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+
+
+_MAX_CLUSTER_PORT = 65535 - 10000
+"""A cluster node also listens on its port + 10000 (the cluster bus)."""
+
+
+def _start_below_bus_limit(node: RedisServer) -> None:
+    """Start ``node`` on a free port whose bus port (+10000) exists too.
+
+    The OS hands out free ports up to 60999 and near each other, so a
+    port picked by the OS may be refused again and again by a cluster node.
+    """
+    for _ in range(20):
+        node.port = random.randint(20000, _MAX_CLUSTER_PORT)
+        try:
+            node.start()
+        except RedisServerError:
+            continue  # taken meanwhile
+        return
+    raise RedisServerError(f"no free port for a cluster node:\n{node.log}")
+
+
+def _role(address: Address) -> str:
+    with redis.Redis(host=address[0], port=address[1], socket_timeout=1.0) as client:
+        return str(client.info("replication").get("role"))
+
+
+def _node_id(address: Address) -> str:
+    with redis.Redis(host=address[0], port=address[1], socket_timeout=1.0) as client:
+        raw = client.execute_command("CLUSTER", "MYID")
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
 def _key_slot(key: bytes | str) -> int:

@@ -71,11 +71,11 @@ async def test_hundred_breakers_share_one_coordinator_and_few_connections(
         coordinator = coordinator_of(breakers[0])
         assert coordinator is coordinator_for(client, asyncio.get_running_loop())
 
-        for _ in range(3):
-            await asyncio.gather(*(b.fire() for b in breakers))
-        await eventually(
-            lambda: coordinator.stats["round_trips"] >= 5, within=2.0, what="five ticks"
-        )
+        # Busy breakers report at every tick (idle ones would send nothing).
+        async with asyncio.timeout(2.0):
+            while coordinator.stats["round_trips"] < 5:
+                await asyncio.gather(*(b.fire() for b in breakers))
+                await asyncio.sleep(0.01)
         # A burst of calls costs no extra round trips: one per sync_interval (0.2 s).
         before = coordinator.stats["round_trips"]
         start = loop_time = asyncio.get_running_loop().time()
@@ -88,8 +88,9 @@ async def test_hundred_breakers_share_one_coordinator_and_few_connections(
         assert pool_connections(client) <= 3
         assert await server_connections(redis_client, "pod") <= 3
         stats = dict(coordinator.stats)
-        # A tick is counted when it starts, its round trip when it is back.
-        assert stats["ticks"] - 1 <= stats["round_trips"] <= stats["ticks"]
+        # A tick is counted when it starts, its round trip when it is back;
+        # a tick with every breaker idle sends nothing.
+        assert stats["round_trips"] <= stats["ticks"]
         assert stats["reports"] >= 95 * stats["round_trips"]
         assert stats["tick_errors"] == stats["script_errors"] == 0
         # Every breaker's calls made it into its own stats list.

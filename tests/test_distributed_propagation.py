@@ -247,7 +247,7 @@ async def test_healthy_start_emits_no_registry_events(make_cluster: ClusterFacto
     """The first connect is not a recovery: no registry_down and no registry_up."""
     cluster = await make_cluster(sync_interval=0.05)
     pods = await cluster.started(2)
-    await eventually(lambda: all(p.coordinator.stats["round_trips"] >= 3 for p in pods), within=1.0)
+    await eventually(lambda: all(p.coordinator.stats["ticks"] >= 3 for p in pods), within=1.0)
     for pod in pods:
         assert pod.count("registry_down") == 0
         assert pod.count("registry_up") == 0

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from distributed_support import PREFIX, ClusterFactory, Pod, more_counted
+from distributed_support import PREFIX, ClusterFactory, Pod, more_reports
 from helpers import take_general_path
 from redis_admin import (
     acl_setuser,
@@ -250,7 +250,7 @@ async def test_paused_redis_does_not_slow_calls(
     assert set(traffic.outcomes) == {"ok"}
     assert sum(traffic.outcomes.values()) > 100
     # Back: reporting resumes, nothing was lost in the stuck connections.
-    await more_counted([pods[1]], "reports", 3, within=3.0)
+    await more_reports([pods[1]], 3, within=3.0)
     for pod in pods:
         assert pod.count("registry_down") == pod.count("registry_up") <= 1
 
@@ -288,7 +288,7 @@ async def test_script_flush_is_handled(make_cluster: ClusterFactory) -> None:
     cluster = await make_cluster(**FAST, sync_interval=0.1)
     pods = await cluster.started(2)
     await cluster.admin.script_flush()
-    await more_counted(pods, "reports", 2, within=1.0)
+    await more_reports(pods, 2, within=1.0)
     await cluster.admin.script_flush()
     await cluster.trip()
     await cluster.half_open(within=1.0)
@@ -390,7 +390,7 @@ async def test_garbage_in_stats_list_and_state_hash_does_not_crash(
     await cluster.admin.hset(
         cluster.keys.state, mapping={"state": "exploded", "epoch": "NaN", "attempts": "-3"}
     )
-    await more_counted(pods, "reports", 3, within=1.5)
+    await more_reports(pods, 3, within=1.5)
     for pod in pods:
         assert pod.breaker.closed, pod.instance  # the v2 "trip" of a ghost was ignored
         assert pod.coordinator.stats["script_errors"] == 0
@@ -403,7 +403,7 @@ async def test_garbage_in_stats_list_and_state_hash_does_not_crash(
     await cluster.admin.delete(cluster.keys.state, cluster.keys.stats)
     await cluster.admin.set(cluster.keys.state, "a string")
     await cluster.admin.hset(cluster.keys.stats, "a", "hash")
-    await more_counted(pods, "reports", 2, within=1.5)
+    await more_reports(pods, 2, within=1.5)
     assert await cluster.admin.type(cluster.keys.state) == b"hash"
     for pod in pods:
         assert pod.coordinator.stats["script_errors"] == 0

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from distributed_support import Cluster, Pod, counted, more_counted
+from distributed_support import Cluster, Pod, counted, more_reports
 from helpers import Boom
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
@@ -169,8 +169,8 @@ async def manual_control_reaches_everyone(pods: list[Pod]) -> None:
 
 
 async def reported(pods: list[Pod], ticks: int = 2) -> None:
-    """Wait until every pod has made ``ticks`` more reports."""
-    await more_counted(pods, "reports", ticks, within=ticks * TICK + 0.5)
+    """Wait until every pod has made ``ticks`` more reports (calling: idle pods send none)."""
+    await more_reports(pods, ticks, within=ticks * TICK + 0.5)
 
 
 # --------------------------------------------------------------------------- properties

@@ -24,7 +24,14 @@ from collections.abc import Callable
 import pytest
 import redis
 import redis.exceptions
-from distributed_support import ClusterFactory, assert_no_leak, call_outcome, counted, more_counted
+from distributed_support import (
+    ClusterFactory,
+    assert_no_leak,
+    call_outcome,
+    counted,
+    more_counted,
+    more_reports,
+)
 from redis_admin import kill_pubsub
 from redis_server import RedisServer
 from transport_support import entry, redis_now_ms
@@ -122,7 +129,7 @@ async def test_expired_shared_open_left_by_a_freeze_does_not_hold_trips_back(
     finally:
         redis_server.resume()
     await eventually(lambda: all(p.count("registry_up") == 1 for p in pods), within=3.0, what="up")
-    await more_counted(pods, "reports")  # a report of every pod
+    await more_reports(pods)  # a report of every pod
     await cluster.ready(within=3.0)
     await pods[1].trip()
     try:

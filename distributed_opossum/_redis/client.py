@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import weakref
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
@@ -32,7 +33,18 @@ import redis.asyncio
 
 from distributed_opossum._logs import logger
 
-__all__ = ["CloseWatcher", "check_client", "is_closed", "watch_close"]
+__all__ = [
+    "CloseWatcher",
+    "NodeRoute",
+    "check_client",
+    "follow_moved",
+    "is_closed",
+    "is_cluster",
+    "ready",
+    "refresh_slots",
+    "route_of",
+    "watch_close",
+]
 
 
 _ASYNC_CLIENTS = (redis.asyncio.Redis, redis.asyncio.RedisCluster)
@@ -115,3 +127,68 @@ def _wrap_aclose(client: Any) -> None:
         await original(*args, **kwargs)
 
     client.aclose = aclose
+
+
+# -- Redis Cluster: where a breaker's keys live ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRoute:
+    """The server a breaker's keys live on.
+
+    Attributes:
+        name: ``host:port`` of the cluster master owning the keys' slot; ``""``
+            for a plain (or Sentinel-managed) client, whose one server holds
+            every key.
+        node: redis-py's ``ClusterNode`` for ``name``, None for a plain client.
+    """
+
+    name: str
+    node: Any = None
+
+
+_SINGLE = NodeRoute("")
+
+
+def is_cluster(client: Any) -> bool:
+    """True for a ``redis.asyncio.RedisCluster``."""
+    return isinstance(client, redis.asyncio.RedisCluster)
+
+
+async def ready(client: Any) -> None:
+    """Make a cluster client read its slot map, once (no round trip afterwards).
+
+    redis-py reads it lazily on the first command, but the per-node pipelines
+    and the pub/sub connection look nodes up before sending anything.
+    """
+    if is_cluster(client):
+        await client.initialize()
+
+
+def route_of(client: Any, key: str) -> NodeRoute:
+    """The node serving ``key`` according to the client's slot map (no round trip).
+
+    Raises:
+        redis.exceptions.SlotNotCoveredError: no master serves the key's slot
+            (a shard whose master died and has no replica to take over).
+    """
+    if not is_cluster(client):
+        return _SINGLE
+    node = client.get_node_from_key(key)
+    return NodeRoute(node.name, node)
+
+
+async def follow_moved(client: Any, error: Any) -> None:
+    """Point the slot of a MOVED reply (``error``) at the node it names (no round trip)."""
+    if is_cluster(client):
+        await client.nodes_manager.move_slot(error)
+
+
+async def refresh_slots(client: Any) -> None:
+    """Read the cluster's slot map again (after a MOVED, a dead master, a failover).
+
+    Connections to nodes that stay are recycled lazily; those to nodes gone
+    are closed. Raises redis-py's errors when no node answers.
+    """
+    if is_cluster(client):
+        await client.nodes_manager.initialize()

@@ -2,8 +2,9 @@
 
 All breakers of a process that share a client share its coordinator: ONE
 pub/sub connection (the channel of each breaker held, see :mod:`.listener`), ONE ticker task
-that pipelines the reports of every breaker that is due into one round trip,
-and one view of Redis' health (``registry_down`` / ``registry_up``).
+(:mod:`.reporter`) that pipelines the reports of every breaker that is due
+into one round trip per node, and one view of Redis' health
+(``registry_down`` / ``registry_up``), judged per node on a Redis Cluster.
 
 Both tasks are supervised: they re-raise cancellation, log and count every
 other error, reconnect with capped, jittered backoff, and never die silently.
@@ -29,21 +30,21 @@ import weakref
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
-from distributed_opossum._logs import Throttle, describe_error, logger
+from distributed_opossum._logs import Throttle, logger
 
-from .client import is_closed, watch_close
-from .failover import CHECK_INTERVAL, MasterWatch
+from .client import is_closed, route_of, watch_close
+from .errors import REDIS_ERRORS, REGISTRY_ERRORS
+from .errors import describe as _describe
 from .listener import Listener
-from .scripts import SharedState, WindowReport, scripts_for
+from .reporter import RECONNECT_MIN, Reporter
 
 if TYPE_CHECKING:
     from .link import SharedLink
 
 __all__ = [
+    "RECONNECT_MIN",
     "REDIS_ERRORS",
     "REGISTRY_ERRORS",
     "Coordinator",
@@ -51,27 +52,8 @@ __all__ = [
     "live_coordinators",
 ]
 
-REDIS_ERRORS: tuple[type[Exception], ...] = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    OSError,  # the builtin ConnectionError and TimeoutError included
-)
-"""Errors that mean "Redis cannot be reached" (as opposed to a bad reply)."""
-REGISTRY_ERRORS: tuple[type[Exception], ...] = (
-    *REDIS_ERRORS,
-    RedisError,
-    RedisClusterException,  # the cluster client's own root, not a RedisError
-)
-"""Everything the Redis layer raises when Redis cannot be used: unreachable, or
-refusing (out of memory, read-only, no rights, cluster down, ...)."""
-
-ROUND_TRIP_LIMIT = 2.0
-"""A round trip taking longer than this counts as Redis being down."""
-BATCH_SIZE = 1000
-"""Reports per pipelined round trip: large enough for one round trip per tick in
-most processes, small enough that a round trip stays far below ROUND_TRIP_LIMIT."""
-RECONNECT_MIN = 0.05
 RECONNECT_MAX = 5.0
+LISTEN_POLL = 1.0
 CLOSE_WAIT = 2.0
 
 _coordinators: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Coordinator]] = (
@@ -115,7 +97,10 @@ class Coordinator:
         self.loop = loop
         self.links: weakref.WeakSet[SharedLink] = weakref.WeakSet()
         self.by_channel: dict[str, weakref.WeakSet[SharedLink]] = {}
-        self.down: BaseException | None = None
+        self._down_nodes: dict[str, BaseException] = {}
+        self._down_links: weakref.WeakKeyDictionary[SharedLink, BaseException] = (
+            weakref.WeakKeyDictionary()
+        )
         self.closed = False
         """True from the moment closing begins: never handed out again, loops stop."""
         self.stats: dict[str, int] = {
@@ -127,8 +112,11 @@ class Coordinator:
             "messages": 0,
             "bad_messages": 0,
             "script_errors": 0,
+            "sweeps": 0,
+            "pings": 0,
+            "redirects": 0,
         }
-        self._wake = asyncio.Event()
+        self._reporter = Reporter(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -136,8 +124,6 @@ class Coordinator:
         self._throttle = Throttle()
         self.listener = Listener(self)
         """The pub/sub side: subscribes to the channel of each breaker held."""
-        self._master = MasterWatch.of(client)
-        self._master_checked = 0.0
 
     # -- membership --------------------------------------------------------------------------
 
@@ -154,10 +140,11 @@ class Coordinator:
             # to listen (breakers register from their constructor).
             self.loop.call_soon(self._tell_down, link)
         link.next_due = self.loop.time()  # first sync at once: learn an open cluster
+        link.next_sweep = link.next_due
         if self._ticker is None:
-            self._ticker = self.loop.create_task(self._tick_forever(), name="dopossum-ticker")
+            self._ticker = self.loop.create_task(self._run_reporter(), name="dopossum-ticker")
             self._listener = self.loop.create_task(self._listen_forever(), name="dopossum-listener")
-        self._wake.set()
+        self._reporter.wake()
 
     def unregister(self, link: SharedLink) -> bool:
         """Stop serving ``link``; True when it was the last one (then :meth:`close` it)."""
@@ -187,16 +174,21 @@ class Coordinator:
     def report_soon(self, link: SharedLink) -> None:
         """Make ``link`` due now (a local trip is reported at once)."""
         link.next_due = self.loop.time()
-        self._wake.set()
+        self._reporter.wake()
 
-    def spawn(self, coroutine: Coroutine[Any, Any, Any], what: str) -> None:
-        """Run a one-off Redis call in the background; failures are logged, never raised."""
+    def spawn(
+        self, coroutine: Coroutine[Any, Any, Any], what: str, link: SharedLink | None = None
+    ) -> None:
+        """Run a one-off Redis call in the background; failures are logged, never raised.
+
+        Redis trouble makes ``link``'s node down (every node, without ``link``).
+        """
 
         async def guarded() -> None:
             try:
                 await coroutine
             except REGISTRY_ERRORS as error:
-                self.mark_down(error)
+                self.mark_down(error, link=link)
             except Exception as error:
                 self.stats["script_errors"] += 1
                 self._throttle.log(
@@ -247,7 +239,7 @@ class Coordinator:
         if self.closed:
             return
         self.closed = True
-        self._wake.set()
+        self._reporter.wake()
         per_loop = _coordinators.get(self.loop)
         if per_loop is not None and per_loop.get(id(self.client)) is self:
             del per_loop[id(self.client)]
@@ -306,206 +298,125 @@ class Coordinator:
 
     # -- health ------------------------------------------------------------------------------
 
-    def mark_down(self, error: BaseException) -> None:
-        """Redis cannot be reached: announce ``registry_down`` once per outage."""
-        if self.down is not None or self.closed:
-            return
-        self.down = error
-        # Refused (no rights, a wrong password, out of memory) needs someone to
-        # act; unreachable usually passes by itself.
-        level = logging.ERROR if isinstance(error, ResponseError) else logging.WARNING
-        logger.log(
-            level,
-            "distributed_opossum: Redis cannot be used (%s); deciding locally until it can",
-            _describe(error),
-            extra={
-                "registry": "down",
-                "redis_error": _describe(error),
-                "breakers": len(self.links),
-            },
-        )
-        pool = getattr(self.client, "connection_pool", None)
-        if pool is not None:
-            # Drop the idle connections now, so that none left over from before a
-            # Redis restart fails the first calls after it (a false second outage).
-            self.spawn(pool.disconnect(inuse_connections=False), "reset connections")
-        for link in list(self.links):
-            link.emit("registry_down", error)
+    @property
+    def down(self) -> BaseException | None:
+        """The error of an outage in progress (of any node, on a cluster), or None."""
+        return next(iter(self._down_nodes.values()), None)
 
-    def _tell_down(self, link: SharedLink) -> None:
-        if self.down is not None and link in self.links:
-            link.emit("registry_down", self.down)
+    def down_on(self, node: str) -> BaseException | None:
+        """The error of ``node``'s outage in progress (``""``: a plain client's server)."""
+        return self._down_nodes.get(node)
 
-    def mark_up(self) -> None:
-        """Redis answers again: announce ``registry_up`` and reconcile every breaker."""
-        if self.down is None or self.closed:
-            return
-        self.down = None
-        logger.info("distributed_opossum: Redis answers again", extra={"registry": "up"})
-        for link in list(self.links):
-            link.verify()  # due now: what it decided locally meets Redis' state
-            link.emit("registry_up")
-        self._wake.set()
-        self.listener.wake()  # subscribe now rather than after its backoff
+    def is_down(self, link: SharedLink) -> bool:
+        """True while ``link`` was told ``registry_down`` and not ``registry_up`` yet."""
+        return link in self._down_links
 
-    # -- the ticker --------------------------------------------------------------------------
+    def _node_of(self, link: SharedLink) -> str | None:
+        """The node serving ``link``'s keys now; None when no master serves them."""
+        try:
+            return route_of(self.client, link.keys.state).name
+        except REGISTRY_ERRORS:
+            return None
 
-    async def _tick_forever(self) -> None:
-        while not self.closed:
-            try:
-                await self._tick()
-            except asyncio.CancelledError:
-                self._retire()
-                raise
-            except Exception as error:  # the ticker never dies: say it (now and then), go on
-                self.stats["tick_errors"] += 1
-                self._throttle.log(
-                    logging.ERROR,
-                    f"tick:{type(error).__name__}",
-                    "distributed_opossum: report tick failed: %s",
-                    _describe(error),
-                )
-                await asyncio.sleep(RECONNECT_MIN)
-            try:
-                await self._sleep_until_due()
-            except asyncio.CancelledError:
-                self._retire()
-                raise
+    def mark_down(
+        self, error: BaseException, *, node: str | None = None, link: SharedLink | None = None
+    ) -> None:
+        """Redis cannot be used: announce ``registry_down`` once per outage per breaker.
 
-    async def _sleep_until_due(self) -> None:
-        links = list(self.links)
-        if not links:
-            delay = None
-        else:
-            delay = max(0.0, min(link.next_due for link in links) - self.loop.time())
-            if self.down is not None:
-                delay = max(delay, RECONNECT_MIN)
-            if self._master is not None:
-                next_check = self._master_checked + CHECK_INTERVAL - self.loop.time()
-                delay = min(delay, max(next_check, 0.0))
-        self._wake.clear()
+        ``node`` names the cluster node that failed (its breakers are down),
+        ``link`` a breaker whose call failed (the breakers of its node are
+        down); with neither, every breaker of the client is. A plain client
+        has one node, ``""``: every breaker is down whatever is given.
+        """
         if self.closed:
             return
-        try:
-            async with asyncio.timeout(delay):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
-
-    async def _tick(self) -> None:
-        """Every due breaker's report, pipelined: one round trip per ``BATCH_SIZE`` breakers."""
-        if self._master is not None and self.loop.time() >= self._master_checked + CHECK_INTERVAL:
-            await self._check_master(self._master)
-        now = self.loop.time()
-        due = [link for link in list(self.links) if link.next_due <= now]
-        if not due:
-            return
-        self.stats["ticks"] += 1
-        for link in due:
-            # On a grid of the interval, so breakers made at different times
-            # still share their ticks (and round trips).
-            link.next_due = (now // link.interval + 1) * link.interval
-        for start in range(0, len(due), BATCH_SIZE):
-            if not await self._report(due[start : start + BATCH_SIZE]):
-                return  # Redis is down: the rest would only time out too
-
-    async def _check_master(self, watch: MasterWatch) -> None:
-        """Follow a Sentinel master switch: new connections, every state read again."""
-        self._master_checked = self.loop.time()
-        try:
-            switched = await watch.switched()
-        except Exception as error:  # Sentinel unreachable: the reports will tell
-            self._throttle.log(
-                logging.WARNING,
-                "sentinel",
-                "distributed_opossum: asking Sentinel failed: %s",
+        if node is None and link is not None:
+            node = self._node_of(link)
+            if node is None:  # no master serves its slot: that breaker alone
+                self._tell_down(link, error)
+                return
+        links = [
+            other
+            for other in list(self.links)
+            if other not in self._down_links and (node is None or self._node_of(other) == node)
+        ]
+        first = (node or "") not in self._down_nodes
+        self._down_nodes.setdefault(node or "", error)
+        if first:
+            # Refused (no rights, a wrong password, out of memory) needs someone to
+            # act; unreachable usually passes by itself.
+            level = logging.ERROR if isinstance(error, ResponseError) else logging.WARNING
+            where = f" at {node}" if node else ""
+            logger.log(
+                level,
+                "distributed_opossum: Redis%s cannot be used (%s); deciding locally until it can",
+                where,
                 _describe(error),
+                extra={
+                    "registry": "down",
+                    "redis_error": _describe(error),
+                    "redis_node": node or None,
+                    "breakers": len(links),
+                },
             )
+            pool = getattr(self.client, "connection_pool", None)
+            if pool is not None:
+                # Drop the idle connections now, so that none left over from before a
+                # Redis restart fails the first calls after it (a false second outage).
+                self.spawn(pool.disconnect(inuse_connections=False), "reset connections")
+        for other in links:
+            self._tell_down(other, error)
+
+    def _tell_down(self, link: SharedLink, error: BaseException | None = None) -> None:
+        if link not in self.links or link in self._down_links or self.closed:
             return
-        if switched is None:
+        if error is None:
+            # It joined while its node was down: tell it once its owner had a
+            # chance to listen (breakers register from their constructor).
+            node = self._node_of(link)
+            error = self._down_nodes.get(node or "") or self._down_nodes.get("")
+            if error is None:
+                return
+        self._down_links[link] = error
+        link.emit("registry_down", error)
+
+    def mark_up(self, node: str = "") -> None:
+        """``node`` answers again: ``registry_up`` and a check for each of its breakers.
+
+        On a cluster, a breaker told ``registry_down`` when its keys lived on
+        another node (a failover moved them since) is up once its keys' node answers.
+        """
+        if self.closed or (node not in self._down_nodes and not self._down_links):
             return
-        logger.warning(
-            "distributed_opossum: the Redis master moved from %s to %s; reading every "
-            "breaker's state from the new master",
-            *switched,
-        )
+        if self._down_nodes.pop(node, None) is not None:
+            where = f" at {node}" if node else ""
+            logger.info(
+                "distributed_opossum: Redis%s answers again",
+                where,
+                extra={"registry": "up", "redis_node": node or None},
+            )
+        back = [link for link in list(self._down_links) if self._node_of(link) == node]
+        for link in back:
+            del self._down_links[link]
+            link.verify()  # due now: what it decided locally meets Redis' state
+            link.emit("registry_up")
+        if not self._down_links:
+            self._down_nodes.clear()  # every breaker of a node gone elsewhere is up
+        self._reporter.wake()
+        self.listener.wake()  # subscribe now rather than after its backoff
+
+    def master_switched(self) -> None:
+        """A Sentinel master switch: subscribe again and read every breaker's state."""
         self.listener.lost()
         for link in list(self.links):
             link.verify()
 
-    async def _report(self, due: list[SharedLink]) -> bool:
-        """One pipelined round trip for ``due``; False when Redis could not be used."""
-        reports = [link.take_report() for link in due]
+    async def _run_reporter(self) -> None:
         try:
-            try:
-                results = await self._send_reports(due, reports)
-            except RedisConnectionError:
-                if self.down is not None:
-                    raise
-                # A pooled connection left over from before a Redis restart fails
-                # once; the pipeline was not taken, so one retry on a fresh
-                # connection tells a dead Redis from a dead connection.
-                results = await self._send_reports(due, reports)
-        except REGISTRY_ERRORS as error:  # asyncio's TimeoutError is an OSError
-            # Nothing is buffered: what happened meanwhile stays local history,
-            # but a trip vote is kept for the next report.
-            self.stats["tick_errors"] += 1
-            self._lost(due, reports)
-            self.mark_down(error)
-            return False
-        self.stats["round_trips"] += 1
-        self.stats["reports"] += len(due)
-        refused = [r for r in results if isinstance(r, ResponseError)]
-        if refused and len(refused) == len(results):
-            # Redis answered but ran none of them (out of memory, read-only,
-            # no rights, ...): it cannot be used, as if it were down.
-            self.stats["tick_errors"] += 1
-            self._lost(due, reports)
-            self.mark_down(refused[0])
-            return False
-        self.mark_up()
-        for link, report, result in zip(due, reports, results, strict=True):
-            if isinstance(result, Exception):
-                self.stats["script_errors"] += 1
-                self._lost([link], [report])
-                self._throttle.log(
-                    logging.ERROR,
-                    f"report:{link.keys.name}",
-                    "distributed_opossum: report of %r failed: %s (it decides locally meanwhile)",
-                    link.keys.name,
-                    _describe(result),
-                    circuit=link.keys.name,
-                    redis_error=_describe(result),
-                )
-                continue
-            link.apply(result, own=True)
-        return True
-
-    @staticmethod
-    def _lost(links: list[SharedLink], reports: list[WindowReport]) -> None:
-        """These reports did not run: keep their trip votes, and any check asked for."""
-        for link, report in zip(links, reports, strict=True):
-            if report.local_open:
-                link.keep_vote()
-            if link.verifying:
-                link.verify()
-
-    async def _send_reports(
-        self, due: list[SharedLink], reports: list[WindowReport]
-    ) -> list[SharedState | Exception]:
-        batch = scripts_for(self.client).batch()
-        for link, report in zip(due, reports, strict=True):
-            batch.report_window(
-                link.keys,
-                report,
-                instance=link.instance,
-                known_epoch=max(link.epoch, 0),
-                known_gen=link.gen or "",
-                params=link.params,
-                jitter=link.jitter(),
-            )
-        async with asyncio.timeout(ROUND_TRIP_LIMIT):
-            return await batch.execute()
+            await self._reporter.run()
+        except asyncio.CancelledError:
+            self._retire()
+            raise
 
     # -- the listener ------------------------------------------------------------------------
 
@@ -518,6 +429,3 @@ class Coordinator:
                 self._retire()
                 await self._release_connections()
             raise
-
-
-_describe = describe_error

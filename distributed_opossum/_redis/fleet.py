@@ -26,12 +26,11 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from .keys import BreakerKeys, breaker_name_from_key, keys_pattern, validate_prefix
 from .replies import ProtocolError, SharedState
-from .scripts import DEFAULT_CLEANUP_MAX_AGE_MS, scripts_for
+from .scripts import DEFAULT_CLEANUP_MAX_AGE_MS, RedisClient, scripts_for
 
 __all__ = [
     "SCAN_COUNT",
@@ -173,7 +172,7 @@ def _window(fields: dict[bytes, bytes]) -> WindowSums:
 
 
 async def read_windows(
-    client: Redis, keys: Sequence[BreakerKeys]
+    client: RedisClient, keys: Sequence[BreakerKeys]
 ) -> list[tuple[WindowSums, str | None]]:
     """The window sums of each breaker, in one pipelined round trip.
 
@@ -225,15 +224,19 @@ def _is_garbage(reply: object) -> bool:
 class Fleet:
     """The breakers of one prefix on one Redis client, read and steered as an operator.
 
+    On a Redis Cluster (a ``redis.asyncio.RedisCluster``) the listing scans
+    every master, and the scripts go to the master of each breaker's keys.
+
     Args:
-        client: a ``redis.asyncio.Redis`` (replies as bytes: no ``decode_responses``).
+        client: a ``redis.asyncio.Redis`` or ``RedisCluster`` (replies as bytes:
+            no ``decode_responses``).
         prefix: the breakers' key prefix (``distributed["prefix"]``).
 
     Raises:
         ValueError: the prefix cannot be one (see :func:`validate_prefix`).
     """
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self.client = client
         self.prefix = validate_prefix(prefix)
         self._scripts = scripts_for(client)

@@ -26,7 +26,8 @@ from distributed_opossum._options import BreakerOptions, DistributedOptions
 from distributed_opossum._state import Cause, State
 from distributed_opossum._window import RollingWindow
 
-from .coordinator import REGISTRY_ERRORS, coordinator_for
+from .coordinator import coordinator_for
+from .errors import REGISTRY_ERRORS
 from .keys import BreakerKeys
 from .scripts import (
     Broadcast,
@@ -169,6 +170,8 @@ class SharedLink:
         self.jitter_fraction = options.reset_timeout_jitter
         self.lease_wait = min(LEASE_WAIT, options.timeout or LEASE_WAIT)
         self.next_due = 0.0
+        self.next_sweep = 0.0
+        """When an idle breaker is swept next (coordinator's loop time)."""
         self.gen: str | None = None
         self.epoch = -1
         self.shared = "closed"
@@ -179,6 +182,7 @@ class SharedLink:
         self._reported_seq = -1
         self._vote = False
         self._tripped = False  # open because of this pod's own trip
+        self._closed_news = False  # closed locally since the last report
         self._verifying = False  # the next reply is followed whatever it says
         self._known_ms = 0  # Redis' clock when the state this pod follows was read or sent
         self._stale_check = False  # a check older than the news was already asked again
@@ -275,8 +279,8 @@ class SharedLink:
 
     @property
     def registry_down(self) -> bool:
-        """True while the coordinator cannot reach Redis."""
-        return self.coordinator is not None and self.coordinator.down is not None
+        """True while the coordinator cannot reach Redis (the node of this breaker's keys)."""
+        return self.coordinator is not None and self.coordinator.is_down(self)
 
     # -- reporting (coordinator side) --------------------------------------------------------
 
@@ -290,6 +294,26 @@ class SharedLink:
     def closed_locally(self) -> None:
         """This pod's breaker closed: its own trip is history."""
         self._tripped = False
+        self._closed_news = True
+
+    def window_holds_calls(self) -> bool:
+        """True while this pod's rolling window holds completed calls.
+
+        Its entries are then in the pooled window too: as they age out, the
+        decision and the pooled view may change, so the breaker keeps
+        reporting (the reply carries both) until its window is empty.
+        """
+        successes, failures = self.breaker.window.totals(self.breaker.monotonic())
+        return successes + failures > 0
+
+    def take_local_news(self) -> bool:
+        """True when this breaker must report though its buckets are empty.
+
+        A check asked for (it stays asked until a reply comes), or a local
+        close since the last report (forgotten by this call).
+        """
+        closed, self._closed_news = self._closed_news, False
+        return closed or self._verifying
 
     def keep_vote(self) -> None:
         """A report carrying this pod's trip vote was lost: send the vote again next time."""
@@ -518,7 +542,7 @@ class SharedLink:
             raise
         except Exception as error:  # whatever the Redis layer raised: never the caller's
             if self.coordinator is not None:
-                self.coordinator.mark_down(error)
+                self.coordinator.mark_down(error, link=self)
             return _LeaseAnswer(holder, None)
         answer = _LeaseAnswer(holder, grant)
         self.apply(grant.state, own=True)
@@ -547,7 +571,7 @@ class SharedLink:
             state = await scripts_for(self.client).release_trial(self.keys, holder=holder)
             self.apply(state, own=True)
 
-        self.coordinator.spawn(release(), f"release_trial {self.keys.name}")
+        self.coordinator.spawn(release(), f"release_trial {self.keys.name}", self)
 
     def trial_finished(self, permit: int, success: bool) -> None:
         """Tell the cluster how the trial of ``permit`` went (in the background)."""
@@ -569,7 +593,7 @@ class SharedLink:
             )
             self.apply(state, own=True)
 
-        self.coordinator.spawn(finish(), f"finish_trial {self.keys.name}")
+        self.coordinator.spawn(finish(), f"finish_trial {self.keys.name}", self)
 
     def trial_released(self, permit: int) -> None:
         """Give the cluster permit of ``permit`` back (its caller was cancelled)."""

@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -36,9 +37,12 @@ from importlib.abc import Traversable
 from typing import Any, Generic, Literal, TypeAlias, TypeVar, cast
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import PipelineCommand, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .client import NodeRoute, is_cluster, ready, route_of
 from .keys import BreakerKeys
 from .params import DecisionParams, WindowReport, check_int, check_real, check_text, to_argv
 from .replies import (
@@ -98,6 +102,7 @@ SCRIPT_NAMES = (
     "release_trial",
     "report_window",
     "reset",
+    "touch_state",
 )
 """Every script in ``lua/`` (file name without ``.lua``)."""
 _PRELUDE = "_prelude"
@@ -221,6 +226,11 @@ def _read_call(keys: BreakerKeys) -> _Call[SharedState]:
     return _state_call("read_state", (keys.state,), ())
 
 
+def _touch_call(keys: BreakerKeys, key_ttl_ms: int) -> _Call[SharedState]:
+    args = to_argv(check_int("key_ttl_ms", key_ttl_ms, minimum=1))
+    return _state_call("touch_state", (keys.state, keys.stats, keys.pods), args)
+
+
 def _awaited(value: object) -> Awaitable[object]:
     # redis-py types its commands as "awaitable or value" for both flavours;
     # on an asyncio client they are always awaitable.
@@ -289,6 +299,14 @@ class RedisScripts:
             reply = await _awaited(self.client.evalsha(sha, len(call.keys), *call.keys_and_args))
         except NoScriptError:
             logger.debug("script %s not in Redis' cache; loading it", call.script.name)
+            if is_cluster(self.client):
+                # SCRIPT LOAD would go to every master (and fail with any one
+                # of them down); EVAL goes to the key's master alone, and
+                # leaves the script in its cache for the next EVALSHA.
+                reply = await _awaited(
+                    self.client.eval(script.source, len(call.keys), *call.keys_and_args)
+                )
+                return call.parse(reply)
             await self.load([call.script.name])
             try:
                 reply = await _awaited(
@@ -301,9 +319,26 @@ class RedisScripts:
                 )
         return call.parse(reply)
 
-    def batch(self) -> ScriptBatch:
-        """A batch of calls run in one pipelined round trip; see :class:`ScriptBatch`."""
-        return ScriptBatch(self)
+    def batch(self, route: NodeRoute | None = None) -> ScriptBatch:
+        """A batch of calls run in one pipelined round trip; see :class:`ScriptBatch`.
+
+        On a Redis Cluster every call of a batch must live on ``route``'s node
+        (see :func:`.client.route_of`): the batch goes to that node alone.
+        """
+        return ScriptBatch(self, route)
+
+    async def load_on(self, route: NodeRoute, names: Sequence[str]) -> None:
+        """SCRIPT LOAD ``names`` on ``route``'s node (every server for a plain client)."""
+        if route.node is None:
+            await self.load(names)
+            return
+        scripts = _scripts(sharded=True)  # a node: a Redis Cluster's
+        for name in names:
+            sha = await route.node.execute_command("SCRIPT", "LOAD", scripts[name].source)
+            if isinstance(sha, bytes):
+                sha = sha.decode("ascii", "replace")
+            if sha != scripts[name].sha:
+                raise ProtocolError(f"SCRIPT LOAD of {name} answered {sha!r:.60}")
 
     async def report_window(
         self,
@@ -419,6 +454,10 @@ class RedisScripts:
         """The shared state and Redis' clock; writes nothing."""
         return await self._run(_read_call(keys))
 
+    async def touch_state(self, keys: BreakerKeys, *, key_ttl_ms: int) -> SharedState:
+        """The shared state and Redis' clock; renews the keys' TTLs, creates nothing."""
+        return await self._run(_touch_call(keys, key_ttl_ms))
+
     async def cleanup_stats(
         self, keys: BreakerKeys, *, max_age_ms: int = DEFAULT_CLEANUP_MAX_AGE_MS
     ) -> int:
@@ -445,11 +484,17 @@ class ScriptBatch:
             ...
     """
 
-    __slots__ = ("_calls", "_scripts")
+    __slots__ = ("_calls", "_route", "_scripts")
 
-    def __init__(self, scripts: RedisScripts) -> None:
+    def __init__(
+        self,
+        scripts: RedisScripts,
+        route: NodeRoute | None = None,
+        calls: Sequence[_Call[SharedState]] = (),
+    ) -> None:
         self._scripts = scripts
-        self._calls: list[_Call[SharedState]] = []
+        self._route = route
+        self._calls: list[_Call[SharedState]] = list(calls)
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -481,14 +526,21 @@ class ScriptBatch:
         """Queue :meth:`RedisScripts.read_state`."""
         self._calls.append(_read_call(keys))
 
+    def touch_state(self, keys: BreakerKeys, *, key_ttl_ms: int) -> None:
+        """Queue :meth:`RedisScripts.touch_state`."""
+        self._calls.append(_touch_call(keys, key_ttl_ms))
+
     async def execute(self) -> list[SharedState | Exception]:
         """Run every queued call and empty the batch.
 
         Raises:
             redis.exceptions.RedisError: the round trip itself failed
-                (connection lost, timeout); no result is known.
+                (connection lost, timeout); no result is known. On a
+                cluster, only the batch's node was asked.
         """
         calls, self._calls = self._calls, []
+        if self._route is None and is_cluster(self._scripts.client):
+            return await self._execute_per_node(calls)
         results = await self._send(calls)
         # A call that met NOSCRIPT did not run, so sending it again cannot
         # apply anything twice; calls that did run are left alone.
@@ -498,16 +550,50 @@ class ScriptBatch:
                 break
             logger.debug("%d batched calls met NOSCRIPT; retrying them", len(missing))
             if not source:
-                await self._scripts.load(sorted({calls[i].script.name for i in missing}))
+                names = sorted({calls[i].script.name for i in missing})
+                if self._route is None:
+                    await self._scripts.load(names)
+                else:
+                    await self._scripts.load_on(self._route, names)
             retried = await self._send([calls[i] for i in missing], source=source)
             for i, result in zip(missing, retried, strict=True):
                 results[i] = result
         return [_parse_or_error(call, result) for call, result in zip(calls, results, strict=True)]
 
+    async def _execute_per_node(
+        self, calls: list[_Call[SharedState]]
+    ) -> list[SharedState | Exception]:
+        """A batch of a cluster client spanning nodes: one batch per node, concurrently.
+
+        Raises the first node's error, as one failed round trip would.
+        """
+        client = self._scripts.client
+        await ready(client)
+        routes: dict[str, NodeRoute] = {}
+        groups: dict[str, list[int]] = {}
+        for i, call in enumerate(calls):
+            route = route_of(client, call.keys[0])
+            routes.setdefault(route.name, route)
+            groups.setdefault(route.name, []).append(i)
+        replies = await asyncio.gather(
+            *(
+                ScriptBatch(self._scripts, routes[name], [calls[i] for i in indices]).execute()
+                for name, indices in groups.items()
+            )
+        )
+        results: list[SharedState | Exception] = [ProtocolError("not sent")] * len(calls)
+        for indices, reply in zip(groups.values(), replies, strict=True):
+            for i, result in zip(indices, reply, strict=True):
+                results[i] = result
+        return results
+
     async def _send(self, calls: list[_Call[SharedState]], *, source: bool = False) -> list[object]:
         if not calls:
             return []
         client = self._scripts.client
+        node = None if self._route is None else self._route.node
+        if node is not None:
+            return await _send_to_node(node, calls, client, source=source)
         pipe = client.pipeline(transaction=False)
         for call in calls:
             script = _for_client(call.script, client)
@@ -516,6 +602,34 @@ class ScriptBatch:
             else:
                 pipe.evalsha(script.sha, len(call.keys), *call.keys_and_args)
         return list(await pipe.execute(raise_on_error=False))
+
+
+async def _send_to_node(
+    node: Any, calls: list[_Call[SharedState]], client: object, *, source: bool
+) -> list[object]:
+    """One pipelined round trip to one cluster node (redis-py's cluster pipeline
+    refuses EVALSHA, and would span every shard: one dead shard would stall all).
+
+    MOVED, ASK, TRYAGAIN and CLUSTERDOWN come back as that call's exception.
+    """
+    scripts = [_for_client(call.script, client) for call in calls]
+    commands = [
+        PipelineCommand(
+            i,
+            *(("EVAL", script.source) if source else ("EVALSHA", script.sha)),
+            len(call.keys),
+            *call.keys_and_args,
+        )
+        for i, (call, script) in enumerate(zip(calls, scripts, strict=True))
+    ]
+    await node.execute_pipeline(commands)
+    results: list[object] = [command.result for command in commands]
+    for result in results:
+        # The connection broke while reading: the round trip failed, as a plain
+        # client's pipeline says by raising.
+        if isinstance(result, RedisConnectionError | RedisTimeoutError):
+            raise result
+    return results
 
 
 def _parse_or_error(call: _Call[SharedState], result: object) -> SharedState | Exception:
