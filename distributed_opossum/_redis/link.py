@@ -377,6 +377,10 @@ class SharedLink:
         if state.window is not None:
             self._window, self._window_at = state.window, self.breaker.monotonic()
         if not state.exists:
+            if verified or self.gen is not None:
+                # Redis holds no state (restarted empty, flushed, expired): this
+                # pod's next report makes it again, and follows what it then says.
+                self.verify()
             return
         same_gen = state.gen == self.gen
         if self.gen is not None and not same_gen:
