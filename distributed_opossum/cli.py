@@ -10,8 +10,9 @@ Examples::
     dopossum cleanup --max-age 1800          # drop old stats entries of every breaker
     dopossum demo --pods 6                   # the multi-pod demo
 
-``--url`` (default ``$REDIS_URL``, else ``redis://127.0.0.1:6379``), ``--prefix``
-and ``--json`` go before or after the command. Exit status: 0 done, 1 no such
+``--url`` (default ``$REDIS_URL``, else ``redis://127.0.0.1:6379``; with
+``--cluster``, any node of a Redis Cluster), ``--prefix`` and ``--json`` go
+before or after the command. Exit status: 0 done, 1 no such
 breaker, 2 bad arguments, 3 Redis cannot be reached, 4 Redis refused (a wrong
 password, missing ACL rights, an error reply), 130 interrupted (``watch``
 stops on Ctrl-C with 0). Errors are one line on stderr.
@@ -36,6 +37,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthenticationWrongNumberOfArgsError,
     NoPermissionError,
+    RedisClusterException,
     RedisError,
 )
 
@@ -101,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
         )
         for flag, default, text in options:
             parent.add_argument(flag, default=argparse.SUPPRESS if suppress else default, help=text)
+        parent.add_argument(
+            "--cluster",
+            action="store_true",
+            default=argparse.SUPPRESS if suppress else False,
+            help="--url is one node of a Redis Cluster (every master is scanned)",
+        )
         parent.add_argument(
             "--json",
             action="store_true",
@@ -205,7 +213,7 @@ async def _watch(fleet: Fleet, args: argparse.Namespace) -> None:
         await asyncio.sleep(args.interval)  # a local pause: no time is compared
 
 
-async def _run(client: aioredis.Redis, args: argparse.Namespace) -> None:
+async def _run(client: aioredis.Redis | aioredis.RedisCluster, args: argparse.Namespace) -> None:
     fleet = Fleet(client, args.prefix)
     command: str = args.command
     name: str | None = getattr(args, "name", None)
@@ -231,7 +239,9 @@ async def _run(client: aioredis.Redis, args: argparse.Namespace) -> None:
         )
 
 
-async def _run_with_client(client: aioredis.Redis, args: argparse.Namespace) -> None:
+async def _run_with_client(
+    client: aioredis.Redis | aioredis.RedisCluster, args: argparse.Namespace
+) -> None:
     try:
         await _run(client, args)
     finally:
@@ -244,7 +254,7 @@ def _error(message: str, code: int) -> int:
     return code
 
 
-def _client(args: argparse.Namespace) -> aioredis.Redis:
+def _client(args: argparse.Namespace) -> aioredis.Redis | aioredis.RedisCluster:
     """The client of ``--url``; ValueError for what argparse cannot see (URL, prefix, name)."""
     validate_prefix(args.prefix)
     if getattr(args, "name", None) is not None:
@@ -252,6 +262,10 @@ def _client(args: argparse.Namespace) -> aioredis.Redis:
     if getattr(args, "max_age", 0) < 0:
         raise ValueError(f"--max-age must be >= 0 seconds, got {args.max_age:g}")
     # Parses the URL, connects to nothing yet.
+    if args.cluster:
+        return aioredis.RedisCluster.from_url(
+            args.url, socket_connect_timeout=_TIMEOUT_S, socket_timeout=_TIMEOUT_S
+        )
     return aioredis.Redis.from_url(
         args.url, socket_connect_timeout=_TIMEOUT_S, socket_timeout=_TIMEOUT_S
     )
@@ -307,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(_refusal(error, url), EXIT_REFUSED)
     except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as error:
         return _error(f"cannot reach Redis at {url}: {error}", EXIT_UNREACHABLE)
+    except RedisClusterException as error:  # no node answered: not a RedisError
+        return _error(f"cannot use the Redis Cluster at {url}: {error}", EXIT_UNREACHABLE)
     except RedisError as error:
         return _error(_refusal(error, url), EXIT_REFUSED)
     except ProtocolError as error:
