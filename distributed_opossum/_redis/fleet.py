@@ -53,7 +53,7 @@ _RESET_KEY_TTL_MS = 60_000
 # The TTL reset gives a state hash; the next report of a pod sets its own.
 _MAX_EXACT = 2**53
 _COUNT = re.compile(rb"[0-9]{1,16}")
-_POD_ROW = re.compile(rb"([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16})")
+_POD_ROW = re.compile(rb"([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16})(?: [0-9]{1,16})?")
 _POD_PREFIX = b"pod:"
 
 

@@ -368,7 +368,8 @@ class RedisScripts:
             keys.name,
             check_text("instance", instance),
         )
-        return await self._run(_state_call("finish_trial", (keys.state,), args))
+        call = _state_call("finish_trial", (keys.state, keys.stats, keys.pods), args)
+        return await self._run(call)
 
     async def release_trial(self, keys: BreakerKeys, *, holder: str) -> SharedState:
         """Give a permit back without an outcome (the trial's caller was cancelled)."""
@@ -389,7 +390,7 @@ class RedisScripts:
             keys.name,
             check_text("instance", instance),
         )
-        return await self._run(_state_call("reset", (keys.state,), args))
+        return await self._run(_state_call("reset", (keys.state, keys.stats, keys.pods), args))
 
     async def read_state(self, keys: BreakerKeys) -> SharedState:
         """The shared state and Redis' clock; writes nothing."""
