@@ -46,6 +46,7 @@ HEADER_COUNTS = (
     "epoch",
     "reporting",
     "listed",
+    "counted",
     "votes",
     "unsorted",
     "latest",
@@ -63,6 +64,7 @@ CHECK_WEIGHTS = {
     "votes": 19,
     "unsorted": 23,
     "latest": 29,
+    "counted": 31,
 }
 
 
@@ -197,7 +199,7 @@ async def assert_sums_match_the_list(client: Client, keys: BreakerKeys = KEYS) -
     min_pod_volume, threshold = (float(x) for x in stored["rule"].split(" "))
     entries = [e for e in map(parse_entry, raws) if e is not None]
     expected = sums_of(entries, header["epoch"] or 0, min_pod_volume, threshold)
-    assert header["entries"] == len(raws)
+    assert header["entries"] == header["counted"] == len(raws)
     for field in ("volume", "failures", "trips", "reporting", "listed", "votes"):
         assert header[field] == expected[field], (field, stored, expected)
     assert header["check"] == sum(w * (header[f] or 0) for f, w in CHECK_WEIGHTS.items()) % (
@@ -446,6 +448,7 @@ async def test_sums_are_kept_per_pod_and_pooled(any_redis_client: Client) -> Non
         "epoch": "0",
         "reporting": "2",
         "listed": "3",
+        "counted": "4",
         "votes": "1",
         "unsorted": "0",
         "pod:a": "12 8 0 2",

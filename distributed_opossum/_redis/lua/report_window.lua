@@ -110,16 +110,19 @@ local POD_PREFIX = 'pod:'
 local MAX_ENTRY_COUNT = 100000000
 local MAX_OTHER_RULES = 3
 local PEEK = 4
+-- Entries a report counts towards sums being rebuilt: a window of this many
+-- entries or fewer is rebuilt at once.
+local REBUILD_STEP = 256
 local HEADER = {
   'rule', 'tail', 'others', 'entries', 'volume', 'failures', 'trips', 'epoch', 'reporting',
-  'listed', 'votes', 'unsorted', 'latest', 'refreshed', 'check',
+  'listed', 'counted', 'votes', 'unsorted', 'latest', 'refreshed', 'check',
 }
 local COUNTS_FROM = 4 -- HEADER[4..] are counts
 -- `check` is a weighted sum of the counts (refreshed aside): a field edited
 -- or lost on its own is noticed, as a length or tail that does not match is.
 local CHECKED = {
   entries = 1, volume = 3, failures = 5, trips = 7, epoch = 11, reporting = 13, listed = 17,
-  votes = 19, unsorted = 23, latest = 29,
+  votes = 19, unsorted = 23, latest = 29, counted = 31,
 }
 
 local function checksum(a)
@@ -192,7 +195,7 @@ end
 local function empty_sums(epoch)
   return {
     entries = 0, volume = 0, failures = 0, trips = 0, epoch = epoch, reporting = 0,
-    listed = 0, unsorted = 0, latest = 0, refreshed = 0, tail = false,
+    listed = 0, counted = 0, unsorted = 0, latest = 0, refreshed = 0, tail = false,
     rules = { parse_rule(rule, 0) }, pods = {}, replace = true, dirty = true,
   }
 end
@@ -272,8 +275,9 @@ local function load_sums(s, length, tail, instances)
     end
   end
   if type(raw[1]) ~= 'string' or type(raw[3]) ~= 'string' or a.tail ~= tail
-      or a.entries ~= length or a.unsorted > length or a.failures > a.volume
-      or a.trips > length or a.reporting > a.listed or a.listed > length
+      or a.entries ~= length or a.counted > length or a.unsorted > a.counted
+      or a.failures > a.volume or a.trips > a.counted or a.reporting > a.listed
+      or a.listed > a.counted
       or a.check ~= checksum(a) or (s.state == 'closed' and a.epoch ~= s.epoch) then
     return nil -- trips count for one epoch; a closed breaker decides on its own
   end
@@ -373,7 +377,7 @@ end
 
 -- Counts an entry (`raw`, parsed as `e`) just appended behind `before` others.
 local function count_appended(a, raw, e, before)
-  a.entries, a.tail, a.dirty = before + 1, raw, true
+  a.entries, a.counted, a.tail, a.dirty = before + 1, before + 1, raw, true
   if e == nil then
     return true
   end
@@ -387,11 +391,39 @@ end
 
 local function count_popped(a, e)
   a.entries, a.dirty = a.entries - 1, true
+  if a.counted == 0 then
+    return true -- not counted yet (a rebuild under way)
+  end
+  a.counted = a.counted - 1
   a.unsorted = math.max(0, a.unsorted - 1)
-  if a.entries == 0 then
+  if a.counted == 0 then
     a.latest = 0
   end
   return e == nil or apply(a, e, -1)
+end
+
+-- Counts the next entry of a rebuild (the one at index `counted`).
+local function count_next(a, raw)
+  local e = parse_entry(raw)
+  local before = a.counted
+  a.counted, a.dirty = before + 1, true
+  if e == nil then
+    return true
+  end
+  if e.timestamp < a.latest then
+    a.unsorted = before
+  else
+    a.latest = e.timestamp
+  end
+  return apply(a, e, 1)
+end
+
+-- Sums that will describe the `length` entries of the list once counted, a
+-- rebuild's worth of them per report.
+local function rebuild(length, last, epoch)
+  local a = empty_sums(epoch)
+  a.entries, a.tail = length, last or false
+  return a
 end
 
 -- Sums of `raws` (list entries, oldest first) counted for `epoch`;
@@ -570,26 +602,45 @@ while #aged > 0 do
 end
 
 if raw_entry ~= nil then
-  -- Counted as it reads back, so adding and removing it agree to the digit.
-  if a ~= nil and not count_appended(a, raw_entry, parse_entry(raw_entry), length) then
+  if a ~= nil and a.counted < a.entries then
+    a.entries, a.tail, a.dirty = a.entries + 1, raw_entry, true -- its turn comes
+  elseif a ~= nil and not count_appended(a, raw_entry, parse_entry(raw_entry), length) then
+    -- Counted as it reads back, so adding and removing it agree to the digit.
     a = nil
   end
   length = length + 1
 end
 
--- The cap: the oldest go first.
+-- Sums that cannot be trusted are rebuilt from the list, REBUILD_STEP
+-- entries a report (whichever pod sends it), so no report reads a long list
+-- whole; until every entry is counted, only this report's own trip decides.
+if a == nil then
+  local last = raw_entry
+  if last == nil and length > 0 then
+    last = redis.call('LINDEX', stats_key, -1)
+  end
+  a = rebuild(length, last, s.epoch)
+end
+if a.counted < a.entries then
+  local raws = redis.call('LRANGE', stats_key, a.counted, a.counted + REBUILD_STEP - 1)
+  for i = 1, #raws do
+    if not count_next(a, raws[i]) then
+      a = rebuild(length, raw_entry or redis.call('LINDEX', stats_key, -1), s.epoch)
+      break
+    end
+  end
+end
+local complete = a.counted == a.entries
+
+-- The cap: the oldest go first (once every entry is counted).
 local function cap(listed)
   return math.max(p.max_entries, (listed + 1) * p.pod_entries)
 end
-if length > cap(a and a.listed or 0) then
-  if a == nil then
-    a = aggregate(redis.call('LRANGE', stats_key, 0, -1), s.epoch, function()
-      return true
-    end)
-  end
+if complete and length > cap(a.listed) then
   local over = length - cap(a.listed)
   while over > 0 do
     local popped = redis.call('LPOP', stats_key, math.min(over, 1000))
+    length = length - #popped
     for i = 1, #popped do
       if not count_popped(a, parse_entry(popped[i])) then
         over = -1
@@ -597,18 +648,11 @@ if length > cap(a and a.listed or 0) then
       end
     end
     if over < 0 then
-      a = nil
+      a, complete = rebuild(length, redis.call('LINDEX', stats_key, -1), s.epoch), false
       break
     end
-    length = length - #popped
     over = length - cap(a.listed)
   end
-end
-
-if a == nil then
-  a = aggregate(redis.call('LRANGE', stats_key, 0, -1), s.epoch, function()
-    return true
-  end)
 end
 
 -- Pods whose own trip in the current epoch is in the window, counted against
@@ -664,15 +708,26 @@ if s.state ~= 'closed' and local_open and unused_opening() then
     changed = true
   end
 elseif s.state == 'closed' then
-  local judged = a
-  if a.unsorted > 0 then
+  local reason
+  if not complete then
+    -- A rebuild under way: the window is not known yet; this report's own
+    -- trip is, and is all a trip (or a quorum of one) needs.
+    if local_open and entry_epoch == s.epoch then
+      if p.quorum_count == 0 and p.quorum_fraction == 0 then
+        reason = 'local_trip'
+      elseif p.quorum_count == 1 then
+        reason = 'quorum'
+      end
+    end
+  elseif a.unsorted > 0 then
     -- Old entries behind a young head (a clock step back) are skipped, not
     -- trusted: count the young ones alone, until the old have been popped.
-    judged = aggregate(redis.call('LRANGE', stats_key, 0, -1), s.epoch, function(e)
+    reason = decide(aggregate(redis.call('LRANGE', stats_key, 0, -1), s.epoch, function(e)
       return e.timestamp > cutoff
-    end)
+    end))
+  else
+    reason = decide(a)
   end
-  local reason = decide(judged)
   if reason ~= nil then
     open_now(reason)
     changed = true
