@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -371,6 +372,7 @@ def _report(args: argparse.Namespace, chosen: list[Variant], servers: list[Serve
     busy_cpu: dict[str, dict[str, float]] = {v.name: {} for v in chosen}
     worst: dict[str, float] = {v.name: 0.0 for v in chosen}
     for label, case in cases:
+        print(f"measuring: {label}", file=sys.stderr, flush=True)
         base = trivial(cpu_server, args.n)
         base_cg = trivial(cg_server, args.n) if cg_server else None
         row = [label]

@@ -349,7 +349,8 @@ class RedisScripts:
         """Report a trial's outcome: enough successes close, a failure re-opens.
 
         Ignored (``changed`` False) unless the state is half_open under
-        ``epoch`` and ``holder`` still holds a live permit.
+        ``epoch`` and ``holder`` still holds a live permit. A close deletes the
+        stats list and its sums (the window starts over).
         """
         if outcome not in ("success", "failure"):
             raise ValueError(f"outcome must be 'success' or 'failure', got {outcome!r}")
@@ -382,7 +383,11 @@ class RedisScripts:
         return await self._run(_state_call("force_open", (keys.state,), args))
 
     async def reset(self, keys: BreakerKeys, *, instance: str, key_ttl_ms: int) -> SharedState:
-        """Close the breaker cluster-wide, clear its attempts and start a new window."""
+        """Close the breaker cluster-wide, clear its attempts and start a new window.
+
+        The stats list and its sums are deleted in the same script, so the
+        first report after the close has nothing to trim.
+        """
         args = to_argv(
             _new_gen(),
             check_int("key_ttl_ms", key_ttl_ms, minimum=1),
