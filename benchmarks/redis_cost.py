@@ -134,13 +134,7 @@ def variants(baseline: str) -> list[Variant]:
     old_fields = OLD_FIELDS if "'pod_entries'" not in old_report else DecisionParams.ARGV_FIELDS
     return [
         Variant("before", old_report, old_reset, old_reset_keys, old_fields),
-        Variant(
-            "after",
-            script_source("report_window"),
-            script_source("reset"),
-            3,
-            DecisionParams.ARGV_FIELDS,
-        ),
+        variant_after(),
     ]
 
 
@@ -297,6 +291,37 @@ def single(server: Server, variant: Variant, pods: int, how: str) -> Cost:
     return measure(server, [call])
 
 
+def plain_floor(server: Server, pods: int, n: int) -> Cost:
+    """A busy report without a script: RPUSH of the entry and HMGET of the state's
+    fields, pipelined (what a report costs if the decision moves elsewhere)."""
+    keys = BreakerKeys.for_breaker("cost", f"floor-{pods}")
+    fill(server, variant_after(), keys, pods)
+    entry = server.client.lindex(keys.stats, -1) or b""
+    fields = ("gen", "epoch", "state", "open_until", "attempts", "closed_at", "reason")
+    server.instructions()
+    before, cpu_before = server.usage()
+    for start in range(0, n, BATCH):
+        pipe = server.client.pipeline(transaction=False)
+        for _ in range(min(BATCH, n - start)):
+            pipe.rpush(keys.stats, entry)
+            pipe.hmget(keys.state, fields)
+        pipe.execute()
+    after, cpu_after = server.usage()
+    instructions = server.instructions()
+    usec = sum(after[c][1] - before.get(c, (0, 0))[1] for c in ("rpush", "hmget"))
+    return Cost(n, usec, (cpu_after - cpu_before) * 1e6, instructions)
+
+
+def variant_after() -> Variant:
+    return Variant(
+        "after",
+        script_source("report_window"),
+        script_source("reset"),
+        3,
+        DecisionParams.ARGV_FIELDS,
+    )
+
+
 def reset_cost(server: Server, variant: Variant, pods: int) -> Cost:
     """The closing script itself on a full window (it deletes the list, after)."""
     keys = BreakerKeys.for_breaker("cost", f"reset-{pods}")
@@ -426,6 +451,18 @@ def _report(args: argparse.Namespace, chosen: list[Variant], servers: list[Serve
         f"\n≥ {TARGET_PAIRS:,} busy pairs per core ({after}, worst pod count): "
         f"{1e6 / worst_cpu:,.0f}, {verdict(1e6 / worst_cpu >= TARGET_PAIRS)} "
         f"(best {1e6 / best:,.0f})\n"
+    )
+    floor = plain_floor(cpu_server, top, n)
+    f_usec, f_cpu, _ = floor.per()
+    floor_cells = [f"{f_usec:.2f} µs ({_ratio(f_usec, b_usec)})", f"{f_cpu:.2f} µs CPU"]
+    if cg_server is not None:
+        f_instr = plain_floor(cg_server, top, n).per()[2]
+        floor_cells.append(
+            f"{f_instr:,.0f} instructions ({_ratio(f_instr, trivial(cg_server, n).per()[2])})"
+        )
+    print(
+        "A busy report without a script (RPUSH of its entry, HMGET of the state; no "
+        f"decision), {top} pods: " + ", ".join(floor_cells) + f" (CPU: {_ratio(f_cpu, b_cpu)}).\n"
     )
     mem_rows = []
     for variant in chosen:
