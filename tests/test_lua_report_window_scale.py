@@ -23,6 +23,7 @@ from transport_support import (
     text,
 )
 
+from distributed_opossum._redis.fleet import read_windows
 from distributed_opossum._redis.scripts import scripts_for
 
 REBUILD_STEP = 256  # report_window.lua's REBUILD_STEP
@@ -165,6 +166,16 @@ async def test_a_trip_opens_at_once_during_a_rebuild(any_redis_client: Client) -
     await seed(any_redis_client, *(entry(now, f"pod-{i}", successes=1) for i in range(600)))
     state = await report(any_redis_client, "sick", local_open=True)
     assert (state.state, state.reason) == ("open", "local_trip")
+
+
+async def test_the_cli_shows_sums_being_rebuilt_as_unknown(any_redis_client: Client) -> None:
+    """Half-counted sums are not shown as the window: the operator reads why."""
+    now = await redis_now_ms(any_redis_client)
+    await seed(any_redis_client, *(entry(now, f"pod-{i}", successes=1) for i in range(600)))
+    await report(any_redis_client, "x", successes=1)
+    [(sums, problem)] = await read_windows(any_redis_client, [KEYS])
+    assert problem == f"window sums being rebuilt ({REBUILD_STEP} of 601 entries)"
+    assert sums.volume is None
 
 
 async def test_a_short_list_is_rebuilt_at_once(any_redis_client: Client) -> None:
