@@ -519,18 +519,28 @@ end
 
 -- The new entry goes in first (RPUSH answers the length, and a key of
 -- another type fails it); the trim below stops before it.
-local raw_entry
+local raw_entry, own_entry
 if local_open or fires ~= 0 or successes ~= 0 or failures ~= 0 or timeouts ~= 0
     or rejects ~= 0 then
   local quoted = '"' .. instance .. '"'
   if string.find(instance, '[^%w%-%._:#@/+=]') then
     quoted = cjson.encode(instance)
   end
-  raw_entry = '{"v":1,"timestamp":' .. fmt(now) .. ',"instance":' .. quoted
-    .. ',"fires":' .. fmt(fires) .. ',"successes":' .. fmt(successes)
-    .. ',"failures":' .. fmt(failures) .. ',"timeouts":' .. fmt(timeouts)
-    .. ',"rejects":' .. fmt(rejects) .. ',"local_open":' .. tostring(local_open)
-    .. ',"epoch":' .. fmt(entry_epoch) .. '}'
+  local ts, ok, bad, ep = fmt(now), fmt(successes), fmt(failures), fmt(entry_epoch)
+  raw_entry = '{"v":1,"timestamp":' .. ts .. ',"instance":' .. quoted
+    .. ',"fires":' .. fmt(fires) .. ',"successes":' .. ok .. ',"failures":' .. bad
+    .. ',"timeouts":' .. fmt(timeouts) .. ',"rejects":' .. fmt(rejects)
+    .. ',"local_open":' .. tostring(local_open) .. ',"epoch":' .. ep .. '}'
+  -- The entry as parse_entry reads it back (the same digits), without cjson.
+  own_entry = {
+    timestamp = to_count(ts), instance = instance, successes = to_count(ok),
+    failures = to_count(bad), local_open = local_open, epoch = to_count(ep),
+  }
+  if own_entry.timestamp == nil or own_entry.epoch == nil or own_entry.successes == nil
+      or own_entry.failures == nil or own_entry.successes > MAX_ENTRY_COUNT
+      or own_entry.failures > MAX_ENTRY_COUNT then
+    own_entry = nil
+  end
 end
 local length, tail
 if raw_entry ~= nil then
@@ -604,8 +614,8 @@ end
 if raw_entry ~= nil then
   if a ~= nil and a.counted < a.entries then
     a.entries, a.tail, a.dirty = a.entries + 1, raw_entry, true -- its turn comes
-  elseif a ~= nil and not count_appended(a, raw_entry, parse_entry(raw_entry), length) then
-    -- Counted as it reads back, so adding and removing it agree to the digit.
+  elseif a ~= nil and not count_appended(a, raw_entry, own_entry, length) then
+    -- Counted as it reads back (own_entry), so adding and removing it agree.
     a = nil
   end
   length = length + 1
