@@ -357,6 +357,14 @@ def _ratio(value: float, base: float) -> str:
     return f"{value / base:.1f}x" if base else "n/a"
 
 
+def _print_floors(server: Server, n: int) -> None:
+    if not server.callgrind:
+        return
+    print("### Where a report script's instructions go (callgrind, per call)\n")
+    print(md_table(["piece", "instructions", "x first row"], floors(server, n)))
+    print()
+
+
 def run(args: argparse.Namespace) -> None:
     print(header())
     print(machine())
@@ -366,10 +374,49 @@ def run(args: argparse.Namespace) -> None:
     if args.callgrind:
         servers.append(Server(callgrind=True))
     try:
-        _report(args, chosen, servers)
+        if args.floors_only:
+            _print_floors(servers[-1], args.n)
+        else:
+            _report(args, chosen, servers)
+            _print_floors(servers[-1], args.n)
     finally:
         for server in servers:
             server.close()
+
+
+def floors(server: Server, n: int) -> list[list[str]]:
+    """Where a report script's instructions go: pieces of it run alone, per call."""
+    keys = BreakerKeys.for_breaker("cost", "floors")
+    fill(server, variant_after(), keys, 10)
+    args = variant_after().report_args(keys, "pod-0", PARAMS, busy=True)
+    source = script_source("report_window")
+    top = source[: source.index("local now = now_ms()")]
+    raw = server.client.lindex(keys.stats, -1)
+    entry = (raw.decode() if isinstance(raw, bytes) else str(raw)).replace("'", "\\'")
+    pieces = [
+        ("EVALSHA of `return 1`, no arguments", "return 1", []),
+        ("the same with a report's 3 keys and 27 arguments", "return 1", args),
+        ("+ the scripts' top level (helpers, tables, parameters)", top + "\nreturn 1", args),
+        (
+            "+ TIME and the state hash (HGETALL)",
+            top + "\nlocal now = now_ms()\nload_or_create(state_key, 'g')\nreturn 1",
+            args,
+        ),
+        (
+            "+ one entry decoded (cjson)",
+            top
+            + "\nlocal now = now_ms()\nload_or_create(state_key, 'g')\n"
+            + f"parse_entry('{entry}')\nreturn 1",
+            args,
+        ),
+    ]
+    base = 0.0
+    rows = []
+    for label, code, call_args in pieces:
+        instructions = measure(server, [(server.sha(code), call_args)] * n).per()[2]
+        base = base or instructions
+        rows.append([label, f"{instructions:,.0f}", _ratio(instructions, base)])
+    return rows
 
 
 Case = tuple[str, Callable[[Server, Variant], Cost]]
@@ -496,6 +543,9 @@ def main() -> None:
     parser.add_argument("--baseline", default="main", help="git revision of the 'before' scripts")
     parser.add_argument(
         "--no-callgrind", dest="callgrind", action="store_false", help="skip instruction counts"
+    )
+    parser.add_argument(
+        "--floors-only", action="store_true", help="only the table of a script's pieces"
     )
     args = parser.parse_args()
     if args.callgrind and shutil.which("valgrind") is None:
