@@ -34,6 +34,9 @@
 -- one pod writes in a window (one entry per bucket, twice over, plus trip
 -- reports), so the cap grows with the fleet and never cuts the window short;
 -- it bounds garbage and forged entries, which belong to no pod.
+-- Two rare cases still read the list whole: entries out of order (Redis'
+-- clock stepped back) are judged by reading the window until they have left
+-- it, and a trip on an opening nobody used counts the current epoch's trips.
 --
 -- Sums. KEYS[3] holds the sums over the entries in the list:
 --   entries tail     the list length they describe and its last entry: a
@@ -43,6 +46,8 @@
 --   epoch            the epoch trips are counted for
 --   reporting        pods with volume or trips (an idle pod has no say)
 --   listed           pods with at least one entry (one pod:<instance> each)
+--   counted          entries (from the head) the sums include: less than
+--                    `entries` while a rebuild is under way
 --   rule votes       "<min_pod_volume> <error_threshold_percentage>" of the
 --                    latest report (as ARGV), and the pods voting under it
 --   others           up to three more rules with their votes,
@@ -54,11 +59,14 @@
 --   refreshed        ms of the last TTL refresh of the three keys
 --   check            a weighted sum of the counts above (refreshed aside)
 --   pod:<instance>   "<volume> <failures> <trips> <entries>" of a listed pod
--- Unparsable entries count nowhere. The sums are rebuilt from the list (one
--- LRANGE) when they cannot be trusted: missing or unparsable, another list
--- length or tail (another writer, an older version of this script, the
--- cleanup script), a pod missing or going negative, or a closed breaker whose
--- epoch is not theirs (a close by an older version), or `check` not matching.
+-- Unparsable entries count nowhere. The sums are rebuilt from the list,
+-- REBUILD_STEP entries a report (whichever pod sends it), when they cannot
+-- be trusted: missing or unparsable, another list length or tail (another
+-- writer, an older version of this script, the cleanup script), a pod missing
+-- or going negative, a closed breaker whose epoch is not theirs (a close by
+-- an older version), or `check` not matching. Until every entry is counted,
+-- the window decides nothing; a report's own trip still opens (without
+-- quorum, or with a quorum of one).
 -- A rule none of the four knows is counted once from the pod fields (O(pods),
 -- no list). Hand edits that keep every check are not detected: delete the
 -- key and the next report rebuilds it. The key goes when the list is empty.
