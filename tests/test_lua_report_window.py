@@ -380,20 +380,31 @@ async def test_trim_stops_at_the_first_young_entry(any_redis_client: Client) -> 
     assert await any_redis_client.llen(KEYS.stats) == 3
 
 
-async def test_list_is_capped_at_max_entries(any_redis_client: Client) -> None:
-    """Only the newest max_entries entries are kept."""
+async def test_list_is_capped_per_pod_in_it(any_redis_client: Client) -> None:
+    """The newest max(max_entries, (pods in the list + 1) * pod_entries) entries are kept."""
+    now = await redis_now_ms(any_redis_client)
+    await seed(any_redis_client, *(entry(now, "flood", successes=1) for i in range(10)))
+    decision = params(max_entries=4, pod_entries=1)  # 2 pods: max(4, 3 * 1)
+    await report(any_redis_client, "newest", successes=1, decision=decision)
+    instances = await stats_instances(any_redis_client)
+    assert instances == ["flood", "flood", "flood", "newest"]
+
+
+async def test_cap_grows_with_the_pods_so_the_window_stays_whole(any_redis_client: Client) -> None:
+    """Many pods each within their share: nothing is cut, however low max_entries is."""
     now = await redis_now_ms(any_redis_client)
     await seed(any_redis_client, *(entry(now, f"pod{i}", successes=1) for i in range(10)))
-    await report(any_redis_client, "newest", successes=1, decision=params(max_entries=4))
-    instances = await stats_instances(any_redis_client)
-    assert instances == ["pod7", "pod8", "pod9", "newest"]
+    decision = params(max_entries=4, pod_entries=1)  # 11 pods: max(4, 12 * 1)
+    await report(any_redis_client, "newest", successes=1, decision=decision)
+    assert len(await stats_instances(any_redis_client)) == 11
 
 
 async def test_capped_entries_leave_the_decision(any_redis_client: Client) -> None:
     """Failures pushed out by the cap no longer count."""
     now = await redis_now_ms(any_redis_client)
-    await seed(any_redis_client, entry(now, "sick", failures=100), entry(now, "ok", successes=1))
-    state = await report(any_redis_client, successes=1, decision=params(max_entries=2))
+    await seed(any_redis_client, entry(now, "p", failures=100), entry(now, "p", successes=1))
+    decision = params(max_entries=2, pod_entries=1)
+    state = await report(any_redis_client, "p", successes=1, decision=decision)
     assert state.state == "closed"
 
 

@@ -1,5 +1,8 @@
 """report_window.lua's running sums (the ``pods`` hash) against the list they sum.
 
+The layout checked here is the script's own (see its header): one field per
+pod in the list, votes under the latest rule and up to three others.
+
 Every check recomputes the sums from the stats list in Python, with the same
 reading of an entry as the script's ``parse_entry``, and compares them with
 the hash field by field. The random sequences also replay each decision with
@@ -18,7 +21,18 @@ from typing import Any
 
 import pytest
 from test_lua_report_window import GARBAGE_ENTRIES
-from transport_support import KEYS, PARAMS, Client, entry, params, redis_now_ms, report, seed, text
+from transport_support import (
+    KEYS,
+    PARAMS,
+    Client,
+    entry,
+    params,
+    redis_now_ms,
+    report,
+    seed,
+    stats_instances,
+    text,
+)
 
 from distributed_opossum._redis.keys import BreakerKeys
 from distributed_opossum._redis.scripts import DecisionParams, SharedState, scripts_for
@@ -31,10 +45,27 @@ HEADER_COUNTS = (
     "trips",
     "epoch",
     "reporting",
+    "listed",
+    "counted",
     "votes",
     "unsorted",
     "latest",
+    "refreshed",
+    "check",
 )
+CHECK_WEIGHTS = {
+    "entries": 1,
+    "volume": 3,
+    "failures": 5,
+    "trips": 7,
+    "epoch": 11,
+    "reporting": 13,
+    "listed": 17,
+    "votes": 19,
+    "unsorted": 23,
+    "latest": 29,
+    "counted": 31,
+}
 
 
 # --------------------------------------------------------------------------- the oracle
@@ -88,37 +119,58 @@ def failing(failures: float, volume: float, threshold: float) -> bool:
     return volume > 0 and failures * 100 > threshold * volume
 
 
+def votes_of(pods: dict[str, list[float]], min_pod_volume: float, threshold: float) -> int:
+    """Pods voting under a rule: their own trip, or their own rate with enough volume."""
+    return sum(
+        1
+        for v, f, t, _ in pods.values()
+        if t > 0 or (v >= min_pod_volume and failing(f, v, threshold))
+    )
+
+
 def sums_of(entries: list[Entry], epoch: float, min_pod_volume: float, threshold: float) -> Any:
     """Pooled and per-pod sums of ``entries``, trips counted for ``epoch``."""
     pods: dict[str, list[float]] = {}
     for e in entries:
-        pod = pods.setdefault(e.instance, [0, 0, 0])
+        pod = pods.setdefault(e.instance, [0, 0, 0, 0])
         pod[0] += e.successes + e.failures
         pod[1] += e.failures
         pod[2] += 1 if e.local_open and e.epoch == epoch else 0
-    pods = {name: pod for name, pod in pods.items() if any(pod)}
-    reporting = sum(1 for v, _, t in pods.values() if v > 0 or t > 0)
-    votes = sum(
-        1
-        for v, f, t in pods.values()
-        if t > 0 or (v >= min_pod_volume and failing(f, v, threshold))
-    )
+        pod[3] += 1
+    reporting = sum(1 for v, _, t, _ in pods.values() if v > 0 or t > 0)
+    votes = votes_of(pods, min_pod_volume, threshold)
     return {
         "volume": sum(p[0] for p in pods.values()),
         "failures": sum(p[1] for p in pods.values()),
         "trips": sum(p[2] for p in pods.values()),
         "reporting": reporting,
+        "listed": len(pods),
         "votes": votes,
         "pods": {name: tuple(pod) for name, pod in pods.items()},
+        "pod_lists": pods,
     }
 
 
 def old_decision(
-    raws: list[bytes | str], cutoff: float, epoch: float, decision: DecisionParams
+    raws: list[bytes | str],
+    cutoff: float,
+    epoch: float,
+    decision: DecisionParams,
+    *,
+    appended: bool = False,
 ) -> str | None:
-    """The decision as the script made it before it kept sums: every young entry read."""
+    """The decision as the script made it before it kept sums: every young entry read.
+
+    ``appended``: the last entry is the report's own, young even when it is
+    stamped in the millisecond of the last close (it came after the close).
+    """
     p = decision.argv_values()
-    young = [e for e in map(parse_entry, raws) if e is not None and e.timestamp > cutoff]
+    parsed = [parse_entry(raw) for raw in raws]
+    young = [
+        e
+        for i, e in enumerate(parsed)
+        if e is not None and (e.timestamp > cutoff or (appended and i == len(parsed) - 1))
+    ]
     if not p["quorum_count"] and not p["quorum_fraction"]:
         if any(e.local_open and e.epoch == epoch for e in young):
             return "local_trip"
@@ -147,9 +199,17 @@ async def assert_sums_match_the_list(client: Client, keys: BreakerKeys = KEYS) -
     min_pod_volume, threshold = (float(x) for x in stored["rule"].split(" "))
     entries = [e for e in map(parse_entry, raws) if e is not None]
     expected = sums_of(entries, header["epoch"] or 0, min_pod_volume, threshold)
-    assert header["entries"] == len(raws)
-    for field in ("volume", "failures", "trips", "reporting", "votes"):
+    assert header["entries"] == header["counted"] == len(raws)
+    for field in ("volume", "failures", "trips", "reporting", "listed", "votes"):
         assert header[field] == expected[field], (field, stored, expected)
+    assert header["check"] == sum(w * (header[f] or 0) for f, w in CHECK_WEIGHTS.items()) % (
+        10**9 + 7
+    )
+    others = [part.split("=") for part in stored["others"].split(";") if part]
+    assert len(others) <= 3
+    for rule, votes in others:
+        other_volume, other_threshold = (float(x) for x in rule.split(" "))
+        assert int(votes) == votes_of(expected["pod_lists"], other_volume, other_threshold)
     pods = {
         k.removeprefix("pod:"): tuple(float(x) for x in v.split(" "))
         for k, v in stored.items()
@@ -217,7 +277,9 @@ async def checked_report(
     raws = await client.lrange(KEYS.stats, 0, -1)
     if name == "closed":
         cutoff = max(result.now_ms - decision.window_ms, closed_at)
-        expected = old_decision(raws, cutoff, epoch, decision)
+        appended = any(kwargs.get(k) for k in ("successes", "failures", "fires", "local_open"))
+        appended = appended or any(kwargs.get(k) for k in ("timeouts", "rejects"))
+        expected = old_decision(raws, cutoff, epoch, decision, appended=appended)
     elif unused and kwargs.get("local_open"):
         entries = [e for e in map(parse_entry, raws) if e is not None]
         p = decision.argv_values()
@@ -241,8 +303,8 @@ DECISIONS = [
     params(quorum=2),
     params(quorum=0.5, min_pod_volume=3),
     params(quorum=0.5, min_pod_volume=6, error_threshold_percentage=30),
-    params(max_entries=6),
-    params(max_entries=2, quorum=1),
+    params(max_entries=6, pod_entries=1),
+    params(max_entries=2, pod_entries=1, quorum=1),
     params(window_ms=1),
     params(window_ms=4, volume_threshold=3),
 ]
@@ -340,7 +402,7 @@ async def corrupt_sums(client: Client, rng: random.Random) -> None:
         await client.delete(KEYS.pods)
         await client.set(KEYS.pods, "not a hash")
     elif how == 4:
-        await client.hset(KEYS.pods, "pod:ghost", "5 5 1")
+        await client.hset(KEYS.pods, "pod:ghost", "5 5 1 1")
     else:
         await client.hset(KEYS.pods, "unknown", "1")
 
@@ -376,29 +438,33 @@ async def test_sums_are_kept_per_pod_and_pooled(any_redis_client: Client) -> Non
     await report(any_redis_client, "idle", rejects=3, decision=decision)
     stored = await assert_sums_match_the_list(any_redis_client)
     assert stored.pop("tail") == text(await any_redis_client.lindex(KEYS.stats, -1) or b"")
-    assert {k: v for k, v in stored.items() if k != "latest"} == {
+    assert {k: v for k, v in stored.items() if k not in ("latest", "refreshed", "check")} == {
         "rule": "0 50.0",
+        "others": "",
         "entries": "4",
         "volume": "22",
         "failures": "9",
         "trips": "0",
         "epoch": "0",
         "reporting": "2",
+        "listed": "3",
+        "counted": "4",
         "votes": "1",
         "unsorted": "0",
-        "pod:a": "12 8 0",
-        "pod:b": "10 1 0",
+        "pod:a": "12 8 0 2",
+        "pod:b": "10 1 0 1",
+        "pod:idle": "0 0 0 1",
     }
 
 
 async def test_a_pod_whose_entries_leave_leaves_the_sums(any_redis_client: Client) -> None:
-    """Capped out, a pod's counts go to zero and its field goes with them."""
+    """Trimmed out, a pod's counts go to zero and its field goes with them."""
     await report(any_redis_client, "gone", failures=3, decision=params(quorum=2))
-    await report(any_redis_client, "stays", successes=3, decision=params(quorum=2))
-    await report(any_redis_client, "stays", successes=1, decision=params(max_entries=2, quorum=2))
+    await a_moment_passes(any_redis_client)
+    await report(any_redis_client, "stays", successes=1, decision=params(window_ms=1, quorum=2))
     stored = await assert_sums_match_the_list(any_redis_client)
     assert "pod:gone" not in stored
-    assert (stored["reporting"], stored["votes"]) == ("1", "0")
+    assert (stored["reporting"], stored["listed"], stored["votes"]) == ("1", "1", "0")
 
 
 async def test_the_key_goes_with_the_last_entry(any_redis_client: Client) -> None:
@@ -504,11 +570,15 @@ async def test_garbage_entries_never_enter_the_sums(any_redis_client: Client, ga
     ("field", "value"),
     [
         *((field, value) for field in ("rule", "tail", *HEADER_COUNTS) for value in (None, "x")),
+        ("others", None),
+        ("others", "0 50.0=x"),
+        ("others", "1 2=1;1 3=1;1 4=1;1 5=1"),
         *((field, value) for field in HEADER_COUNTS for value in ("", "-1", "2.5", "1e400")),
         ("entries", "4"),
         ("failures", "99999"),
         ("trips", "99"),
         ("reporting", "2"),
+        ("listed", "2"),
         ("votes", "4"),
         ("unsorted", "9"),
         ("epoch", "1"),
@@ -549,16 +619,17 @@ async def test_damaged_pods_are_rebuilt_from_the_list(
     elif damage == "garbage-pod":
         await any_redis_client.hset(KEYS.pods, "pod:a", "six")
     elif damage == "negative-pod":
-        await any_redis_client.hset(KEYS.pods, "pod:a", "-6 -6 0")
+        await any_redis_client.hset(KEYS.pods, "pod:a", "-6 -6 0 1")
     elif damage == "failures-above-volume":
-        await any_redis_client.hset(KEYS.pods, "pod:a", "1 6 0")
+        await any_redis_client.hset(KEYS.pods, "pod:a", "1 6 0 1")
     elif damage == "wrong-type":
         await any_redis_client.delete(KEYS.pods)
         await any_redis_client.rpush(KEYS.pods, "x")
     else:
         await any_redis_client.delete(KEYS.pods)
-    # The cap pops pod a's entry: its field is read and must be right.
-    decision = params(max_entries=2)
+    # The trim pops pod a's entry: its field is read and must be right.
+    await a_moment_passes(any_redis_client)
+    decision = params(window_ms=1)
     state = await checked_report(any_redis_client, "c", decision=decision, successes=1)
     assert state.state == "closed"
 
@@ -599,19 +670,27 @@ async def test_stale_sums_of_an_empty_list_are_dropped(any_redis_client: Client)
 # --------------------------------------------------------------------------- writes and cost
 
 
-async def test_an_idle_report_renews_ttls_but_rewrites_nothing(any_redis_client: Client) -> None:
-    """Field values spelled differently from the script's stay as they are."""
-    await report(any_redis_client, successes=1)
+async def test_ttls_are_renewed_every_quarter_of_their_life(any_redis_client: Client) -> None:
+    """Reports renew the TTLs once a quarter of key_ttl_ms has passed since the last
+    renewal, not at every report; an idle report never rewrites the state hash."""
+    decision = params(key_ttl_ms=60_000)
+    await report(any_redis_client, successes=1, decision=decision)
     await any_redis_client.hset(KEYS.state, "epoch", "00")
-    await any_redis_client.hset(KEYS.pods, "volume", "01")
     for key in (KEYS.state, KEYS.stats, KEYS.pods):
-        await any_redis_client.pexpire(key, 5_000)
-    state = await report(any_redis_client)
+        await any_redis_client.pexpire(key, 50_000)
+    await report(any_redis_client, decision=decision)  # renewed a moment ago: left alone
+    for key in (KEYS.state, KEYS.stats, KEYS.pods):
+        assert await any_redis_client.pttl(key) <= 50_000
+    now = await redis_now_ms(any_redis_client)
+    stored = await assert_sums_match_the_list(any_redis_client)
+    await any_redis_client.hset(KEYS.pods, "refreshed", now - 15_000)  # a quarter ago
+    state = await report(any_redis_client, decision=decision)
     assert (state.epoch, state.changed) == (0, False)
     assert await any_redis_client.hget(KEYS.state, "epoch") == b"00"
-    assert await any_redis_client.hget(KEYS.pods, "volume") == b"01"
     for key in (KEYS.state, KEYS.stats, KEYS.pods):
-        assert await any_redis_client.pttl(key) > 50_000
+        assert await any_redis_client.pttl(key) > 55_000
+    assert int((await assert_sums_match_the_list(any_redis_client))["refreshed"]) >= now
+    assert stored["volume"] == "1"
 
 
 async def test_an_opening_report_writes_the_state(any_redis_client: Client) -> None:
@@ -630,10 +709,9 @@ async def commandstats(client: Client) -> dict[str, int]:
 
 
 async def test_busy_reports_never_read_the_whole_list(redis_client: Client) -> None:
-    """50 pods x 10 entries: a report appends, pops one, reads sums; no LRANGE, no HSET state."""
-    decision = params(
-        window_ms=3_600_000, key_ttl_ms=3_600_000, max_entries=500, volume_threshold=20
-    )
+    """50 pods x 10 entries: a busy report is nine commands inside the script, none of
+    them reading the whole list or hash, none rewriting the state hash or a TTL."""
+    decision = params(window_ms=3_600_000, key_ttl_ms=3_600_000, volume_threshold=20)
     for _ in range(10):
         for pod in range(50):
             await report(redis_client, f"pod-{pod}", successes=19, failures=1, decision=decision)
@@ -644,10 +722,34 @@ async def test_busy_reports_never_read_the_whole_list(redis_client: Client) -> N
         )
         assert state.state == "closed"
     calls = await commandstats(redis_client)
-    assert calls["evalsha"] == 50
-    assert "lrange" not in calls
-    assert "hgetall" in calls
-    assert calls["hgetall"] == 50  # the state hash only
-    assert calls["lpop"] == 50  # the cap: one in, one out
-    assert calls["hset"] == 50  # the sums; the state hash is not rewritten
+    assert calls.pop("config|resetstat", 0) <= 1
+    commands = ("evalsha", "time", "hgetall", "rpush", "lindex", "lrange", "hmget", "hlen", "hset")
+    assert calls == dict.fromkeys(commands, 50)
     await assert_sums_match_the_list(redis_client)
+
+
+async def until(client: Client, ms: int) -> None:
+    """Wait until Redis' clock reads ``ms``."""
+    while await redis_now_ms(client) < ms:
+        pass
+
+
+async def test_a_steady_window_pops_the_aged_head_in_one_command(redis_client: Client) -> None:
+    """Entries leaving the window go in one LPOP, their pods read with the sums."""
+    hour = params(window_ms=3_600_000, key_ttl_ms=3_600_000)
+    start = await redis_now_ms(redis_client)
+    for pod in range(3):
+        await report(redis_client, f"old-{pod}", successes=1, decision=hour)
+    await until(redis_client, start + 100)
+    young = await redis_now_ms(redis_client)
+    for pod in range(3):
+        await report(redis_client, f"young-{pod}", successes=1, decision=hour)
+    await redis_client.config_resetstat()
+    # The window ends between the two groups (50 ms of slack either side).
+    window = await redis_now_ms(redis_client) - young + 50
+    await report(redis_client, "young-0", successes=1, decision=params(window_ms=window))
+    calls = await commandstats(redis_client)
+    assert (calls["lpop"], calls["lrange"], calls["hmget"]) == (1, 1, 1)
+    assert await stats_instances(redis_client) == ["young-0", "young-1", "young-2", "young-0"]
+    stored = await assert_sums_match_the_list(redis_client)
+    assert not any(field.startswith("pod:old") for field in stored)

@@ -52,7 +52,7 @@ _RESET_KEY_TTL_MS = 60_000
 # The TTL reset gives a state hash; the next report of a pod sets its own.
 _MAX_EXACT = 2**53
 _COUNT = re.compile(rb"[0-9]{1,16}")
-_POD_ROW = re.compile(rb"([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16})")
+_POD_ROW = re.compile(rb"([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16})(?: [0-9]{1,16})?")
 _POD_PREFIX = b"pod:"
 
 
@@ -207,6 +207,9 @@ def _checked_window(fields: object, length: object) -> tuple[WindowSums, str | N
     header = (window.entries, window.volume, window.failures, window.reporting, window.votes)
     if None in header:
         return window, "window sums unreadable (garbage)"
+    counted = _count(fields.get(b"counted"))
+    if counted is not None and window.entries is not None and counted < window.entries:
+        return _UNKNOWN, f"window sums being rebuilt ({counted} of {window.entries} entries)"
     if window.entries != length:
         stale = f"window sums out of date ({window.entries} entries summed, {length} in the list)"
         return _UNKNOWN, f"{stale}; the next report rebuilds them"

@@ -143,7 +143,8 @@ class BreakerKeys:
     """Hash of the shared state (see ``lua/_prelude.lua`` for its fields)."""
     pods: str
     """Hash of running sums over the stats list, pooled and per pod, kept by
-    ``lua/report_window.lua`` (see its header); rebuilt from the list when lost."""
+    ``lua/report_window.lua`` (see its header); rebuilt from the list when lost,
+    a bounded step per report. Deleted with the list by every close."""
     events: str
     """Pub/sub channel of state broadcasts (a channel, not a key)."""
 

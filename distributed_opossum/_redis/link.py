@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +112,9 @@ def decision_params(options: BreakerOptions, distributed: DistributedOptions) ->
         lease_ttl_ms=_ms(options.trial_lease),
         # Keys outlive every pod by a few windows; each report refreshes them.
         key_ttl_ms=_ms(max(3 * window, 60.0)),
+        # A pod writes one entry per report, plus one per trip reported at
+        # once: twice a window's reports bounds it with room to spare.
+        pod_entries=2 * math.ceil(window / options.report_interval) + 8,
     )
 
 

@@ -80,8 +80,14 @@ class DecisionParams:
         half_open_max_calls: trial permits across the cluster, and successes
             needed to close.
         lease_ttl_ms: a trial permit not finished by then expires.
-        max_entries: cap of the stats list length (keep it above pods * buckets).
-        key_ttl_ms: TTL of every key, refreshed on write; at least ``window_ms``.
+        max_entries: least cap of the stats list length; the cap grows to
+            ``(pods in the list + 1) * pod_entries`` with the fleet.
+        key_ttl_ms: TTL of every key, refreshed at least every quarter of it
+            while reports come; at least ``window_ms``.
+        pod_entries: entries one pod may write in a window, with room to
+            spare (twice the reports of a window, plus trip reports); the
+            list is capped at that many per pod in it, so it always covers
+            the window, however many pods report.
 
     Example::
 
@@ -101,6 +107,7 @@ class DecisionParams:
     lease_ttl_ms: int
     max_entries: int = 5000
     key_ttl_ms: int
+    pod_entries: int = 28
 
     def __post_init__(self) -> None:
         check_int("window_ms", self.window_ms, minimum=1)
@@ -123,6 +130,7 @@ class DecisionParams:
         check_int("lease_ttl_ms", self.lease_ttl_ms, minimum=1)
         check_int("max_entries", self.max_entries, minimum=1)
         check_int("key_ttl_ms", self.key_ttl_ms, minimum=self.window_ms)
+        check_int("pod_entries", self.pod_entries, minimum=1)
 
     ARGV_FIELDS: ClassVar[tuple[str, ...]] = (
         "window_ms",
@@ -138,6 +146,7 @@ class DecisionParams:
         "lease_ttl_ms",
         "max_entries",
         "key_ttl_ms",
+        "pod_entries",
     )
     """Order of :meth:`to_argv`; ``PARAM_NAMES`` in ``report_window.lua`` must match."""
 
@@ -162,9 +171,10 @@ class DecisionParams:
             "lease_ttl_ms": self.lease_ttl_ms,
             "max_entries": self.max_entries,
             "key_ttl_ms": self.key_ttl_ms,
+            "pod_entries": self.pod_entries,
         }
 
     def to_argv(self) -> tuple[str, ...]:
-        """All parameters, in ``ARGV_FIELDS`` order (``report_window.lua``'s ARGV[13..25])."""
+        """All parameters, in ``ARGV_FIELDS`` order (``report_window.lua``'s ARGV[13..26])."""
         values = self.argv_values()
         return to_argv(*(values[name] for name in self.ARGV_FIELDS))

@@ -408,7 +408,8 @@ class RedisScripts:
         """Report a trial's outcome: enough successes close, a failure re-opens.
 
         Ignored (``changed`` False) unless the state is half_open under
-        ``epoch`` and ``holder`` still holds a live permit.
+        ``epoch`` and ``holder`` still holds a live permit. A close deletes the
+        stats list and its sums (the window starts over).
         """
         if outcome not in ("success", "failure"):
             raise ValueError(f"outcome must be 'success' or 'failure', got {outcome!r}")
@@ -427,7 +428,8 @@ class RedisScripts:
             keys.name,
             check_text("instance", instance),
         )
-        return await self._run(_state_call("finish_trial", (keys.state,), args))
+        call = _state_call("finish_trial", (keys.state, keys.stats, keys.pods), args)
+        return await self._run(call)
 
     async def release_trial(self, keys: BreakerKeys, *, holder: str) -> SharedState:
         """Give a permit back without an outcome (the trial's caller was cancelled)."""
@@ -440,7 +442,11 @@ class RedisScripts:
         return await self._run(_state_call("force_open", (keys.state,), args))
 
     async def reset(self, keys: BreakerKeys, *, instance: str, key_ttl_ms: int) -> SharedState:
-        """Close the breaker cluster-wide, clear its attempts and start a new window."""
+        """Close the breaker cluster-wide, clear its attempts and start a new window.
+
+        The stats list and its sums are deleted in the same script, so the
+        first report after the close has nothing to trim.
+        """
         args = to_argv(
             _new_gen(),
             check_int("key_ttl_ms", key_ttl_ms, minimum=1),
@@ -448,7 +454,7 @@ class RedisScripts:
             keys.name,
             check_text("instance", instance),
         )
-        return await self._run(_state_call("reset", (keys.state,), args))
+        return await self._run(_state_call("reset", (keys.state, keys.stats, keys.pods), args))
 
     async def read_state(self, keys: BreakerKeys) -> SharedState:
         """The shared state and Redis' clock; writes nothing."""

@@ -63,10 +63,12 @@ end
 -- type, no gen, unknown state, a core number that does not parse). Garbage
 -- lease values count as expired leases.
 local function load_state(key)
-  if key_type(key) ~= 'hash' then
+  -- pcall rather than a TYPE round first: a key of another type is an error
+  -- reply here, and one command less on every call.
+  local raw = redis.pcall('HGETALL', key)
+  if raw.err ~= nil or #raw == 0 then
     return nil
   end
-  local raw = redis.call('HGETALL', key)
   local s = { leases = {} }
   for i = 1, #raw, 2 do
     local field, value = raw[i], raw[i + 1]

@@ -9,7 +9,8 @@
 -- loop stops at the first young entry: O(removed), never a scan of the whole
 -- list. Unparsable entries at the head go too. report_window already trims
 -- as it appends; this is for lists of breakers nobody reports any more. The
--- next report sees the list changed behind its sums and rebuilds them once.
+-- next report sees the list changed behind its sums and rebuilds them (a
+-- bounded number of entries per report).
 
 local key = KEYS[1]
 local max_age_ms = 1800000

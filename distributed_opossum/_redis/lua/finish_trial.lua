@@ -1,6 +1,8 @@
 -- finish_trial: report the outcome of a trial call.
 --
 -- KEYS[1]  state hash (<prefix>:{<name>}:state)
+-- KEYS[2]  stats list, KEYS[3] its sums (deleted when the trial closes the
+--          breaker: the window starts over, and no report has to trim it)
 -- ARGV[1]  holder id the permit was granted to
 -- ARGV[2]  epoch the trial ran under
 -- ARGV[3]  outcome: success | failure
@@ -54,6 +56,7 @@ else
   s.trial_successes = s.trial_successes + 1
   if s.trial_successes >= max_calls then
     close_state(key, s, now, 'trial_success')
+    redis.call('DEL', KEYS[2], KEYS[3])
     changed = true
   end
 end

@@ -1,0 +1,558 @@
+"""What one report costs Redis: ``report_window.lua`` against a trivial ``EVALSHA``.
+
+Every figure is measured side by side in one run, on private ``redis-server``
+processes, against ``EVALSHA`` of ``return 1`` sent the same way (pipelined,
+1,000 calls a round trip):
+
+* **Redis CPU** of the call itself: ``usec`` of ``INFO commandstats`` (the
+  commands a script runs inside itself are part of its ``EVALSHA``), and the
+  server process' CPU (``used_cpu_user + used_cpu_sys``, reading and parsing
+  the requests and writing the replies included), per call;
+* **instructions** of the whole server per call: a second ``redis-server`` runs
+  under ``valgrind --tool=callgrind``; ``callgrind_control --dump`` before and
+  after each measured batch (with ``--hz 1``, so the server's timer adds
+  little) gives the instructions of exactly that batch.
+
+Variants: ``before``, the scripts of a git revision (``--baseline``, default
+``main``), and ``after``, the scripts of this checkout. Cases, for one
+breaker name shared by 10, 100 and 1,000 pods (``--pods``):
+
+* **busy**: every report appends an entry; the window is as long as it took to
+  fill it, so entries leave at about the rate new ones come (the steady state:
+  one in, about one out; the table says how many went per report);
+* **idle**: a report of an empty bucket on the same list;
+* **after a close**: the first report after a ``reset`` of a full list;
+* **mixed options**: busy, with two pods' option sets alternating (a rolling
+  deploy), at the largest pod count;
+* **rebuild**: the first report after the sums hash was lost, full list.
+
+Then the pod×breaker pairs one Redis core sustains at one busy report a
+second (10^6 µs over the process CPU per report), and Redis memory per pod
+and per breaker (``MEMORY USAGE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import redis
+from _distributed import library_versions
+from _harness import fmt_bytes, header, machine, md_table, verdict
+from redis_server import RedisServer
+
+from distributed_opossum._redis.keys import BreakerKeys
+from distributed_opossum._redis.params import DecisionParams
+from distributed_opossum._redis.scripts import script_source
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = "distributed_opossum/_redis/lua"
+BATCH = 1000
+TARGET_RATIO = 5.0
+TARGET_PAIRS = 50_000
+BUCKETS = 10
+PARAMS = DecisionParams(
+    window_ms=10_000,
+    volume_threshold=20,
+    error_threshold_percentage=50,
+    reset_timeout_ms=30_000,
+    lease_ttl_ms=31_000,
+    key_ttl_ms=3_600_000,
+    pod_entries=2 * BUCKETS + 8,
+)
+OLD_FIELDS = DecisionParams.ARGV_FIELDS[:13]  # before pod_entries
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One version of the scripts, and how its report call is spelled."""
+
+    name: str
+    report: str
+    reset: str
+    reset_keys: int
+    param_fields: tuple[str, ...]
+
+    def report_args(
+        self, keys: BreakerKeys, instance: str, params: DecisionParams, *, busy: bool
+    ) -> list[str]:
+        counts = ["20", "19", "1", "0", "0"] if busy else ["0"] * 5
+        values = params.argv_values()
+        return [
+            keys.stats,
+            keys.state,
+            keys.pods,
+            instance,
+            *counts,
+            "0",  # local_open
+            "0",  # known epoch
+            "1.0",  # jitter
+            "feedfacefeedface",
+            keys.events,
+            keys.name,
+            *(repr(values[name]) for name in self.param_fields),
+            "",  # known gen
+        ]
+
+    def reset_args(self, keys: BreakerKeys) -> list[str]:
+        return [
+            *(keys.state, keys.stats, keys.pods)[: self.reset_keys],
+            "feedfacefeedface",
+            "60000",
+            keys.events,
+            keys.name,
+            "ops",
+        ]
+
+
+def _git_source(revision: str, name: str) -> str:
+    def show(path: str) -> str:
+        return subprocess.run(
+            ["git", "show", f"{revision}:{path}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    return show(f"{LUA}/_prelude.lua") + "\n" + show(f"{LUA}/{name}.lua")
+
+
+def variants(baseline: str) -> list[Variant]:
+    old_reset = _git_source(baseline, "reset")
+    old_reset_keys = 1 if "KEYS[2]" not in old_reset else 3
+    old_report = _git_source(baseline, "report_window")
+    old_fields = OLD_FIELDS if "'pod_entries'" not in old_report else DecisionParams.ARGV_FIELDS
+    return [
+        Variant("before", old_report, old_reset, old_reset_keys, old_fields),
+        variant_after(),
+    ]
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class Server:
+    """A private redis-server, optionally under callgrind, with the scripts loaded."""
+
+    def __init__(self, callgrind: bool) -> None:
+        self._tmp = Path(tempfile.mkdtemp(prefix="dopossum-cost-"))
+        binary = None
+        extra: tuple[str, ...] = ()
+        if callgrind:
+            wrapper = self._tmp / "redis-under-callgrind"
+            out = self._tmp / "cg.out"
+            real = shutil.which("redis-server")
+            valgrind = f"valgrind --tool=callgrind --callgrind-out-file={out}"
+            wrapper.write_text(f'#!/bin/sh\nexec {valgrind} {real} "$@"\n')
+            wrapper.chmod(0o755)
+            binary = str(wrapper)
+            extra = ("--hz", "1")
+        self.callgrind = callgrind
+        self.server = RedisServer(binary, extra).start()
+        self.client = redis.Redis(port=self.server.port)
+        self.trivial = str(self.client.script_load("return 1"))
+        self.shas: dict[str, str] = {}
+
+    def sha(self, source: str) -> str:
+        if source not in self.shas:
+            self.shas[source] = str(self.client.script_load(source))
+        return self.shas[source]
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def usage(self) -> tuple[dict[str, tuple[int, int]], float]:
+        """({command: (calls, usec)}, process CPU seconds)."""
+        stats = self.client.info("commandstats")
+        cpu = self.client.info("cpu")
+        table = {
+            name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+            for name, v in stats.items()
+        }
+        return table, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+    def instructions(self) -> int:
+        """Instructions since the last call (callgrind dump; 0 without callgrind)."""
+        if not self.callgrind:
+            return 0
+        pid = self.server.pid
+        subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=True)
+        files = sorted(glob.glob(str(self._tmp / "cg.out*")), key=os.path.getmtime)
+        text = Path(files[-1]).read_text()
+        match = re.search(r"^(?:summary|totals):\s*(\d+)", text, re.M)
+        if match is None:
+            raise RuntimeError(f"no totals in {files[-1]}")
+        return int(match.group(1))
+
+
+@dataclass
+class Cost:
+    """One measured batch: per call."""
+
+    calls: int
+    usec: float  # commandstats usec of the batch's EVALSHAs
+    cpu: float  # process CPU µs
+    instructions: float
+    pops: float = 0.0
+
+    def per(self) -> tuple[float, float, float]:
+        return self.usec / self.calls, self.cpu / self.calls, self.instructions / self.calls
+
+
+def measure(server: Server, calls: Sequence[tuple[str, list[str]]]) -> Cost:
+    """Run ``calls`` ((sha, keys+args), 3 keys each) pipelined; their cost."""
+    server.instructions()
+    before, cpu_before = server.usage()
+    for start in range(0, len(calls), BATCH):
+        pipe = server.client.pipeline(transaction=False)
+        for sha, args in calls[start : start + BATCH]:
+            pipe.evalsha(sha, 3 if len(args) > 3 else 0, *args)
+        pipe.execute()
+    after, cpu_after = server.usage()
+    instructions = server.instructions()
+    usec = after.get("evalsha", (0, 0))[1] - before.get("evalsha", (0, 0))[1]
+    return Cost(len(calls), usec, (cpu_after - cpu_before) * 1e6, instructions)
+
+
+def trivial(server: Server, n: int) -> Cost:
+    return measure(server, [(server.trivial, [])] * n)
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def fill(server: Server, variant: Variant, keys: BreakerKeys, pods: int) -> int:
+    """Fill the window: ``pods`` pods x BUCKETS reports. Returns the ms it took."""
+    server.client.delete(keys.stats, keys.state, keys.pods)
+    sha = server.sha(variant.report)
+    long = replace(PARAMS, window_ms=3_600_000)
+    calls = [
+        (sha, variant.report_args(keys, f"pod-{i % pods}", long, busy=True))
+        for i in range(pods * BUCKETS)
+    ]
+    start = _redis_ms(server)
+    measure(server, calls)
+    return max(1, _redis_ms(server) - start)
+
+
+def _redis_ms(server: Server) -> int:
+    seconds, micros = server.client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def steady(
+    server: Server, variant: Variant, pods: int, n: int, *, busy: bool, mixed: bool = False
+) -> Cost:
+    """N reports on a full window whose entries leave about as fast as they came."""
+    keys = BreakerKeys.for_breaker("cost", f"steady-{pods}")
+    took = fill(server, variant, keys, pods)
+    params = replace(PARAMS, window_ms=took)
+    other = replace(params, min_pod_volume=5)
+    sha = server.sha(variant.report)
+    length = int(server.client.llen(keys.stats))
+    calls = [
+        (
+            sha,
+            variant.report_args(
+                keys, f"pod-{i % pods}", other if mixed and i % 2 else params, busy=busy
+            ),
+        )
+        for i in range(n)
+    ]
+    cost = measure(server, calls)
+    appended = n if busy else 0
+    cost.pops = (length + appended - int(server.client.llen(keys.stats))) / n
+    return cost
+
+
+def single(server: Server, variant: Variant, pods: int, how: str) -> Cost:
+    """The first report after ``how`` ("close" or "rebuild") on a full window."""
+    keys = BreakerKeys.for_breaker("cost", f"{how}-{pods}")
+    fill(server, variant, keys, pods)
+    if how == "close":
+        server.client.evalsha(
+            server.sha(variant.reset), variant.reset_keys, *variant.reset_args(keys)
+        )
+    else:
+        server.client.delete(keys.pods)
+    # A window long enough that nothing leaves it, under callgrind too: the
+    # cost measured is the close's or the rebuild's alone.
+    long = replace(PARAMS, window_ms=3_600_000)
+    call = (server.sha(variant.report), variant.report_args(keys, "pod-0", long, busy=True))
+    return measure(server, [call])
+
+
+def plain_floor(server: Server, pods: int, n: int) -> Cost:
+    """A busy report without a script: RPUSH of the entry and HMGET of the state's
+    fields, pipelined (what a report costs if the decision moves elsewhere)."""
+    keys = BreakerKeys.for_breaker("cost", f"floor-{pods}")
+    fill(server, variant_after(), keys, pods)
+    entry = server.client.lindex(keys.stats, -1) or b""
+    fields = ("gen", "epoch", "state", "open_until", "attempts", "closed_at", "reason")
+    server.instructions()
+    before, cpu_before = server.usage()
+    for start in range(0, n, BATCH):
+        pipe = server.client.pipeline(transaction=False)
+        for _ in range(min(BATCH, n - start)):
+            pipe.rpush(keys.stats, entry)
+            pipe.hmget(keys.state, fields)
+        pipe.execute()
+    after, cpu_after = server.usage()
+    instructions = server.instructions()
+    usec = sum(after[c][1] - before.get(c, (0, 0))[1] for c in ("rpush", "hmget"))
+    return Cost(n, usec, (cpu_after - cpu_before) * 1e6, instructions)
+
+
+def variant_after() -> Variant:
+    return Variant(
+        "after",
+        script_source("report_window"),
+        script_source("reset"),
+        3,
+        DecisionParams.ARGV_FIELDS,
+    )
+
+
+def reset_cost(server: Server, variant: Variant, pods: int) -> Cost:
+    """The closing script itself on a full window (it deletes the list, after)."""
+    keys = BreakerKeys.for_breaker("cost", f"reset-{pods}")
+    fill(server, variant, keys, pods)
+    args = [*variant.reset_args(keys)]
+    server.instructions()
+    before, cpu_before = server.usage()
+    server.client.evalsha(server.sha(variant.reset), variant.reset_keys, *args)
+    after, cpu_after = server.usage()
+    instructions = server.instructions()
+    usec = after["evalsha"][1] - before["evalsha"][1]
+    return Cost(1, usec, (cpu_after - cpu_before) * 1e6, instructions)
+
+
+def memory(server: Server, variant: Variant, pods: int) -> dict[str, int]:
+    keys = BreakerKeys.for_breaker("cost", f"memory-{pods}")
+    fill(server, variant, keys, pods)
+    usage = {
+        name: int(server.client.memory_usage(key, samples=0) or 0)
+        for name, key in (("list", keys.stats), ("sums", keys.pods), ("state", keys.state))
+    }
+    usage["entries"] = int(server.client.llen(keys.stats))
+    return usage
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.1f}x" if base else "n/a"
+
+
+def _print_floors(server: Server, n: int) -> None:
+    if not server.callgrind:
+        return
+    print("### Where a report script's instructions go (callgrind, per call)\n")
+    print(md_table(["piece", "instructions", "x first row"], floors(server, n)))
+    print()
+
+
+def run(args: argparse.Namespace) -> None:
+    print(header())
+    print(machine())
+    print(f"_{library_versions()}; callgrind: {'yes' if args.callgrind else 'no'}_\n")
+    chosen = variants(args.baseline)
+    servers = [Server(callgrind=False)]
+    if args.callgrind:
+        servers.append(Server(callgrind=True))
+    try:
+        if args.floors_only:
+            _print_floors(servers[-1], args.n)
+        else:
+            _report(args, chosen, servers)
+            _print_floors(servers[-1], args.n)
+    finally:
+        for server in servers:
+            server.close()
+
+
+def floors(server: Server, n: int) -> list[list[str]]:
+    """Where a report script's instructions go: pieces of it run alone, per call."""
+    keys = BreakerKeys.for_breaker("cost", "floors")
+    fill(server, variant_after(), keys, 10)
+    args = variant_after().report_args(keys, "pod-0", PARAMS, busy=True)
+    source = script_source("report_window")
+    top = source[: source.index("local now = now_ms()")]
+    raw = server.client.lindex(keys.stats, -1)
+    entry = (raw.decode() if isinstance(raw, bytes) else str(raw)).replace("'", "\\'")
+    pieces = [
+        ("EVALSHA of `return 1`, no arguments", "return 1", []),
+        ("the same with a report's 3 keys and 27 arguments", "return 1", args),
+        ("+ the scripts' top level (helpers, tables, parameters)", top + "\nreturn 1", args),
+        (
+            "+ TIME and the state hash (HGETALL)",
+            top + "\nlocal now = now_ms()\nload_or_create(state_key, 'g')\nreturn 1",
+            args,
+        ),
+        (
+            "+ one entry decoded (cjson)",
+            top
+            + "\nlocal now = now_ms()\nload_or_create(state_key, 'g')\n"
+            + f"parse_entry('{entry}')\nreturn 1",
+            args,
+        ),
+    ]
+    base = 0.0
+    rows = []
+    for label, code, call_args in pieces:
+        instructions = measure(server, [(server.sha(code), call_args)] * n).per()[2]
+        base = base or instructions
+        rows.append([label, f"{instructions:,.0f}", _ratio(instructions, base)])
+    return rows
+
+
+Case = tuple[str, Callable[[Server, Variant], Cost]]
+
+
+def _steady_case(
+    pods: int, n: int, *, busy: bool, mixed: bool = False
+) -> Callable[[Server, Variant], Cost]:
+    return lambda server, variant: steady(server, variant, pods, n, busy=busy, mixed=mixed)
+
+
+def _report(args: argparse.Namespace, chosen: list[Variant], servers: list[Server]) -> None:
+    n, top = args.n, max(args.pods)
+    cases: list[Case] = []
+    for pods in args.pods:
+        cases.append((f"busy, {pods} pods", _steady_case(pods, n, busy=True)))
+        cases.append((f"idle, {pods} pods", _steady_case(pods, n, busy=False)))
+    cases += [
+        (f"busy, mixed options, {top} pods", _steady_case(top, n, busy=True, mixed=True)),
+        (f"first report after a close, {top} pods", lambda s, v: single(s, v, top, "close")),
+        (f"the close (reset) itself, {top} pods", lambda s, v: reset_cost(s, v, top)),
+        (f"rebuild (sums lost), {top} pods", lambda s, v: single(s, v, top, "rebuild")),
+    ]
+
+    cpu_server = servers[0]
+    cg_server = servers[1] if len(servers) > 1 else None
+    rows = []
+    busy_cpu: dict[str, dict[str, float]] = {v.name: {} for v in chosen}
+    worst: dict[str, float] = {v.name: 0.0 for v in chosen}
+    for label, case in cases:
+        print(f"measuring: {label}", file=sys.stderr, flush=True)
+        base = trivial(cpu_server, args.n)
+        base_cg = trivial(cg_server, args.n) if cg_server else None
+        row = [label]
+        for variant in chosen:
+            cost = case(cpu_server, variant)
+            usec, cpu, _ = cost.per()
+            b_usec, b_cpu, _ = base.per()
+            cells = [f"{usec:,.1f} ({_ratio(usec, b_usec)})", f"{cpu:,.1f} ({_ratio(cpu, b_cpu)})"]
+            if cg_server is not None and base_cg is not None:
+                cg = case(cg_server, variant)
+                instr = cg.per()[2]
+                b_instr = base_cg.per()[2]
+                cells.append(f"{instr:,.0f} ({_ratio(instr, b_instr)})")
+                if label.startswith("busy"):
+                    worst[variant.name] = max(
+                        worst[variant.name], usec / b_usec, cpu / b_cpu, instr / b_instr
+                    )
+            elif label.startswith("busy"):
+                worst[variant.name] = max(worst[variant.name], usec / b_usec, cpu / b_cpu)
+            if label.startswith("busy") and "mixed" not in label:
+                busy_cpu[variant.name][label] = cpu
+            if cost.pops:
+                cells[0] += f"; {cost.pops:.1f} out"
+            row.extend(cells)
+        rows.append(row)
+    b_usec, b_cpu, _ = trivial(cpu_server, args.n).per()
+    heads = ["case"]
+    for variant in chosen:
+        heads += [f"{variant.name}: µs (commandstats)", f"{variant.name}: µs CPU"]
+        if cg_server is not None:
+            heads.append(f"{variant.name}: instructions")
+    print(
+        f"### Per report, against a trivial EVALSHA ({b_usec:.2f} µs commandstats, "
+        f"{b_cpu:.2f} µs CPU in this run)\n"
+    )
+    print(md_table(heads, rows))
+    after = chosen[-1].name
+    print(
+        f"\nBusy report ≤ {TARGET_RATIO:g}x a trivial EVALSHA (worst busy ratio, "
+        f"{after}): {worst[after]:.1f}x, {verdict(worst[after] <= TARGET_RATIO)}\n"
+    )
+    pair_rows = []
+    for variant in chosen:
+        for label, cpu in busy_cpu[variant.name].items():
+            pair_rows.append([f"{variant.name}, {label}", f"{1e6 / cpu:,.0f}"])
+    print("### Pod×breaker pairs one Redis core sustains at one busy report a second\n")
+    print(md_table(["variant, case", "pairs (10^6 µs / CPU µs per report)"], pair_rows))
+    best = min(busy_cpu[after].values()) if busy_cpu[after] else 0.0
+    worst_cpu = max(busy_cpu[after].values()) if busy_cpu[after] else 0.0
+    print(
+        f"\n≥ {TARGET_PAIRS:,} busy pairs per core ({after}, worst pod count): "
+        f"{1e6 / worst_cpu:,.0f}, {verdict(1e6 / worst_cpu >= TARGET_PAIRS)} "
+        f"(best {1e6 / best:,.0f})\n"
+    )
+    floor = plain_floor(cpu_server, top, n)
+    f_usec, f_cpu, _ = floor.per()
+    floor_cells = [f"{f_usec:.2f} µs ({_ratio(f_usec, b_usec)})", f"{f_cpu:.2f} µs CPU"]
+    if cg_server is not None:
+        f_instr = plain_floor(cg_server, top, n).per()[2]
+        floor_cells.append(
+            f"{f_instr:,.0f} instructions ({_ratio(f_instr, trivial(cg_server, n).per()[2])})"
+        )
+    print(
+        "A busy report without a script (RPUSH of its entry, HMGET of the state; no "
+        f"decision), {top} pods: " + ", ".join(floor_cells) + f" (CPU: {_ratio(f_cpu, b_cpu)}).\n"
+    )
+    mem_rows = []
+    for variant in chosen:
+        for pods in args.pods:
+            usage = memory(cpu_server, variant, pods)
+            per_pod = (usage["list"] + usage["sums"]) / pods
+            mem_rows.append(
+                [
+                    f"{variant.name}, {pods} pods",
+                    f"{usage['entries']:,}",
+                    fmt_bytes(usage["list"]),
+                    fmt_bytes(usage["sums"]),
+                    fmt_bytes(usage["state"]),
+                    fmt_bytes(per_pod),
+                ]
+            )
+    print(f"### Redis memory of one breaker name (a full window: {BUCKETS} entries per pod)\n")
+    print(
+        md_table(["variant, pods", "entries", "list B", "sums B", "state B", "per pod B"], mem_rows)
+    )
+
+
+def main() -> None:
+    """Parse the options and print the tables."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=2000, help="reports per measured batch")
+    parser.add_argument("--pods", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--baseline", default="main", help="git revision of the 'before' scripts")
+    parser.add_argument(
+        "--no-callgrind", dest="callgrind", action="store_false", help="skip instruction counts"
+    )
+    parser.add_argument(
+        "--floors-only", action="store_true", help="only the table of a script's pieces"
+    )
+    args = parser.parse_args()
+    if args.callgrind and shutil.which("valgrind") is None:
+        print("valgrind is not installed: no instruction counts")
+        args.callgrind = False
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
