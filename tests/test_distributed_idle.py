@@ -124,8 +124,16 @@ async def test_sweep_corrects_a_change_that_was_never_broadcast(
     monkeypatch.setattr(reporter, "SWEEP_INTERVAL", SWEEP)
     cluster = await make_cluster(reset_timeout=5.0, sync_interval=TICK)
     pods = await cluster.started(2)
+    # The read that follows each subscription's confirmation is done: from now
+    # on only a sweep (or a report) reads the state hash.
+    await eventually(
+        lambda: all(p.coordinator.stats["checks"] >= 1 for p in pods),
+        within=2.0,
+        what="subscriptions confirmed and checked",
+    )
     reports = [p.coordinator.stats["reports"] for p in pods]
     sweeps = [p.coordinator.stats["sweeps"] for p in pods]
+    checks = [p.coordinator.stats["checks"] for p in pods]
     state = await cluster.state_hash()
     # What force_open writes, without its PUBLISH: news no pod heard.
     await cluster.admin.hset(
@@ -137,9 +145,10 @@ async def test_sweep_corrects_a_change_that_was_never_broadcast(
         within=SWEEP + 3 * TICK + 0.5,
         what="the sweep catching up",
     )
-    for pod, reported, swept in zip(pods, reports, sweeps, strict=True):
+    for pod, reported, swept, checked in zip(pods, reports, sweeps, checks, strict=True):
         assert pod.causes("open") == ["remote"]
         assert pod.coordinator.stats["reports"] == reported  # idle: no report
+        assert pod.coordinator.stats["checks"] == checked  # nor a subscription's read
         assert pod.coordinator.stats["sweeps"] > swept
 
 
