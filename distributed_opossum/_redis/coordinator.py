@@ -52,8 +52,6 @@ __all__ = [
     "live_coordinators",
 ]
 
-RECONNECT_MAX = 5.0
-LISTEN_POLL = 1.0
 CLOSE_WAIT = 2.0
 
 _coordinators: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Coordinator]] = (
