@@ -157,6 +157,14 @@ def script_source(name: str, *, sharded: bool = False) -> str:
     return _scripts(sharded)[name].source
 
 
+def _check_loaded(script: _Script, sha: object) -> None:
+    """``SCRIPT LOAD``'s answer must be the script's own SHA1."""
+    if isinstance(sha, bytes):
+        sha = sha.decode("ascii", "replace")
+    if sha != script.sha:
+        raise ProtocolError(f"SCRIPT LOAD of {script.name} answered {sha!r:.60}")
+
+
 def _for_client(script: _Script, client: object) -> _Script:
     """``script`` as ``client`` runs it: the sharded variant on a Redis Cluster client."""
     if isinstance(client, RedisCluster):
@@ -286,11 +294,7 @@ class RedisScripts:
         scripts = _scripts(isinstance(client, RedisCluster))
         for name in names:
             script = scripts[name]
-            sha = await _awaited(client.script_load(script.source))
-            if isinstance(sha, bytes):
-                sha = sha.decode("ascii", "replace")
-            if sha != script.sha:
-                raise ProtocolError(f"SCRIPT LOAD of {name} answered {sha!r:.60}")
+            _check_loaded(script, await _awaited(client.script_load(script.source)))
 
     async def _run(self, call: _Call[T]) -> T:
         script = _for_client(call.script, self.client)
@@ -334,11 +338,8 @@ class RedisScripts:
             return
         scripts = _scripts(sharded=True)  # a node: a Redis Cluster's
         for name in names:
-            sha = await route.node.execute_command("SCRIPT", "LOAD", scripts[name].source)
-            if isinstance(sha, bytes):
-                sha = sha.decode("ascii", "replace")
-            if sha != scripts[name].sha:
-                raise ProtocolError(f"SCRIPT LOAD of {name} answered {sha!r:.60}")
+            script = scripts[name]
+            _check_loaded(script, await route.node.execute_command("SCRIPT", "LOAD", script.source))
 
     async def report_window(
         self,
