@@ -576,21 +576,29 @@ end
 -- young whatever its millisecond (a report in the close's millisecond came
 -- after the close), so the trim stops before it.
 local cutoff = math.max(now - p.window_ms, s.closed_at)
-local head = {}
-if length > 0 then
-  head = redis.call('LRANGE', stats_key, 0, math.min(PEEK, length) - 1)
-end
-local aged, wanted = {}, {}
-for i = 1, #head do
-  local e = parse_entry(head[i])
-  if e ~= nil and e.timestamp > cutoff then
-    break
+-- The aged entries among the first PEEK of the list (false: unparsable), in
+-- order; `wanted` (if given) gets their pods.
+local function peek_aged(wanted)
+  local aged = {}
+  if length == 0 then
+    return aged
   end
-  aged[i] = e or false
-  if e ~= nil then
-    wanted[e.instance] = true
+  local head = redis.call('LRANGE', stats_key, 0, math.min(PEEK, length) - 1)
+  for i = 1, #head do
+    local e = parse_entry(head[i])
+    if e ~= nil and e.timestamp > cutoff then
+      break
+    end
+    aged[i] = e or false
+    if e ~= nil and wanted ~= nil then
+      wanted[e.instance] = true
+    end
   end
+  return aged
 end
+
+local wanted = {}
+local aged = peek_aged(wanted)
 if raw_entry ~= nil then
   wanted[instance] = true
 end
@@ -608,15 +616,7 @@ while #aged > 0 do
     break
   end
   -- Four aged in a row: a long idle period or a clock step; peek again.
-  head = redis.call('LRANGE', stats_key, 0, math.min(PEEK, length) - 1)
-  aged = {}
-  for i = 1, #head do
-    local e = parse_entry(head[i])
-    if e ~= nil and e.timestamp > cutoff then
-      break
-    end
-    aged[i] = e or false
-  end
+  aged = peek_aged(nil)
 end
 
 if raw_entry ~= nil then
