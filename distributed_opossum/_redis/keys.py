@@ -187,22 +187,30 @@ def keys_pattern(prefix: str) -> str:
     return f"{escaped}:{{*}}:*"
 
 
+def _text(value: str | bytes) -> str | None:
+    """``value`` as text; None for bytes that are not UTF-8."""
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def breaker_name_from_key(prefix: str, key: str | bytes) -> str | None:
     """The breaker name a key of ``prefix`` belongs to, or None.
 
     Returns None for any key this module would not have built (another
     suffix, a name that is not canonically encoded, bytes that are not UTF-8).
     """
-    if isinstance(key, bytes):
-        try:
-            key = key.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
+    text = _text(key)
+    if text is None:
+        return None
     head = f"{prefix}:{{"
-    if not key.startswith(head):
+    if not text.startswith(head):
         return None
     # An encoded name holds no brace, so the tag ends at the first "}:".
-    encoded, found, suffix = key[len(head) :].partition("}:")
+    encoded, found, suffix = text[len(head) :].partition("}:")
     if not found or suffix not in BREAKER_KEY_SUFFIXES:
         return None
     try:
@@ -218,16 +226,14 @@ def breaker_name_from_channel(prefix: str, channel: str | bytes) -> str | None:
     not the name inside it. Returns None for any channel this module would
     not have built.
     """
-    if isinstance(channel, bytes):
-        try:
-            channel = channel.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
+    text = _text(channel)
+    if text is None:
+        return None
     head = f"{prefix}:{{"
     tail = f"}}:{EVENTS_SUFFIX}"
-    if not (channel.startswith(head) and channel.endswith(tail)):
+    if not (text.startswith(head) and text.endswith(tail)):
         return None
-    encoded = channel[len(head) : len(channel) - len(tail)]
+    encoded = text[len(head) : len(text) - len(tail)]
     try:
         return decode_name(encoded)
     except ValueError:
