@@ -167,6 +167,15 @@ def read_records(conn: Connection) -> list[tuple[int, int, int]]:
     return records
 
 
+def join_workers(processes: Sequence[Any]) -> None:
+    """Wait for the worker processes to end (told to stop), terminating laggards."""
+    for process in processes:
+        process.join(10)
+        if process.is_alive():
+            process.terminate()
+            process.join(5)
+
+
 class Inbox:
     """The records of many worker pipes, read by the event loop as they arrive."""
 

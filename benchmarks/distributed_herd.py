@@ -32,6 +32,7 @@ from _distributed import (
     Inbox,
     first_sync,
     fmt_ms,
+    join_workers,
     library_versions,
     new_client,
     next_record,
@@ -310,11 +311,7 @@ async def main_async(args: argparse.Namespace) -> str:
             if controller is not None:
                 await controller.close()
             inbox.close()
-            for process in processes:
-                process.join(10)
-                if process.is_alive():
-                    process.terminate()
-                    process.join(5)
+            join_workers(processes)
     reached = [int(row[4]) for row in rows]
     fallback = (
         ""

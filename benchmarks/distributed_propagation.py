@@ -42,6 +42,7 @@ from _distributed import (
     Inbox,
     first_sync,
     fmt_ms,
+    join_workers,
     library_versions,
     new_client,
     next_record,
@@ -432,11 +433,7 @@ async def run_fleet(port: int, pods: int, args: argparse.Namespace) -> Fleet:
         if trips is not None:
             await trips.close()
         inbox.close()
-        for process in processes:
-            process.join(10)
-            if process.is_alive():
-                process.terminate()
-                process.join(5)
+        join_workers(processes)
     return Fleet(pods, len(spread(pods, args.workers)), trips, elapsed)
 
 
