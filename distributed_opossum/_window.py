@@ -76,10 +76,6 @@ class Bucket:
         if self.histogram:
             self.histogram = {}
 
-    def record_latency(self, latency: float) -> None:
-        """Add one latency sample (seconds) that is not a plain success (binned at the fold)."""
-        self.other.append(latency)
-
     def fold(self, histograms: bool) -> None:
         """Turn the raw ``ok`` latencies into successes, and every raw latency into samples."""
         ok, other = self.ok, self.other

@@ -39,7 +39,7 @@ def test_bucket_clear_zeroes_everything() -> None:
     for name in COUNTER_NAMES:
         setattr(bucket, name, 3)
     bucket.ok.append(0.1)
-    bucket.record_latency(0.2)
+    bucket.other.append(0.2)
     bucket.clear()
     assert all(getattr(bucket, name) == 0 for name in COUNTER_NAMES)
     assert len(bucket.ok) == 0
@@ -47,11 +47,11 @@ def test_bucket_clear_zeroes_everything() -> None:
     assert bucket.latency_total == 0.0
 
 
-def test_record_latency_adds_one_sample() -> None:
-    """record_latency keeps a sample that the fold bins and totals, without a success."""
+def test_other_latency_adds_one_sample() -> None:
+    """A latency in ``other`` is a sample that the fold bins and totals, without a success."""
     bucket = Bucket()
-    bucket.record_latency(0.3)
-    bucket.record_latency(0.3)
+    bucket.other.append(0.3)
+    bucket.other.append(0.3)
     assert bucket.latency_count == 2
     bucket.fold(True)
     assert bucket.histogram == {bin_of(0.3): 2}
@@ -200,7 +200,7 @@ def test_clear_forgets_everything_and_restarts_the_interval() -> None:
         bucket = w.roll(T0 + second)
         bucket.failures += 1
         bucket.ok.append(0.1)
-        bucket.record_latency(0.2)
+        bucket.other.append(0.2)
     w.clear(T0 + 4.5)
     assert w.totals(T0 + 4.5) == (0, 0)
     assert w.bucket_end == T0 + 5.5
@@ -251,7 +251,7 @@ def test_snapshot_latency_mean_and_percentiles() -> None:
     for second, sample in enumerate(samples):
         bucket = w.roll(T0 + second)
         if second % 2:
-            bucket.record_latency(sample)
+            bucket.other.append(sample)
             bucket.failures += 1
         else:
             bucket.ok.append(sample)
