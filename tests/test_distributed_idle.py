@@ -124,10 +124,11 @@ async def test_sweep_corrects_a_change_that_was_never_broadcast(
     monkeypatch.setattr(reporter, "SWEEP_INTERVAL", SWEEP)
     cluster = await make_cluster(reset_timeout=5.0, sync_interval=TICK)
     pods = await cluster.started(2)
-    # The read that follows each subscription's confirmation is done: from now
-    # on only a sweep (or a report) reads the state hash.
+    # The read that follows each subscription's confirmation is done, and so is
+    # any second look it asked for (a read older than the first report's reply
+    # is asked again, by a report): from now on only a sweep reads the state hash.
     await eventually(
-        lambda: all(p.coordinator.stats["checks"] >= 1 for p in pods),
+        lambda: all(p.coordinator.stats["checks"] >= 1 and not p.link.verifying for p in pods),
         within=2.0,
         what="subscriptions confirmed and checked",
     )
