@@ -51,7 +51,8 @@ from _harness import fmt_bytes, header, machine, md_table, verdict
 from redis_server import RedisServer
 
 from distributed_opossum._redis.keys import BreakerKeys
-from distributed_opossum._redis.params import DecisionParams
+from distributed_opossum._redis.params import DecisionParams, WindowReport
+from distributed_opossum._redis.plain import entry_json
 from distributed_opossum._redis.scripts import script_source
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +71,10 @@ PARAMS = DecisionParams(
     pod_entries=2 * BUCKETS + 8,
 )
 OLD_FIELDS = DecisionParams.ARGV_FIELDS[:13]  # before pod_entries
+BUSY_BUCKET = WindowReport(fires=20, successes=19, failures=1)
+TTLS_EVERY = 15
+"""Rounds (report intervals) between two script tallies: the TTLs' renewal, every
+quarter of key_ttl_ms (60 s by default: 15 s, at one report a second)."""
 
 
 @dataclass(frozen=True)
@@ -81,16 +86,25 @@ class Variant:
     reset: str
     reset_keys: int
     param_fields: tuple[str, ...]
+    plain: bool = False
+    """True: busy pods report in plain commands, one pod per round tallies by script."""
 
     def report_args(
-        self, keys: BreakerKeys, instance: str, params: DecisionParams, *, busy: bool
+        self,
+        keys: BreakerKeys,
+        instance: str,
+        params: DecisionParams,
+        *,
+        busy: bool,
+        tally: bool = False,
     ) -> list[str]:
-        counts = ["20", "19", "1", "0", "0"] if busy else ["0"] * 5
+        counts = ["20", "19", "1", "0", "0"] if busy and not tally else ["0"] * 5
         values = params.argv_values()
-        return [
+        args = [
             keys.stats,
             keys.state,
             keys.pods,
+            *([keys.tally] if self.plain else []),
             instance,
             *counts,
             "0",  # local_open
@@ -102,6 +116,72 @@ class Variant:
             *(repr(values[name]) for name in self.param_fields),
             "",  # known gen
         ]
+        if self.plain:
+            window = f"{BUCKETS * 20} {BUCKETS} 0" if busy else "0 0 0"
+            args += [window, "1" if tally else "0", "1000"]
+        return args
+
+    def report_calls(
+        self,
+        server: Server,
+        keys: BreakerKeys,
+        instance: str,
+        params: DecisionParams,
+        *,
+        busy: bool,
+        first_of_round: bool,
+        gen: str,
+        stamp: int,
+        pods: int = 1,
+        script_tally: bool = False,
+    ) -> list[tuple[str | int, ...]]:
+        """What one pod sends for one report, as commands (after a fill)."""
+        sha = server.sha(self.report)
+        if not self.plain:
+            args = self.report_args(keys, instance, params, busy=busy)
+            return [("EVALSHA", sha, 3, *args)]
+        if not busy:
+            # An idle breaker sends nothing; every SWEEP_INTERVAL one sweep.
+            return [
+                (
+                    "EVALSHA",
+                    server.sha(self.touch),
+                    3,
+                    keys.state,
+                    keys.stats,
+                    keys.pods,
+                    str(params.key_ttl_ms),
+                )
+            ]
+        entry = entry_json(BUSY_BUCKET, instance=instance, timestamp_ms=stamp, epoch=0)
+        calls: list[tuple[str | int, ...]] = [
+            ("RPUSH", keys.stats, entry),
+            ("HSET", keys.pods, f"pod:{instance}", f"{gen}:0 {stamp} {BUCKETS * 20} {BUCKETS} 0"),
+            ("SET", keys.tally, instance, "NX", "PX", 1000, "GET"),
+        ]
+        if first_of_round:
+            # The lease of the last round is over (DEL, one per round: a
+            # command the real protocol does not send), and this pod won it:
+            # it tallies, with plain commands (the sums open nothing), or by
+            # script once every quarter of key_ttl_ms (TTLS_EVERY rounds).
+            calls = [("DEL", keys.tally), *calls]
+            if script_tally:
+                tally = self.report_args(keys, instance, params, busy=True, tally=True)
+                tally[tally.index(f"{BUCKETS * 20} {BUCKETS} 0")] = ""  # (written)
+                calls.append(("EVALSHA", sha, 4, *tally))
+            else:
+                snapshot = f"{instance} {gen} 0 closed {stamp} {pods * BUCKETS * 20} 0 {pods} 0"
+                calls += [
+                    ("HGETALL", keys.pods),
+                    ("HMGET", keys.state, "gen", "epoch", "state", "refreshed"),
+                    ("SET", keys.tally, snapshot, "XX", "PX", 900),
+                    ("LTRIM", keys.stats, -(pods + 1) * params.pod_entries, -1),
+                ]
+        return calls
+
+    @property
+    def touch(self) -> str:
+        return script_source("touch_state")
 
     def reset_args(self, keys: BreakerKeys) -> list[str]:
         return [
@@ -211,19 +291,35 @@ class Cost:
         return self.usec / self.calls, self.cpu / self.calls, self.instructions / self.calls
 
 
-def measure(server: Server, calls: Sequence[tuple[str, list[str]]]) -> Cost:
-    """Run ``calls`` ((sha, keys+args), 3 keys each) pipelined; their cost."""
+Command = tuple[str | int, ...]
+
+
+def measure_reports(server: Server, reports: Sequence[list[Command]], *, timed: bool) -> Cost:
+    """Send ``reports`` (each a list of commands) pipelined, BATCH reports a round
+    trip, with one TIME first in each (``timed``: as plain reports read Redis'
+    clock); their cost per report (every command's commandstats, INFO aside)."""
     server.instructions()
     before, cpu_before = server.usage()
-    for start in range(0, len(calls), BATCH):
+    for start in range(0, len(reports), BATCH):
         pipe = server.client.pipeline(transaction=False)
-        for sha, args in calls[start : start + BATCH]:
-            pipe.evalsha(sha, 3 if len(args) > 3 else 0, *args)
+        if timed:
+            pipe.execute_command("TIME")  # type: ignore[no-untyped-call]
+        for report in reports[start : start + BATCH]:
+            for command in report:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
         pipe.execute()
     after, cpu_after = server.usage()
     instructions = server.instructions()
-    usec = after.get("evalsha", (0, 0))[1] - before.get("evalsha", (0, 0))[1]
-    return Cost(len(calls), usec, (cpu_after - cpu_before) * 1e6, instructions)
+    usec = sum(after[name][1] - before.get(name, (0, 0))[1] for name in after if name != "info")
+    return Cost(len(reports), usec, (cpu_after - cpu_before) * 1e6, instructions)
+
+
+def measure(server: Server, calls: Sequence[tuple[str, list[str]]], numkeys: int = 3) -> Cost:
+    """Run ``calls`` ((sha, keys+args), ``numkeys`` keys each) pipelined; their cost."""
+    reports: list[list[Command]] = [
+        [("EVALSHA", sha, numkeys if len(args) > numkeys else 0, *args)] for sha, args in calls
+    ]
+    return measure_reports(server, reports, timed=False)
 
 
 def trivial(server: Server, n: int) -> Cost:
@@ -235,16 +331,51 @@ def trivial(server: Server, n: int) -> Cost:
 
 def fill(server: Server, variant: Variant, keys: BreakerKeys, pods: int) -> int:
     """Fill the window: ``pods`` pods x BUCKETS reports. Returns the ms it took."""
-    server.client.delete(keys.stats, keys.state, keys.pods)
-    sha = server.sha(variant.report)
+    server.client.delete(keys.stats, keys.state, keys.pods, keys.tally)
     long = replace(PARAMS, window_ms=3_600_000)
-    calls = [
-        (sha, variant.report_args(keys, f"pod-{i % pods}", long, busy=True))
-        for i in range(pods * BUCKETS)
-    ]
     start = _redis_ms(server)
-    measure(server, calls)
+    measure_reports(
+        server, rounds(server, variant, keys, pods, pods * BUCKETS, long, busy=True), timed=True
+    )
     return max(1, _redis_ms(server) - start)
+
+
+def rounds(
+    server: Server,
+    variant: Variant,
+    keys: BreakerKeys,
+    pods: int,
+    n: int,
+    params: DecisionParams,
+    *,
+    busy: bool,
+    mixed: bool = False,
+) -> list[list[Command]]:
+    """``n`` reports, pod after pod, in rounds (one report interval each: the first
+    report of a round wins the tally lease)."""
+    if variant.plain and not server.client.exists(keys.state):
+        # The first report of a pod is by script (it creates the state).
+        args = variant.report_args(keys, "pod-0", params, busy=True, tally=True)
+        server.client.evalsha(server.sha(variant.report), 4, *args)
+    raw_gen = server.client.hget(keys.state, "gen") if variant.plain else b""
+    gen = raw_gen.decode() if isinstance(raw_gen, bytes) else str(raw_gen)
+    other = replace(params, min_pod_volume=5)
+    stamp = _redis_ms(server)
+    return [
+        variant.report_calls(
+            server,
+            keys,
+            f"pod-{i % pods}",
+            other if mixed and i % 2 else params,
+            busy=busy,
+            first_of_round=i % pods == 0,
+            gen=gen,
+            stamp=stamp,
+            pods=pods,
+            script_tally=(i // pods) % TTLS_EVERY == 0,
+        )
+        for i in range(n)
+    ]
 
 
 def _redis_ms(server: Server) -> int:
@@ -258,27 +389,25 @@ def steady(
     """N reports on a full window whose entries leave about as fast as they came."""
     keys = BreakerKeys.for_breaker("cost", f"steady-{pods}")
     took = fill(server, variant, keys, pods)
-    params = replace(PARAMS, window_ms=took)
-    other = replace(params, min_pod_volume=5)
-    sha = server.sha(variant.report)
+    # The plain protocol ages no entry out of the list (a tally caps it at
+    # (pods + 1) * pod_entries); its pods' windows stay young in a long one.
+    params = replace(PARAMS, window_ms=3_600_000 if variant.plain else took)
     length = int(server.client.llen(keys.stats))
-    calls = [
-        (
-            sha,
-            variant.report_args(
-                keys, f"pod-{i % pods}", other if mixed and i % 2 else params, busy=busy
-            ),
-        )
-        for i in range(n)
-    ]
-    cost = measure(server, calls)
+    reports = rounds(server, variant, keys, pods, n, params, busy=busy, mixed=mixed)
+    cost = measure_reports(server, reports, timed=variant.plain and busy)
     appended = n if busy else 0
     cost.pops = (length + appended - int(server.client.llen(keys.stats))) / n
     return cost
 
 
-def single(server: Server, variant: Variant, pods: int, how: str) -> Cost:
-    """The first report after ``how`` ("close" or "rebuild") on a full window."""
+def single(server: Server, variant: Variant, pods: int, how: str) -> Cost | None:
+    """The first report after ``how`` ("close" or "rebuild") on a full window.
+
+    None for a rebuild of the plain protocol: it keeps no sums to lose (each
+    pod rewrites its own window at every report).
+    """
+    if how == "rebuild" and variant.plain:
+        return None
     keys = BreakerKeys.for_breaker("cost", f"{how}-{pods}")
     fill(server, variant, keys, pods)
     if how == "close":
@@ -290,29 +419,9 @@ def single(server: Server, variant: Variant, pods: int, how: str) -> Cost:
     # A window long enough that nothing leaves it, under callgrind too: the
     # cost measured is the close's or the rebuild's alone.
     long = replace(PARAMS, window_ms=3_600_000)
-    call = (server.sha(variant.report), variant.report_args(keys, "pod-0", long, busy=True))
-    return measure(server, [call])
-
-
-def plain_floor(server: Server, pods: int, n: int) -> Cost:
-    """A busy report without a script: RPUSH of the entry and HMGET of the state's
-    fields, pipelined (what a report costs if the decision moves elsewhere)."""
-    keys = BreakerKeys.for_breaker("cost", f"floor-{pods}")
-    fill(server, variant_after(), keys, pods)
-    entry = server.client.lindex(keys.stats, -1) or b""
-    fields = ("gen", "epoch", "state", "open_until", "attempts", "closed_at", "reason")
-    server.instructions()
-    before, cpu_before = server.usage()
-    for start in range(0, n, BATCH):
-        pipe = server.client.pipeline(transaction=False)
-        for _ in range(min(BATCH, n - start)):
-            pipe.rpush(keys.stats, entry)
-            pipe.hmget(keys.state, fields)
-        pipe.execute()
-    after, cpu_after = server.usage()
-    instructions = server.instructions()
-    usec = sum(after[c][1] - before.get(c, (0, 0))[1] for c in ("rpush", "hmget"))
-    return Cost(n, usec, (cpu_after - cpu_before) * 1e6, instructions)
+    # The first report of a round: with the plain protocol, it also tallies.
+    report = rounds(server, variant, keys, pods, 1, long, busy=True)
+    return measure_reports(server, report, timed=variant.plain)
 
 
 def variant_after() -> Variant:
@@ -322,6 +431,7 @@ def variant_after() -> Variant:
         script_source("reset"),
         3,
         DecisionParams.ARGV_FIELDS,
+        plain=True,
     )
 
 
@@ -385,41 +495,48 @@ def run(args: argparse.Namespace) -> None:
 
 
 def floors(server: Server, n: int) -> list[list[str]]:
-    """Where a report script's instructions go: pieces of it run alone, per call."""
+    """Where a report's instructions go: pieces of the script, and each plain command,
+    run alone, per call."""
     keys = BreakerKeys.for_breaker("cost", "floors")
     fill(server, variant_after(), keys, 10)
-    args = variant_after().report_args(keys, "pod-0", PARAMS, busy=True)
+    args = variant_after().report_args(keys, "pod-0", PARAMS, busy=True, tally=True)
     source = script_source("report_window")
     top = source[: source.index("local now = now_ms()")]
-    raw = server.client.lindex(keys.stats, -1)
-    entry = (raw.decode() if isinstance(raw, bytes) else str(raw)).replace("'", "\\'")
     pieces = [
         ("EVALSHA of `return 1`, no arguments", "return 1", []),
-        ("the same with a report's 3 keys and 27 arguments", "return 1", args),
+        ("the same with a report's 4 keys and 30 arguments", "return 1", args),
         ("+ the scripts' top level (helpers, tables, parameters)", top + "\nreturn 1", args),
         (
             "+ TIME and the state hash (HGETALL)",
             top + "\nlocal now = now_ms()\nload_or_create(state_key, 'g')\nreturn 1",
             args,
         ),
-        (
-            "+ one entry decoded (cjson)",
-            top
-            + "\nlocal now = now_ms()\nload_or_create(state_key, 'g')\n"
-            + f"parse_entry('{entry}')\nreturn 1",
-            args,
-        ),
+        ("the whole tally (10 pods' windows)", source, args),
     ]
     base = 0.0
     rows = []
     for label, code, call_args in pieces:
-        instructions = measure(server, [(server.sha(code), call_args)] * n).per()[2]
+        instructions = measure(server, [(server.sha(code), call_args)] * n, numkeys=4).per()[2]
         base = base or instructions
+        rows.append([label, f"{instructions:,.0f}", _ratio(instructions, base)])
+    stamp = _redis_ms(server)
+    entry = entry_json(BUSY_BUCKET, instance="pod-0", timestamp_ms=stamp, epoch=0)
+    commands: list[tuple[str, Command]] = [
+        ("plain: RPUSH of the entry", ("RPUSH", keys.stats, entry)),
+        ("plain: HSET of the pod's window", ("HSET", keys.pods, "pod:pod-0", f"g:0 {stamp} 1 0 0")),
+        (
+            "plain: SET NX PX GET of the lease (held: its snapshot)",
+            ("SET", keys.tally, "pod-0", "NX", "PX", 60_000, "GET"),
+        ),
+        ("plain: TIME (one per round trip)", ("TIME",)),
+    ]
+    for label, command in commands:
+        instructions = measure_reports(server, [[command]] * n, timed=False).per()[2]
         rows.append([label, f"{instructions:,.0f}", _ratio(instructions, base)])
     return rows
 
 
-Case = tuple[str, Callable[[Server, Variant], Cost]]
+Case = tuple[str, Callable[[Server, Variant], Cost | None]]
 
 
 def _steady_case(
@@ -453,11 +570,15 @@ def _report(args: argparse.Namespace, chosen: list[Variant], servers: list[Serve
         row = [label]
         for variant in chosen:
             cost = case(cpu_server, variant)
+            if cost is None:
+                row.extend(["n/a"] * (3 if cg_server is not None else 2))
+                continue
             usec, cpu, _ = cost.per()
             b_usec, b_cpu, _ = base.per()
             cells = [f"{usec:,.1f} ({_ratio(usec, b_usec)})", f"{cpu:,.1f} ({_ratio(cpu, b_cpu)})"]
             if cg_server is not None and base_cg is not None:
                 cg = case(cg_server, variant)
+                assert cg is not None
                 instr = cg.per()[2]
                 b_instr = base_cg.per()[2]
                 cells.append(f"{instr:,.0f} ({_ratio(instr, b_instr)})")
@@ -502,18 +623,6 @@ def _report(args: argparse.Namespace, chosen: list[Variant], servers: list[Serve
         f"{1e6 / worst_cpu:,.0f}, {verdict(1e6 / worst_cpu >= TARGET_PAIRS)} "
         f"(best {1e6 / best:,.0f})\n"
     )
-    floor = plain_floor(cpu_server, top, n)
-    f_usec, f_cpu, _ = floor.per()
-    floor_cells = [f"{f_usec:.2f} µs ({_ratio(f_usec, b_usec)})", f"{f_cpu:.2f} µs CPU"]
-    if cg_server is not None:
-        f_instr = plain_floor(cg_server, top, n).per()[2]
-        floor_cells.append(
-            f"{f_instr:,.0f} instructions ({_ratio(f_instr, trivial(cg_server, n).per()[2])})"
-        )
-    print(
-        "A busy report without a script (RPUSH of its entry, HMGET of the state; no "
-        f"decision), {top} pods: " + ", ".join(floor_cells) + f" (CPU: {_ratio(f_cpu, b_cpu)}).\n"
-    )
     mem_rows = []
     for variant in chosen:
         for pods in args.pods:
@@ -531,7 +640,10 @@ def _report(args: argparse.Namespace, chosen: list[Variant], servers: list[Serve
             )
     print(f"### Redis memory of one breaker name (a full window: {BUCKETS} entries per pod)\n")
     print(
-        md_table(["variant, pods", "entries", "list B", "sums B", "state B", "per pod B"], mem_rows)
+        md_table(
+            ["variant, pods", "entries", "list B", "sums/windows B", "state B", "per pod B"],
+            mem_rows,
+        )
     )
 
 

@@ -14,12 +14,18 @@ values are ``null``. A breaker is::
      "window": {"volume", "failures", "failure_rate", "trips", "reporting", "votes",
                 "entries", "latest_ms", "min_pod_volume", "error_threshold_percentage"},
      "pods": [{"instance", "volume", "failures", "trips"}], "problems": [str]}
+
+The pooled figures (``volume``, ``failures``, ``failure_rate``, ``reporting``,
+``votes``) are the last tally's. Between a change of state (or the end of a
+tally lease) and the next report's tally they are pending: ``null``, with no
+problem listed (a ``null`` with a problem is unreadable data). The vote rule
+(``min_pod_volume``, ``error_threshold_percentage``) is a pod option Redis
+does not hold: always ``null``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +50,13 @@ JSON_VERSION = 1
 
 _UNKNOWN = "?"
 _NONE = "-"
+_PENDING = "..."
+_PENDING_NOTE = f"{_PENDING} pooled figures pending: the next report tallies them"
+_WINDOW_FIELDS = (
+    "volume", "failures", "trips", "reporting", "votes", "entries", "latest_ms",
+    "min_pod_volume", "error_threshold_percentage",
+)  # fmt: skip
+_POD_FIELDS = ("instance", "volume", "failures", "trips")
 _COLUMNS = (
     "NAME", "STATE", "EPOCH", "RETRY IN", "ATTEMPTS", "PODS", "VOLUME", "FAILURES", "RATE",
     "VOTES",
@@ -79,8 +92,8 @@ def _state_json(state: SharedState | None) -> dict[str, Any]:
 
 
 def _window_json(window: WindowSums) -> dict[str, Any]:
-    fields = asdict(window)
-    del fields["pods"]
+    # The documented fields only: pending and tallied_ms are for the text views.
+    fields = {field: getattr(window, field) for field in _WINDOW_FIELDS}
     return fields | {"failure_rate": window.failure_rate}
 
 
@@ -90,7 +103,9 @@ def breaker_document(status: BreakerStatus) -> dict[str, Any]:
         "name": status.name,
         **_state_json(status.state),
         "window": _window_json(status.window),
-        "pods": [asdict(pod) for pod in status.window.pods],
+        "pods": [
+            {field: getattr(pod, field) for field in _POD_FIELDS} for pod in status.window.pods
+        ],
         "problems": list(status.problems),
     }
 
@@ -164,17 +179,17 @@ def _votes(window: WindowSums) -> str:
 
 def _row(status: BreakerStatus) -> tuple[str, ...]:
     state, window = status.state, status.window
+    pooled = (_PENDING,) * 5
+    if not window.pending:
+        calls = (_int(window.reporting), _int(window.volume), _int(window.failures))
+        pooled = (*calls, _rate(window), _votes(window))
     return (
         printable(status.name),
         _UNKNOWN if state is None else state.state,
         _UNKNOWN if state is None else str(state.epoch),
         _retry_in(state),
         _UNKNOWN if state is None else str(state.attempts),
-        _int(window.reporting),
-        _int(window.volume),
-        _int(window.failures),
-        _rate(window),
-        _votes(window),
+        *pooled,
     )
 
 
@@ -191,11 +206,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: frozense
 
 
 def table_text(prefix: str, statuses: Sequence[BreakerStatus]) -> str:
-    """``status``: one row per breaker, then a line per breaker with unreadable data."""
+    """``status``: one row per breaker, then a line per breaker with unreadable data
+    (and one saying what ``...`` is, when a breaker's pooled figures are pending)."""
     if not statuses:
         return f"no breakers under prefix {printable(prefix)!r}"
     text = _table(_COLUMNS, [_row(s) for s in statuses], _RIGHT)
-    notes = [f"{printable(s.name)}: {p}" for s in statuses for p in s.problems]
+    notes = [f"{printable(s.name)}: {printable(p)}" for s in statuses for p in s.problems]
+    if any(s.window.pending for s in statuses):
+        notes.append(_PENDING_NOTE)
     return "\n".join([text, *notes])
 
 
@@ -222,18 +240,27 @@ def _state_lines(state: SharedState | None) -> list[tuple[str, str]]:
     return lines
 
 
+def _ago(ms: int | None, now_ms: int | None) -> str | None:
+    if not ms or now_ms is None:
+        return None
+    return f"{_seconds(max(0, now_ms - ms))} ago"
+
+
 def _window_lines(window: WindowSums, now_ms: int | None) -> list[tuple[str, str]]:
+    local = f"{_int(window.trips)} local trips, {_int(window.entries)} entries"
+    if window.pending:
+        return [
+            ("window", f"pending: the next report tallies the pods' windows; {local}"),
+            ("pods", f"{len(window.pods)} with a window in this epoch (below), votes pending"),
+        ]
     calls = f"{_int(window.volume)} calls, {_int(window.failures)} failures ({_rate(window)})"
     lines = [
-        ("window", f"{calls}, {_int(window.trips)} local trips, {_int(window.entries)} entries"),
+        ("window", f"{calls}, {local}"),
         ("pods", f"{_int(window.reporting)} reporting, {_int(window.votes)} voting to open"),
     ]
-    if window.min_pod_volume is not None and window.error_threshold_percentage is not None:
-        rule = f">= {window.min_pod_volume:g} calls and > {window.error_threshold_percentage:g} %"
-        lines.append(("vote rule", f"a pod votes when it tripped, or has {rule} failing"))
-    if window.latest_ms and now_ms is not None:
-        ago = _seconds(max(0, now_ms - window.latest_ms))
-        lines.append(("last entry", f"{ago} ago"))
+    tallied = _ago(window.tallied_ms, now_ms)
+    if tallied is not None:
+        lines.append(("tallied", tallied))
     return lines
 
 
@@ -242,12 +269,15 @@ def detail_text(prefix: str, status: BreakerStatus) -> str:
     now_ms = status.state.now_ms if status.state is not None else None
     lines = [("breaker", f"{printable(status.name)} (prefix {printable(prefix)})")]
     lines += _state_lines(status.state) + _window_lines(status.window, now_ms)
-    lines += [("problem", problem) for problem in status.problems]
+    last = _ago(status.window.latest_ms, now_ms)
+    if last is not None:
+        lines.append(("reported", f"{last} (the latest pod window written)"))
+    lines += [("problem", printable(problem)) for problem in status.problems]
     width = max(len(label) for label, _ in lines)
     text = "\n".join(f"{label.ljust(width)}  {value}" for label, value in lines)
     if not status.window.pods:
         return text
-    header = ("POD", "VOLUME", "FAILURES", "RATE", "TRIPS")
+    header = ("POD", "VOLUME", "FAILURES", "RATE", "TRIPS", "AGE")
     rows = []
     for pod in status.window.pods:
         rate = _NONE
@@ -255,7 +285,10 @@ def detail_text(prefix: str, status: BreakerStatus) -> str:
             rate = _UNKNOWN
         elif pod.volume:
             rate = f"{pod.failures / pod.volume * 100:.1f}%"
-        cells = (_int(pod.volume), _int(pod.failures), rate, _int(pod.trips))
+        age = _UNKNOWN
+        if pod.written_ms is not None and now_ms is not None:
+            age = _seconds(max(0, now_ms - pod.written_ms))
+        cells = (_int(pod.volume), _int(pod.failures), rate, _int(pod.trips), age)
         rows.append((printable(pod.instance), *cells))
     pods = _table(header, rows, frozenset(header[1:]))
     return f"{text}\n\n{pods}"

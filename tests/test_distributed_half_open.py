@@ -241,3 +241,25 @@ async def test_force_open_during_a_running_trial_wins(make_cluster: ClusterFacto
         what="forced open after the late trial success",
     )
     assert (await cluster.state_hash())["state"] == "forced_open"
+
+
+async def test_busy_pods_in_an_open_period_open_once_and_half_open_once(
+    make_cluster: ClusterFactory,
+) -> None:
+    """Pods rejecting calls through an open period, while one trial hangs, report every
+    tick (plain reports, tallies, snapshots under way): none of it re-opens a pod
+    that is open or half-open on the same epoch."""
+    shared = Downstream()
+    cluster = await make_cluster(reset_timeout=0.3, timeout=5.0, sync_interval=0.05)
+    pods = await cluster.half_opened(3, downstream=shared, within=1.0)
+    shared.mode = "hang"
+    trial = asyncio.ensure_future(pods[0].call())
+    await eventually(lambda: shared.running == 1, within=1.0, what="the trial running")
+    deadline = time.monotonic() + 0.6  # a dozen ticks of rejected calls on every pod
+    while time.monotonic() < deadline:
+        assert {await p.call() for p in pods[1:]} == {"rejected"}
+        await asyncio.sleep(0.01)
+    assert [p.count("open") for p in pods] == [1, 1, 1]
+    assert [p.count("half_open") for p in pods] == [1, 1, 1]
+    shared.release("ok")
+    assert await asyncio.wait_for(trial, 2.0) == "ok"

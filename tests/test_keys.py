@@ -83,7 +83,8 @@ def test_breaker_keys_layout() -> None:
     """Every name under one hash tag, as ARCHITECTURE.md §5 lays them out."""
     keys = BreakerKeys.for_breaker(DEFAULT_PREFIX, "payments")
     assert keys.stats == "dopossum:{payments}:distributedStats"
-    assert keys.pods == "dopossum:{payments}:pods"
+    assert keys.pods == "dopossum:{payments}:windows"
+    assert keys.tally == "dopossum:{payments}:tally"
     assert keys.state == "dopossum:{payments}:state"
     assert keys.events == "dopossum:{payments}:events"
     assert (keys.prefix, keys.name) == ("dopossum", "payments")
@@ -94,9 +95,10 @@ def test_breaker_keys_layout() -> None:
 def test_hash_tag_cannot_be_broken(prefix: str, name: str) -> None:
     """Whatever the name, the tag is its encoding and every key lands on one slot."""
     keys = BreakerKeys.for_breaker(prefix, name)
-    for key in (keys.stats, keys.state, keys.pods, keys.events):
+    every = (keys.stats, keys.state, keys.pods, keys.tally, keys.events)
+    for key in every:
         assert redis_hash_tag(key) == encode_name(name)
-    slots = {key_slot(k.encode()) for k in (keys.stats, keys.state, keys.pods, keys.events)}
+    slots = {key_slot(k.encode()) for k in every}
     assert slots == {key_slot(encode_name(name).encode())}
 
 
@@ -186,7 +188,7 @@ def test_keys_pattern_escapes_glob_characters() -> None:
 def test_breaker_name_from_key_round_trips(name: str) -> None:
     """Every key of a breaker (str or bytes) names that breaker; its channel does not."""
     keys = BreakerKeys.for_breaker("pre:fix", name)
-    for key in (keys.state, keys.stats, keys.pods):
+    for key in (keys.state, keys.stats, keys.pods, keys.tally):
         assert breaker_name_from_key("pre:fix", key) == name
         assert breaker_name_from_key("pre:fix", key.encode()) == name
     assert breaker_name_from_key("pre:fix", keys.events) is None

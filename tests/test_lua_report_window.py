@@ -1,7 +1,13 @@
-"""report_window.lua: appending, trimming, the open decision, backoff, broadcast, TTLs.
+"""report_window.lua: the entry, the pod windows, the open decision, the list's cap,
+backoff, broadcast, TTLs.
 
-Each test runs on a private real redis-server and on fakeredis (whose Lua
-supports everything these scripts use: TIME, cjson, PUBLISH, TYPE).
+The decision reads the windows hash (one field per pod, see the script's
+header), never the stats list: tests seed other pods' fields as their reports
+would have written them (``seed_windows``). ``report`` tallies at every call
+(``holds_lease`` True); the lease itself is tested in
+test_lua_report_window_tally.py. Each test runs on a private real
+redis-server and on fakeredis (whose Lua supports everything these scripts
+use: TIME, cjson, PUBLISH, TYPE).
 """
 
 from __future__ import annotations
@@ -20,12 +26,21 @@ from transport_support import (
     redis_now_ms,
     report,
     seed,
+    seed_windows,
     stats_instances,
     subscribed,
+    window_field,
+    window_fields,
 )
 
 from distributed_opossum._redis.keys import BreakerKeys
-from distributed_opossum._redis.scripts import DecisionParams, parse_broadcast
+from distributed_opossum._redis.scripts import (
+    DecisionParams,
+    PodWindow,
+    PooledWindow,
+    parse_broadcast,
+    scripts_for,
+)
 
 # --------------------------------------------------------------------------- basics
 
@@ -76,10 +91,10 @@ async def test_empty_report_appends_nothing_but_refreshes_state(any_redis_client
     assert 0 < await any_redis_client.pttl(KEYS.state) <= PARAMS.key_ttl_ms
 
 
-async def test_ttls_are_set_on_both_keys(any_redis_client: Client) -> None:
-    """Both keys expire key_ttl_ms after the last write."""
+async def test_ttls_are_set_on_every_key(any_redis_client: Client) -> None:
+    """The list, the state and the windows expire key_ttl_ms after the last write."""
     await report(any_redis_client, successes=1, decision=params(key_ttl_ms=20_000))
-    for key in (KEYS.stats, KEYS.state):
+    for key in (KEYS.stats, KEYS.state, KEYS.pods):
         assert 19_000 < await any_redis_client.pttl(key) <= 20_000
 
 
@@ -88,6 +103,55 @@ async def test_open_state_outlives_its_open_period(any_redis_client: Client) -> 
     decision = params(reset_timeout_ms=100_000, key_ttl_ms=20_000)
     await report(any_redis_client, local_open=True, decision=decision)
     assert 119_000 < await any_redis_client.pttl(KEYS.state) <= 120_000
+
+
+# --------------------------------------------------------------------------- the pod's window
+
+
+async def test_the_pod_writes_its_window_in_its_field(any_redis_client: Client) -> None:
+    """pod:<instance> = "<now> <gen> <epoch> <volume> <failures> <trips>", this bucket
+    alone by default, the pod's own totals when it passes them."""
+    alone = await report(any_redis_client, "pod-7", fires=6, successes=4, failures=1, rejects=1)
+    fields = await window_fields(any_redis_client)
+    assert fields == {"pod:pod-7": window_field(alone.now_ms, alone.gen, 0, 5, 1, 0)}
+    summed = await report(any_redis_client, "pod-7", successes=2, window=PodWindow(12, 3, 0))
+    fields = await window_fields(any_redis_client)
+    assert fields == {"pod:pod-7": window_field(summed.now_ms, summed.gen, 0, 12, 3, 0)}
+    assert summed.window == PooledWindow(volume=12, failures=3, reporting=1, votes=0)
+
+
+async def test_the_window_not_the_bucket_is_judged(any_redis_client: Client) -> None:
+    """A bucket of failures inside a healthy window opens nothing; a healthy bucket
+    inside a failing window opens (the pod sums its buckets, the script does not)."""
+    healthy = await report(any_redis_client, failures=3, window=PodWindow(10, 3, 0))
+    assert (healthy.state, healthy.changed) == ("closed", False)
+    failing = await report(any_redis_client, successes=1, window=PodWindow(11, 6, 0))
+    assert (failing.state, failing.reason) == ("open", "pooled_rate")
+
+
+async def test_an_empty_window_removes_the_field(any_redis_client: Client) -> None:
+    """A pod with no calls and no trip in its window has no field (no say)."""
+    await report(any_redis_client, "pod-7", successes=1)
+    assert list(await window_fields(any_redis_client)) == ["pod:pod-7"]
+    state = await report(any_redis_client, "pod-7", fires=3, rejects=3)
+    assert await window_fields(any_redis_client) == {}
+    assert state.window == PooledWindow(volume=0, failures=0, reporting=0, votes=0)
+
+
+async def test_a_trip_counts_in_the_pods_window_whatever_it_summed(
+    any_redis_client: Client,
+) -> None:
+    """A local trip is at least one trip in the pod's field, even if its totals say none."""
+    state = await report(
+        any_redis_client,
+        "tripper",
+        local_open=True,
+        window=PodWindow(5, 0, 0),
+        decision=params(quorum=2),
+    )
+    fields = await window_fields(any_redis_client)
+    assert fields["pod:tripper"] == window_field(state.now_ms, state.gen, 0, 5, 0, 1)
+    assert state.window == PooledWindow(volume=5, failures=0, reporting=1, votes=1)
 
 
 # --------------------------------------------------------------------------- decision: no quorum
@@ -117,10 +181,7 @@ async def test_pooled_rate_decision(
     expected: str | None,
 ) -> None:
     """Pooled volume >= threshold and pooled rate strictly above the percentage opens."""
-    now = await redis_now_ms(any_redis_client)
-    entries = [entry(now, pod, successes=s, failures=f) for pod, s, f in seeded]
-    if entries:
-        await seed(any_redis_client, *entries)
+    await seed_windows(any_redis_client, *seeded)
     state = await report(any_redis_client, decision=decision, fires=1)  # no completed calls
     if expected is None:
         assert (state.state, state.epoch, state.changed) == ("closed", 0, False)
@@ -215,13 +276,13 @@ async def test_a_trip_from_another_history_counts_in_this_one(any_redis_client: 
     assert (unsynced.state, unsynced.epoch) == ("open", 1)
 
 
-async def test_entries_with_absurd_counts_count_nowhere(any_redis_client: Client) -> None:
-    """An entry claiming more than 10**8 calls of a kind is ignored, not trusted."""
-    now = await redis_now_ms(any_redis_client)
-    await seed(any_redis_client, entry(now, "ghost", successes=0, failures=10**9))
+async def test_windows_with_absurd_counts_count_nowhere(any_redis_client: Client) -> None:
+    """A window claiming more than 10**8 calls or trips is ignored, not trusted, and goes."""
+    await seed_windows(any_redis_client, ("ghost", 0, 10**9), ("tripper", 10, 0, 10**8 + 1))
     state = await report(any_redis_client, successes=5)
     assert (state.state, state.changed) == ("closed", False)
-    await seed(any_redis_client, entry(now, "real", successes=0, failures=10**8))
+    assert list(await window_fields(any_redis_client)) == ["pod:pod-x"]
+    await seed_windows(any_redis_client, ("real", 0, 10**8))
     state = await report(any_redis_client, successes=5)
     assert state.state == "open"
 
@@ -232,9 +293,8 @@ async def test_entries_with_absurd_counts_count_nowhere(any_redis_client: Client
 async def _quorum_report(
     client: Client, pods: list[tuple[str, int, int]], decision: DecisionParams
 ) -> str | None:
-    """Seed one entry per (pod, successes, failures), judge them; the reason if it opened."""
-    now = await redis_now_ms(client)
-    await seed(client, *(entry(now, pod, successes=s, failures=f) for pod, s, f in pods))
+    """Seed one window per (pod, successes, failures), judge them; the reason if it opened."""
+    await seed_windows(client, *pods)
     state = await report(client, "pod-last", decision=decision)
     assert state.state == ("open" if state.changed else "closed")
     return state.reason if state.changed else None
@@ -292,21 +352,20 @@ async def test_min_pod_volume_defaults_to_volume_threshold(any_redis_client: Cli
 
 async def test_idle_pod_has_no_say_in_a_fraction(any_redis_client: Client) -> None:
     """A pod with no completed calls does not count among the reporting pods."""
-    now = await redis_now_ms(any_redis_client)
-    await seed(any_redis_client, entry(now, "sick", failures=10), entry(now, "fine", successes=10))
-    # Only rejects: an entry of volume 0. Were this pod counted, 1 vote of 3
-    # pods would fall short of 50 %.
+    # An empty field (no pod writes one: it deletes its field instead) has no say either.
+    await seed_windows(any_redis_client, ("sick", 0, 10), ("fine", 10, 0), ("empty", 0, 0))
+    # Only rejects: a window of volume 0. Were these pods counted, 1 vote of 3
+    # or 4 pods would fall short of 50 %.
     state = await report(any_redis_client, "idle", fires=5, rejects=5, decision=params(quorum=0.5))
     assert (state.state, state.reason) == ("open", "quorum")
+    assert state.window == PooledWindow(volume=20, failures=10, reporting=2, votes=1)
 
 
 async def test_fraction_survives_float_rounding(any_redis_client: Client) -> None:
     """7 of 25 pods meet quorum 0.28, although 0.28 * 25 is 7.000000000000001 in doubles."""
     assert 0.28 * 25 > 7
-    now = await redis_now_ms(any_redis_client)
-    pods = [entry(now, f"sick{i}", failures=5) for i in range(7)]
-    pods += [entry(now, f"fine{i}", successes=5) for i in range(18)]
-    await seed(any_redis_client, *pods)
+    pods = [(f"sick{i}", 0, 5) for i in range(7)] + [(f"fine{i}", 5, 0) for i in range(18)]
+    await seed_windows(any_redis_client, *pods)
     state = await report(any_redis_client, decision=params(quorum=0.28))
     assert state.reason == "quorum"
 
@@ -315,14 +374,25 @@ async def test_local_trip_is_a_vote_only_under_the_current_epoch(any_redis_clien
     """With quorum, a local trip is one vote, and a stale one is none."""
     await report(any_redis_client, successes=1)
     await any_redis_client.hset(KEYS.state, "epoch", 4)
-    now = await redis_now_ms(any_redis_client)
-    await seed(any_redis_client, entry(now, "tripped", local_open=True, epoch=3, successes=10))
-    await seed(any_redis_client, entry(now, "sick", failures=10))
+    await seed_windows(any_redis_client, ("tripped", 10, 0, 1), epoch=3)
+    await seed_windows(any_redis_client, ("sick", 0, 10))
     decision = params(quorum=2)
     assert (await report(any_redis_client, decision=decision)).state == "closed"
-    await seed(any_redis_client, entry(now, "tripped", local_open=True, epoch=4, successes=10))
+    await seed_windows(any_redis_client, ("tripped", 10, 0, 1))
     state = await report(any_redis_client, decision=decision)
     assert (state.state, state.reason) == ("open", "quorum")
+
+
+async def test_own_trip_of_a_stale_epoch_is_no_vote(any_redis_client: Client) -> None:
+    """With quorum the trip is tallied: one of an epoch that is over counts nowhere."""
+    await report(any_redis_client, successes=1)
+    await any_redis_client.hset(KEYS.state, "epoch", 2)
+    decision = params(quorum=1)
+    stale = await report(any_redis_client, local_open=True, known_epoch=1, decision=decision)
+    assert (stale.state, stale.changed) == ("closed", False)
+    assert stale.window == PooledWindow(volume=0, failures=0, reporting=0, votes=0)
+    current = await report(any_redis_client, local_open=True, known_epoch=2, decision=decision)
+    assert (current.state, current.epoch, current.reason) == ("open", 3, "quorum")
 
 
 async def test_single_local_trip_does_not_open_a_quorum_of_two(any_redis_client: Client) -> None:
@@ -331,84 +401,130 @@ async def test_single_local_trip_does_not_open_a_quorum_of_two(any_redis_client:
     assert state.state == "closed"
 
 
-# --------------------------------------------------------------------------- trimming
+# --------------------------------------------------------------------------- which windows count
 
 
-async def test_entries_older_than_the_window_are_trimmed(any_redis_client: Client) -> None:
-    """Old entries leave the list and the decision; young ones stay."""
+async def test_fields_older_than_the_window_leave_the_tally_and_go(
+    any_redis_client: Client,
+) -> None:
+    """A pod gone (or idle) for window_ms has its field removed; young ones count."""
     now = await redis_now_ms(any_redis_client)
     window = PARAMS.window_ms
-    await seed(
-        any_redis_client,
-        entry(now - window - 500, "old", failures=50),
-        entry(now - window - 1, "old", failures=50),
-        entry(now - window + 2_000, "young", successes=5),
-    )
+    await seed_windows(any_redis_client, ("gone", 0, 50), ts=now - window - 500)
+    await seed_windows(any_redis_client, ("just-gone", 0, 50), ts=now - window - 1)
+    await seed_windows(any_redis_client, ("young", 5, 0), ts=now - window + 2_000)
     state = await report(any_redis_client, successes=1)
     assert state.state == "closed"  # the 100 old failures no longer count
-    instances = await stats_instances(any_redis_client)
-    assert instances == ["young", "pod-x"]
+    assert state.window == PooledWindow(volume=6, failures=0, reporting=2, votes=0)
+    assert sorted(await window_fields(any_redis_client)) == ["pod:pod-x", "pod:young"]
 
 
-async def test_entries_before_the_last_close_are_trimmed(any_redis_client: Client) -> None:
-    """The window starts over at closed_at (an entry stamped at it is before it)."""
-    await report(any_redis_client)  # creates the state hash, appends nothing
-    now = await redis_now_ms(any_redis_client)
-    await any_redis_client.hset(KEYS.state, "closed_at", now - 100)
-    await seed(
-        any_redis_client,
-        entry(now - 200, "before", failures=50),
-        entry(now - 100, "at", failures=50),
-        entry(now - 50, "after", successes=1),
+async def test_fields_of_another_epoch_or_gen_do_not_count(any_redis_client: Client) -> None:
+    """A window summed under another epoch (before the latest close, say) or another
+    history counts nowhere: neither its calls nor its trips."""
+    await report(any_redis_client, successes=1)
+    await any_redis_client.hset(KEYS.state, "epoch", 2)
+    await seed_windows(any_redis_client, ("before-close", 0, 50, 1), epoch=1)
+    await seed_windows(any_redis_client, ("ahead", 0, 50, 1), epoch=3)
+    await seed_windows(any_redis_client, ("other-history", 0, 50, 1), gen="lost")
+    state = await report(any_redis_client, successes=1, known_epoch=2)
+    assert (state.state, state.changed) == ("closed", False)
+    assert state.window == PooledWindow(volume=1, failures=0, reporting=1, votes=0)
+    # Young: they stay (the pod may report again under the current epoch).
+    assert len(await window_fields(any_redis_client)) == 4
+
+
+def _garbage_fields(now: int, gen: str) -> list[str]:
+    """Values of a pod field that do not parse; each would open the breaker if it counted."""
+    head = f"{gen}:0 {now}"
+    return [
+        "",
+        "garbage",
+        f"{head} 10 10",
+        f"{head} 10 10 0 0",
+        f"{head} 10 11 0",
+        f"{head} -10 10 0",
+        f"{head} 10.5 10 0",
+        f"{head} 1e3 1e3 0",
+        f"{head} 10 10 0\n",
+        f"{head} 100000001 100000001 0",
+        f"{head} 10 10 100000001",
+        f"{gen}:0 soon 10 10 0",
+        f"{gen}:zero {now} 10 10 0",
+        f"{gen}:-1 {now} 10 10 0",
+        f":0 {now} 10 10 0",
+        f"{gen}:0 {now} 10 10 0 ",
+        f" {gen}:0 {now} 10 10 0",
+        f"{gen} 0 {now} 10 10 0",
+    ]
+
+
+async def test_unparsable_fields_count_nowhere_and_go(any_redis_client: Client) -> None:
+    """A field that does not parse never fails the script, counts nowhere, and is removed."""
+    created = await report(any_redis_client, "first")
+    garbage = _garbage_fields(created.now_ms, created.gen)
+    await any_redis_client.hset(
+        KEYS.pods, mapping={f"pod:bad{i}": value for i, value in enumerate(garbage)}
     )
     state = await report(any_redis_client, successes=1)
-    assert state.state == "closed"
-    instances = await stats_instances(any_redis_client)
-    assert instances == ["after", "pod-x"]
+    assert (state.state, state.changed) == ("closed", False)
+    assert state.window == PooledWindow(volume=1, failures=0, reporting=1, votes=0)
+    assert list(await window_fields(any_redis_client)) == ["pod:pod-x"]
 
 
-async def test_trim_stops_at_the_first_young_entry(any_redis_client: Client) -> None:
-    """An old entry behind a young head stays in the list but is not counted."""
-    now = await redis_now_ms(any_redis_client)
-    await seed(
-        any_redis_client,
-        entry(now, "young", successes=1),
-        entry(now - PARAMS.window_ms - 1, "stepped-back", failures=100),
+async def test_a_trip_does_not_reopen_from_a_garbage_field(any_redis_client: Client) -> None:
+    """On an opening nobody uses, only parsable trips of this epoch re-open."""
+    opened = await report(any_redis_client, "first", local_open=True, decision=params(quorum=1))
+    await any_redis_client.hset(KEYS.state, "open_until", opened.now_ms - 1)
+    head = f"{opened.now_ms} {opened.gen} {opened.epoch}"
+    await any_redis_client.hset(
+        KEYS.pods, mapping={"pod:a": f"{head} 0 0 x", "pod:b": f"{head} 0 0 100000001"}
     )
-    state = await report(any_redis_client, successes=1)
-    assert state.state == "closed"
-    assert await any_redis_client.llen(KEYS.stats) == 3
+    decision = params(quorum=2)
+    state = await report(any_redis_client, local_open=True, known_epoch=1, decision=decision)
+    assert (state.state, state.changed) == ("open", False)
+    assert state.window == PooledWindow(volume=0, failures=0, reporting=1, votes=1)
+    assert "pod:a" not in await window_fields(any_redis_client)
 
 
-async def test_list_is_capped_per_pod_in_it(any_redis_client: Client) -> None:
-    """The newest max(max_entries, (pods in the list + 1) * pod_entries) entries are kept."""
-    now = await redis_now_ms(any_redis_client)
-    await seed(any_redis_client, *(entry(now, "flood", successes=1) for i in range(10)))
-    decision = params(max_entries=4, pod_entries=1)  # 2 pods: max(4, 3 * 1)
-    await report(any_redis_client, "newest", successes=1, decision=decision)
-    instances = await stats_instances(any_redis_client)
-    assert instances == ["flood", "flood", "flood", "newest"]
+@pytest.mark.parametrize("how", ["reset", "trial_success"])
+async def test_a_close_starts_the_window_over(any_redis_client: Client, how: str) -> None:
+    """A close deletes the list, the windows and the tally lease with its snapshot; a pod
+    that has not heard of it yet reports under the old epoch, and its window counts
+    nowhere."""
+    scripts = scripts_for(any_redis_client)
+    await report(any_redis_client, "creator")
+    before = await report(any_redis_client, "fine", successes=10)
+    assert await any_redis_client.exists(KEYS.tally) == 1
+    await seed_windows(any_redis_client, ("sick", 0, 10))
+    if how == "reset":
+        closed = await scripts.reset(KEYS, instance="ops", key_ttl_ms=60_000)
+    else:
+        opened = await report(any_redis_client, "sick", local_open=True, jitter=0.0)
+        assert opened.state == "open"
+        grant = await scripts.acquire_trial(KEYS, holder="t", params=PARAMS)
+        closed = await scripts.finish_trial(
+            KEYS,
+            holder="t",
+            epoch=grant.state.epoch,
+            outcome="success",
+            instance="t",
+            params=PARAMS,
+        )
+    assert closed.state == "closed"
+    assert closed.epoch > before.epoch
+    assert await any_redis_client.exists(KEYS.stats, KEYS.pods, KEYS.tally) == 0
+    late = await report(
+        any_redis_client, "late", failures=10, known_epoch=before.epoch, known_gen=before.gen
+    )
+    assert (late.state, late.changed) == ("closed", False)
+    assert late.window == PooledWindow(volume=0, failures=0, reporting=0, votes=0)
+    fresh = await report(any_redis_client, "fresh", successes=1, known_epoch=closed.epoch)
+    assert fresh.window == PooledWindow(volume=1, failures=0, reporting=1, votes=0)
+    assert await stats_instances(any_redis_client) == ["late", "fresh"]
 
 
-async def test_cap_grows_with_the_pods_so_the_window_stays_whole(any_redis_client: Client) -> None:
-    """Many pods each within their share: nothing is cut, however low max_entries is."""
-    now = await redis_now_ms(any_redis_client)
-    await seed(any_redis_client, *(entry(now, f"pod{i}", successes=1) for i in range(10)))
-    decision = params(max_entries=4, pod_entries=1)  # 11 pods: max(4, 12 * 1)
-    await report(any_redis_client, "newest", successes=1, decision=decision)
-    assert len(await stats_instances(any_redis_client)) == 11
-
-
-async def test_capped_entries_leave_the_decision(any_redis_client: Client) -> None:
-    """Failures pushed out by the cap no longer count."""
-    now = await redis_now_ms(any_redis_client)
-    await seed(any_redis_client, entry(now, "p", failures=100), entry(now, "p", successes=1))
-    decision = params(max_entries=2, pod_entries=1)
-    state = await report(any_redis_client, "p", successes=1, decision=decision)
-    assert state.state == "closed"
-
-
-# --------------------------------------------------------------------------- garbage
+# --------------------------------------------------------------------------- the list
 
 
 GARBAGE_ENTRIES = [
@@ -427,22 +543,49 @@ GARBAGE_ENTRIES = [
 ]
 
 
-async def test_garbage_entries_are_skipped_and_popped_at_the_head(any_redis_client: Client) -> None:
-    """Unparsable entries never fail the script: dropped at the head, ignored elsewhere."""
+async def test_the_decision_never_reads_the_list(any_redis_client: Client) -> None:
+    """The list is the record of reports: failures in it without a window (and garbage)
+    decide nothing, and are left where they are."""
     now = await redis_now_ms(any_redis_client)
-    middle = json.dumps({"v": 1, "timestamp": now, "instance": "x", "failures": "many"})
-    await seed(
-        any_redis_client,
-        *GARBAGE_ENTRIES,
-        entry(now, "young", successes=3),
-        middle,
-        entry(now, "young", failures=2),
-    )
+    await seed(any_redis_client, entry(now, "sick", failures=100), *GARBAGE_ENTRIES)
     state = await report(any_redis_client, successes=1)
-    assert state.state == "closed"  # 2 failures of 6: the garbage added nothing
-    remaining = await any_redis_client.lrange(KEYS.stats, 0, -1)
-    assert remaining[1] == middle.encode()
-    assert len(remaining) == 4
+    assert (state.state, state.changed) == ("closed", False)
+    assert state.window == PooledWindow(volume=1, failures=0, reporting=1, votes=0)
+    assert await any_redis_client.llen(KEYS.stats) == len(GARBAGE_ENTRIES) + 2
+
+
+async def test_list_is_capped_at_max_entries_at_least(any_redis_client: Client) -> None:
+    """A tally keeps the newest max(max_entries, (pods + 1) * pod_entries) entries."""
+    now = await redis_now_ms(any_redis_client)
+    await seed(any_redis_client, *(entry(now, "flood", successes=1) for _ in range(10)))
+    await seed_windows(any_redis_client, ("flood", 10, 0))
+    decision = params(max_entries=4, pod_entries=1)  # 2 pods: max(4, 3 * 1)
+    await report(any_redis_client, "newest", successes=1, decision=decision)
+    instances = await stats_instances(any_redis_client)
+    assert instances == ["flood", "flood", "flood", "newest"]
+
+
+async def test_cap_grows_with_the_pods(any_redis_client: Client) -> None:
+    """With many pods the cap is (pods + 1) * pod_entries: the newest that many stay,
+    however low max_entries is."""
+    now = await redis_now_ms(any_redis_client)
+    names = [f"pod{i}" for i in range(10)]
+    await seed(any_redis_client, *(entry(now, name, successes=1) for name in names * 2))
+    await seed_windows(any_redis_client, *((name, 2, 0) for name in names))
+    decision = params(max_entries=4, pod_entries=1)  # 11 pods: max(4, 12 * 1)
+    await report(any_redis_client, "newest", successes=1, decision=decision)
+    assert await stats_instances(any_redis_client) == [*names, *names, "newest"][-12:]
+
+
+async def test_cap_leaves_a_short_list_whole(any_redis_client: Client) -> None:
+    """Under the cap nothing is cut, garbage included."""
+    now = await redis_now_ms(any_redis_client)
+    await seed(any_redis_client, *GARBAGE_ENTRIES[:3], entry(now, "a", successes=1))
+    await report(any_redis_client, "newest", successes=1, decision=params(max_entries=5))
+    assert await any_redis_client.llen(KEYS.stats) == 5
+
+
+# --------------------------------------------------------------------------- garbage
 
 
 @pytest.mark.parametrize(
@@ -479,12 +622,15 @@ async def test_hash_without_core_fields_is_replaced(any_redis_client: Client) ->
 
 
 async def test_keys_of_the_wrong_type_are_replaced(any_redis_client: Client) -> None:
-    """A string where the list or hash should be does not make the script fail."""
+    """A string where the list or a hash should be does not make the script fail."""
     await any_redis_client.set(KEYS.stats, "x")
     await any_redis_client.set(KEYS.state, "y")
+    await any_redis_client.set(KEYS.pods, "z")
     state = await report(any_redis_client, failures=1)
     assert (state.state, state.reason) == ("open", "pooled_rate")
     assert await any_redis_client.type(KEYS.stats) == b"list"
+    assert await any_redis_client.type(KEYS.pods) == b"hash"
+    assert list(await window_fields(any_redis_client)) == ["pod:pod-x"]
 
 
 async def test_reason_and_unknown_fields_are_tolerated(any_redis_client: Client) -> None:
@@ -565,8 +711,9 @@ async def test_reports_that_change_nothing_publish_nothing(any_redis_client: Cli
     """Only a state change is broadcast."""
     async with subscribed(any_redis_client, KEYS.events) as pubsub:
         await report(any_redis_client, successes=5)
-        await report(any_redis_client, failures=1)  # opens: one message
-        await report(any_redis_client, failures=9)  # already open
+        await report(any_redis_client, failures=4, window=PodWindow(9, 4))  # 4 of 9: closed
+        await report(any_redis_client, failures=2, window=PodWindow(11, 6))  # opens: one message
+        await report(any_redis_client, failures=9, window=PodWindow(20, 15))  # already open
         assert json.loads(await next_message(pubsub))["state"] == "open"
         await assert_no_broadcast(any_redis_client, pubsub, KEYS.events)
 

@@ -22,10 +22,11 @@ from transport_support import KEYS, PARAMS, Client, params, report
 
 from distributed_opossum._redis import scripts as _scripts
 from distributed_opossum._redis.keys import BreakerKeys
-from distributed_opossum._redis.params import DecisionParams, WindowReport
-from distributed_opossum._redis.replies import parse_state_reply
+from distributed_opossum._redis.params import DecisionParams, PodWindow, WindowReport
+from distributed_opossum._redis.replies import parse_report_reply, parse_state_reply
 from distributed_opossum._redis.scripts import (
     SCRIPT_NAMES,
+    PlainReply,
     ProtocolError,
     SharedState,
     script_source,
@@ -208,6 +209,71 @@ async def test_bad_report_arguments_fail_before_sending(
     assert await fake_redis_client.dbsize() == 0
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "field"),
+    [
+        ({"window": (1, 0, 0)}, TypeError, "window"),
+        ({"lease_ms": 0}, ValueError, "lease_ms"),
+        ({"known_gen": None}, TypeError, "known_gen"),
+    ],
+)
+async def test_bad_window_arguments_fail_before_sending(
+    fake_redis_client: Client, kwargs: dict[str, Any], error: type[Exception], field: str
+) -> None:
+    """The pod's window, the lease and the gen are checked before anything is sent."""
+    call: dict[str, Any] = {"instance": "pod", "known_epoch": 0, "params": PARAMS} | kwargs
+    with pytest.raises(error, match=field):
+        await scripts_for(fake_redis_client).report_window(KEYS, WindowReport(), **call)
+    with pytest.raises(error, match=field):
+        scripts_for(fake_redis_client).batch().report_window(KEYS, WindowReport(), **call)
+    assert await fake_redis_client.dbsize() == 0
+
+
+def test_pod_window_is_validated() -> None:
+    """Counts are non-negative ints, failures within the volume."""
+    with pytest.raises(ValueError, match="failures"):
+        PodWindow(volume=1, failures=2)
+    with pytest.raises(ValueError, match="trips"):
+        PodWindow(trips=-1)
+    assert PodWindow.of(WindowReport(successes=2, failures=1, rejects=5)) == PodWindow(3, 1, 0)
+    assert PodWindow.of(WindowReport(local_open=True)) == PodWindow(0, 0, 1)
+    assert PodWindow().is_empty
+    assert not PodWindow(trips=1).is_empty
+    assert PodWindow(7, 2, 1).to_text() == "7 2 1"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "field"),
+    [
+        ({"instance": ""}, ValueError, "instance"),
+        ({"gen": ""}, ValueError, "gen"),
+        ({"epoch": -1}, ValueError, "epoch"),
+        ({"redis_ms": -1}, ValueError, "redis_ms"),
+        ({"lease_ms": 0}, ValueError, "lease_ms"),
+        ({"report": WindowReport(local_open=True)}, ValueError, "trip"),
+    ],
+)
+async def test_bad_plain_arguments_fail_before_sending(
+    fake_redis_client: Client, kwargs: dict[str, Any], error: type[Exception], field: str
+) -> None:
+    """A plain report is checked when queued; a refused one is not queued."""
+    call: dict[str, Any] = {
+        "report": WindowReport(successes=1),
+        "instance": "pod",
+        "gen": "g",
+        "epoch": 0,
+        "window": PodWindow(1, 0, 0),
+        "redis_ms": 1,
+        "lease_ms": 1_000,
+    } | kwargs
+    batch = scripts_for(fake_redis_client).batch()
+    with pytest.raises(error, match=field):
+        batch.plain_report(KEYS, **call)
+    assert len(batch) == 0
+    assert await batch.execute() == []
+    assert await fake_redis_client.dbsize() == 0
+
+
 async def test_bad_trial_arguments_fail_before_sending(fake_redis_client: Client) -> None:
     """An unknown outcome or an empty holder is refused."""
     scripts = scripts_for(fake_redis_client)
@@ -227,8 +293,16 @@ async def test_script_rejects_bad_argv_loudly(any_redis_client: Client) -> None:
     sha = await any_redis_client.script_load(script_source("report_window"))
     args: list[str | int | float] = ["pod", "x", 0, 0, 0, 0, 0, 0, 1.0, "g", "ch", "n"]
     args += PARAMS.to_argv()
+    keys = (KEYS.stats, KEYS.state, KEYS.pods, KEYS.tally)
     with pytest.raises(ResponseError, match="fires"):
-        await any_redis_client.evalsha(sha, 3, KEYS.stats, KEYS.state, KEYS.pods, *args)
+        await any_redis_client.evalsha(sha, len(keys), *keys, *args)
+    good = [*args[:1], 0, *args[2:], "", "2 1 0", 0, 1_000]
+    for index, what in [(28, "window"), (30, "tally lease ms")]:
+        bad = list(good)
+        bad[index - 1] = "x"
+        with pytest.raises(ResponseError, match=what):
+            await any_redis_client.evalsha(sha, len(keys), *keys, *bad)
+    assert await any_redis_client.exists(KEYS.state) == 0
 
 
 # --------------------------------------------------------------------------- NOSCRIPT
@@ -339,9 +413,9 @@ async def test_batch_errors_stay_with_their_call(any_redis_client: Client) -> No
     batch._calls.append(
         _scripts._Call(
             scripts_by_name["report_window"],
-            (KEYS.stats, KEYS.state, KEYS.pods),
+            (KEYS.stats, KEYS.state, KEYS.pods, KEYS.tally),
             ("pod", "not-a-number"),
-            batch._calls[0].parse,
+            parse_report_reply,
         )
     )
     batch._calls.append(
@@ -358,6 +432,59 @@ async def test_batch_errors_stay_with_their_call(any_redis_client: Client) -> No
     assert isinstance(bad_argv, ResponseError)
     assert isinstance(bad_reply, ProtocolError)
     assert isinstance(last, SharedState)
+
+
+async def test_batch_mixes_plain_reports_and_scripts(any_redis_client: Client) -> None:
+    """Plain reports and script calls share one round trip, results in queue order; after
+    SCRIPT FLUSH only the scripts are sent again, so every report is applied once."""
+    state = await report(any_redis_client, "pod", successes=1)
+    await any_redis_client.script_flush()
+    now = (await scripts_for(any_redis_client).read_state(KEYS)).now_ms
+    batch = scripts_for(any_redis_client).batch()
+    batch.plain_report(
+        KEYS,
+        WindowReport(successes=2),
+        instance="plain",
+        gen=state.gen,
+        epoch=0,
+        window=PodWindow(2, 0, 0),
+        redis_ms=now,
+        lease_ms=1_000,
+    )
+    batch.report_window(
+        KEYS, WindowReport(successes=1), instance="script", known_epoch=0, params=PARAMS
+    )
+    batch.read_state(KEYS)
+    plain, scripted, read = await batch.execute()
+    assert isinstance(plain, PlainReply)
+    assert isinstance(scripted, SharedState)
+    assert isinstance(read, SharedState)
+    assert plain.now_ms >= now
+    assert scripted.gen == read.gen == state.gen
+    assert await any_redis_client.llen(KEYS.stats) == 3  # pod, plain, script: once each
+    assert await any_redis_client.hlen(KEYS.pods) == 3
+
+
+async def test_execute_states_refuses_plain_reports(fake_redis_client: Client) -> None:
+    """execute_states() is for batches of script calls; a plain report there is a bug."""
+    batch = scripts_for(fake_redis_client).batch()
+    batch.plain_report(
+        KEYS,
+        WindowReport(successes=1),
+        instance="p",
+        gen="g",
+        epoch=0,
+        window=PodWindow(1, 0, 0),
+        redis_ms=1,
+        lease_ms=1_000,
+    )
+    with pytest.raises(TypeError, match="script calls only"):
+        await batch.execute_states()
+    assert await fake_redis_client.dbsize() == 0
+    batch = scripts_for(fake_redis_client).batch()
+    batch.read_state(KEYS)
+    [state] = await batch.execute_states()
+    assert isinstance(state, SharedState)
 
 
 async def test_empty_batch_sends_nothing(fake_redis_client: Client) -> None:

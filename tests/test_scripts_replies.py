@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -11,11 +12,16 @@ import pytest
 from distributed_opossum._redis.replies import (
     MAX_BROADCAST_BYTES,
     Broadcast,
+    PlainReply,
+    PooledWindow,
     ProtocolError,
     SharedState,
     parse_broadcast,
     parse_count_reply,
+    parse_plain_reply,
+    parse_report_reply,
     parse_state_reply,
+    parse_time_reply,
     parse_trial_reply,
     protocol_error_counts,
 )
@@ -122,6 +128,131 @@ def test_bad_count_replies_raise_protocol_error(reply: object) -> None:
     """cleanup_stats returns a non-negative integer or it is garbage."""
     with pytest.raises(ProtocolError):
         parse_count_reply(reply)
+
+
+# --------------------------------------------------------------------------- report replies
+
+
+def test_report_reply_carries_the_pooled_window() -> None:
+    """The state, then volume, failures, reporting pods and votes of the tally."""
+    state = parse_report_reply([*GOOD_STATE, 10, 4, 3, 1])
+    assert state.window == PooledWindow(volume=10, failures=4, reporting=3, votes=1)
+    assert state == dataclasses.replace(parse_state_reply(GOOD_STATE), window=state.window)
+
+
+def test_report_reply_without_a_tally_has_no_window() -> None:
+    """Four -1: this call did not tally (another pod holds the lease)."""
+    state = parse_report_reply([*GOOD_STATE, -1, -1, -1, -1])
+    assert state.window is None
+    assert state == parse_state_reply(GOOD_STATE)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param(GOOD_STATE, id="no-window"),
+        pytest.param([*GOOD_STATE, 1, 0, 1], id="short"),
+        pytest.param([*GOOD_STATE, 1, 0, 1, 0, 0], id="long"),
+        pytest.param([*GOOD_STATE, -1, 0, 0, 0], id="one-minus-one"),
+        pytest.param([*GOOD_STATE, -1, -1, -1, -2], id="not-four-minus-ones"),
+        pytest.param([*GOOD_STATE, b"1", 0, 1, 0], id="text-count"),
+        pytest.param([*GOOD_STATE, 1, 0, True, 0], id="bool-count"),
+        pytest.param([*with_item(2, b"ajar"), 1, 0, 1, 0], id="bad-state"),
+    ],
+)
+def test_bad_report_replies_raise_protocol_error(reply: object) -> None:
+    """report_window's reply is validated like the others, and counted."""
+    before = protocol_error_counts().get("reply", 0)
+    with pytest.raises(ProtocolError):
+        parse_report_reply(reply)
+    assert protocol_error_counts()["reply"] == before + 1
+
+
+# --------------------------------------------------------------------------- plain replies
+
+SNAPSHOT = b"pod-a g1 4 open 1500 20 9 3 2"
+
+
+def test_a_free_lease_is_won() -> None:
+    """SET NX GET answering nil: the lease was free, the pod tallies next."""
+    assert parse_plain_reply(None, 1_234) == PlainReply(tally=True, now_ms=1_234)
+
+
+@pytest.mark.parametrize("snapshot", [SNAPSHOT, SNAPSHOT.decode()])
+def test_a_snapshot_is_read(snapshot: bytes | str) -> None:
+    """The last tally's snapshot: the state's gen, epoch and name, the pooled window."""
+    assert parse_plain_reply(snapshot, 1_600) == PlainReply(
+        tally=False,
+        now_ms=1_600,
+        gen="g1",
+        epoch=4,
+        state="open",
+        window=PooledWindow(volume=20, failures=9, reporting=3, votes=2),
+    )
+
+
+@pytest.mark.parametrize(
+    "lease",
+    [
+        pytest.param(b"pod-a", id="bare-holder"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b"pod-a g1 4 ajar 1500 20 9 3 2", id="unknown-state"),
+        pytest.param(b"pod-a  4 open 1500 20 9 3 2", id="empty-gen"),
+        pytest.param(b"pod-a g1 -4 open 1500 20 9 3 2", id="negative-epoch"),
+        pytest.param(b"pod-a g1 4 open 1500 20 9 3", id="short"),
+        pytest.param(b"pod-a g1 4 open 1500 20 9 3 2 1", id="long"),
+        pytest.param(b"pod-a g1 4 open 1500 2.5 9 3 2", id="fraction"),
+        pytest.param(b"pod-a g1 99999999999999999 open 1500 20 9 3 2", id="huge-epoch"),
+        pytest.param(b"\xff\xfe", id="not-utf8"),
+        pytest.param(7, id="integer"),
+        pytest.param([b"x"], id="list"),
+    ],
+)
+def test_an_unreadable_lease_teaches_nothing(lease: object) -> None:
+    """Anything but a snapshot: no tally (the lease is taken), nothing learnt."""
+    assert parse_plain_reply(lease, 1_600) == PlainReply(tally=False, now_ms=1_600)
+
+
+@pytest.mark.parametrize(
+    "snapshot", [b"pod-a g1 4 closed 1500 20 21 3 2", b"pod-a g1 4 closed 1500 20 9 3 4"]
+)
+def test_an_impossible_pooled_window_is_dropped(snapshot: bytes) -> None:
+    """More failures than calls, or more votes than pods: the state stands, the window not."""
+    reply = parse_plain_reply(snapshot, 1_600)
+    assert (reply.tally, reply.gen, reply.epoch, reply.state) == (False, "g1", 4, "closed")
+    assert reply.window is None
+
+
+@pytest.mark.parametrize(
+    ("reply", "ms"),
+    [
+        ([b"1700000000", b"123456"], 1_700_000_000_123),
+        (["1700000000", "999"], 1_700_000_000_000),
+        ((1_700_000_000, 999_999), 1_700_000_000_999),
+        ([0, 0], 0),
+    ],
+)
+def test_time_reply(reply: object, ms: int) -> None:
+    """TIME's seconds and microseconds, as bytes, text or integers, in ms."""
+    assert parse_time_reply(reply) == ms
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        None,
+        b"1700000000",
+        [b"1700000000"],
+        [b"1", b"2", b"3"],
+        [b"x", b"1"],
+        [b"-1", b"0"],
+        [1.5, 0],
+    ],
+)
+def test_bad_time_replies_raise_protocol_error(reply: object) -> None:
+    """Anything but two non-negative integers."""
+    with pytest.raises(ProtocolError):
+        parse_time_reply(reply)
 
 
 # --------------------------------------------------------------------------- broadcasts

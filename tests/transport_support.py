@@ -20,6 +20,7 @@ from redis.asyncio.client import PubSub
 from distributed_opossum._redis.keys import BreakerKeys
 from distributed_opossum._redis.scripts import (
     DecisionParams,
+    PodWindow,
     SharedState,
     WindowReport,
     scripts_for,
@@ -100,13 +101,22 @@ async def report(
     decision: DecisionParams = PARAMS,
     jitter: float = 1.0,
     keys: BreakerKeys = KEYS,
+    window: PodWindow | None = None,
+    holds_lease: bool = True,
+    lease_ms: int = 1_000,
     **counts: Any,
 ) -> SharedState:
     """Run report_window for one pod's bucket.
 
     ``known_gen`` None: for a trip vote, the gen Redis holds now, so
     ``known_epoch`` is an epoch of the current history (what a synced pod
-    sends); without a vote the gen matters to nothing and none is read.
+    sends); without a vote, "" (none is read): a pod before its first sync,
+    whose window counts in the current epoch whatever ``known_epoch`` says.
+    Pass the gen for a synced pod whose epoch may be over.
+    ``window``: the pod's own totals in the window (None: this bucket alone).
+    ``holds_lease`` True by default, so every report tallies and decides (what
+    a test of a decision wants); False: the script tallies only if it wins
+    the tally lease itself (or must judge a trip).
     """
     if known_gen is None:
         known_gen = (
@@ -120,7 +130,58 @@ async def report(
         known_gen=known_gen,
         params=decision,
         jitter=jitter,
+        window=window,
+        holds_lease=holds_lease,
+        lease_ms=lease_ms,
     )
+
+
+def window_field(
+    ts: int, gen: str, epoch: int, volume: int = 0, failures: int = 0, trips: int = 0
+) -> str:
+    """A pod's field in the windows hash, as a report writes it."""
+    return f"{gen}:{epoch} {ts} {volume} {failures} {trips}"
+
+
+async def seed_windows(
+    client: aioredis.Redis,
+    *pods: tuple[str, int, int] | tuple[str, int, int, int],
+    ts: int | None = None,
+    gen: str | None = None,
+    epoch: int | None = None,
+    keys: BreakerKeys = KEYS,
+) -> SharedState:
+    """Write pods' fields in the windows hash, as other pods' reports would have.
+
+    Each pod is ``(instance, successes, failures[, trips])``: its window holds
+    ``successes + failures`` calls. ``ts``, ``gen`` and ``epoch`` default to
+    Redis' now and the state Redis holds (created by an empty report if
+    missing). Returns that state.
+    """
+    state = await scripts_for(client).read_state(keys)
+    if not state.exists:
+        state = await report(client, "seeder", keys=keys)
+    if pods:
+        await client.hset(
+            keys.pods,
+            mapping={
+                f"pod:{pod[0]}": window_field(
+                    state.now_ms if ts is None else ts,
+                    state.gen if gen is None else gen,
+                    state.epoch if epoch is None else epoch,
+                    pod[1] + pod[2],
+                    pod[2],
+                    pod[3] if len(pod) == 4 else 0,
+                )
+                for pod in pods
+            },
+        )
+    return state
+
+
+async def window_fields(client: aioredis.Redis, keys: BreakerKeys = KEYS) -> dict[str, str]:
+    """The windows hash as text, field by field."""
+    return {text(k): text(v) for k, v in (await client.hgetall(keys.pods)).items()}
 
 
 async def open_then_half_open(

@@ -112,6 +112,10 @@ class Coordinator:
             "script_errors": 0,
             "sweeps": 0,
             "pings": 0,
+            "plain_reports": 0,
+            "tallies": 0,
+            "plain_tallies": 0,
+            "tally_round_trips": 0,
             "redirects": 0,
         }
         self._reporter = Reporter(self)

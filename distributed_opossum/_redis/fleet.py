@@ -8,8 +8,9 @@ instead of crashing the reader.
 
 Per page of breakers the reads cost three pipelined round trips, whatever the
 number of pods: the state of each (the ``read_state`` script, which validates
-and carries Redis' clock), which of its keys exist, and its window sums (the
-``pods`` hash written by ``lua/report_window.lua``; see :func:`read_windows`).
+and carries Redis' clock), which of its keys exist, and its window (each pod's
+field of the ``windows`` hash and the last tally's pooled figures, see the
+header of ``lua/report_window.lua`` and :func:`read_windows`).
 
 Example::
 
@@ -24,7 +25,7 @@ import os
 import re
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from redis.exceptions import ResponseError
 
@@ -52,7 +53,17 @@ _RESET_KEY_TTL_MS = 60_000
 # The TTL reset gives a state hash; the next report of a pod sets its own.
 _MAX_EXACT = 2**53
 _COUNT = re.compile(rb"[0-9]{1,16}")
-_POD_ROW = re.compile(rb"([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16})(?: [0-9]{1,16})?")
+# A pod's field (see lua/report_window.lua):
+# "<gen>:<epoch> <ts> <volume> <failures> <trips>".
+_POD_ROW = re.compile(
+    rb"(\S+):([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16})"
+)
+# The tally's snapshot in the lease:
+# "<holder> <gen> <epoch> <state> <ms> <volume> <failures> <reporting> <votes>".
+_SNAPSHOT = re.compile(
+    rb"(\S+) (\S+) ([0-9]{1,16}) (closed|open|half_open|forced_open) ([0-9]{1,16})"
+    rb" ([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16})"
+)
 _POD_PREFIX = b"pod:"
 
 
@@ -66,7 +77,7 @@ class UnknownBreakerError(LookupError):
 
 @dataclass(frozen=True, slots=True)
 class PodWindow:
-    """One pod's sums over the window: ``None`` where Redis holds garbage."""
+    """One pod's window as it wrote it: ``None`` where Redis holds garbage."""
 
     instance: str
     volume: int | None
@@ -74,19 +85,23 @@ class PodWindow:
     failures: int | None
     trips: int | None
     """Local trips the pod reported under the current epoch."""
+    written_ms: int | None = None
+    """When (Redis ms, as the pod estimated it) the pod wrote it."""
 
 
 @dataclass(frozen=True, slots=True)
 class WindowSums:
-    """The pooled sums over a breaker's stats window, as of the latest report.
+    """The pooled window of a breaker: the last tally's figures, and each pod's field.
 
-    Every field is ``None`` when unknown (missing or garbage in Redis).
+    Every field is ``None`` when unknown (missing or garbage in Redis, or
+    ``pending``).
     """
 
     volume: int | None
     """Pooled completed calls (successes + failures) of every pod."""
     failures: int | None
     trips: int | None
+    """Local trips in the pods' windows (summed from the pods listed)."""
     reporting: int | None
     """Pods with calls or a trip in the window (an idle pod has no say)."""
     votes: int | None
@@ -94,12 +109,22 @@ class WindowSums:
     entries: int | None
     """Entries in the stats list."""
     latest_ms: int | None
-    """Redis time of the latest entry (0: none)."""
+    """Redis time of the latest pod window written (0: none)."""
     min_pod_volume: float | None
-    """Vote rule: calls a pod needs before its rate is a vote..."""
+    """Vote rule: calls a pod needs before its rate is a vote (the tallying
+    pod's option: not stored, always None here)..."""
     error_threshold_percentage: float | None
-    """...and the rate it must exceed."""
+    """...and the rate it must exceed (None, as above)."""
     pods: tuple[PodWindow, ...]
+    """The pods whose window is of the current gen and epoch, and those whose
+    field does not parse (all ``None``), by instance."""
+    tallied_ms: int | None = None
+    """Redis time of the tally the pooled figures come from; None without one."""
+    pending: bool = False
+    """Pods hold windows of the current epoch but no tally of them is in Redis
+    yet (a change of state deleted the last one, or its lease just ran out):
+    the next report tallies. The pooled figures are then ``None``; this is no
+    problem."""
 
     @property
     def failure_rate(self) -> float | None:
@@ -109,8 +134,6 @@ class WindowSums:
         return self.failures / self.volume if self.volume else None
 
 
-_EMPTY = WindowSums(0, 0, 0, 0, 0, 0, 0, None, None, ())
-"""The sums of a breaker without a stats list: nothing in the window."""
 _UNKNOWN = WindowSums(None, None, None, None, None, None, None, None, None, ())
 
 
@@ -134,86 +157,159 @@ def _count(raw: object) -> int | None:
     return value if value < _MAX_EXACT else None
 
 
-def _real(raw: bytes) -> float | None:
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return value if 0 <= value < _MAX_EXACT else None
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """A pod's field of the windows hash, read."""
+
+    pod: PodWindow
+    history: tuple[bytes, int] | None
+    """The gen and epoch it was written under; None when it does not parse."""
 
 
-def _pod(field: bytes, raw: object) -> PodWindow:
+def _field(field: bytes, raw: object) -> _Field:
     instance = field[len(_POD_PREFIX) :].decode("utf-8", "replace")
     match = _POD_ROW.fullmatch(raw) if isinstance(raw, bytes) else None
     if match is None:
-        return PodWindow(instance, None, None, None)
-    volume, failures, trips = (_count(group) for group in match.groups())
-    if volume is not None and failures is not None and failures > volume:
-        volume = failures = None
-    return PodWindow(instance, volume, failures, trips)
+        return _Field(PodWindow(instance, None, None, None), None)
+    gen, epoch, at, volume, failures, trips = match.groups()
+    v, f, t, e = _count(volume), _count(failures), _count(trips), _count(epoch)
+    if v is None or f is None or t is None or e is None or f > v:
+        return _Field(PodWindow(instance, None, None, None, _count(at)), None)
+    return _Field(PodWindow(instance, v, f, t, _count(at)), (gen, e))
 
 
-def _window(fields: dict[bytes, bytes]) -> WindowSums:
-    rule = fields.get(b"rule", b"").split(b" ")
-    min_pod_volume, threshold = (_real(part) for part in rule) if len(rule) == 2 else (None, None)
-    pods = [_pod(field, raw) for field, raw in fields.items() if field.startswith(_POD_PREFIX)]
-    return WindowSums(
-        volume=_count(fields.get(b"volume")),
-        failures=_count(fields.get(b"failures")),
-        trips=_count(fields.get(b"trips")),
-        reporting=_count(fields.get(b"reporting")),
-        votes=_count(fields.get(b"votes")),
-        entries=_count(fields.get(b"entries")),
-        latest_ms=_count(fields.get(b"latest")),
-        min_pod_volume=min_pod_volume,
-        error_threshold_percentage=threshold,
-        pods=tuple(sorted(pods, key=lambda pod: pod.instance)),
-    )
+def _history(state: object) -> tuple[bytes, int] | None:
+    """The state hash's gen and epoch (its ``HMGET``), or None: missing or unreadable."""
+    if not isinstance(state, list) or len(state) != 2:
+        return None
+    gen, epoch = state[0], _count(state[1])
+    if not isinstance(gen, bytes) or not gen or epoch is None:
+        return None
+    return gen, epoch
 
 
 async def read_windows(
     client: RedisClient, keys: Sequence[BreakerKeys]
-) -> list[tuple[WindowSums, str | None]]:
-    """The window sums of each breaker, in one pipelined round trip.
+) -> list[tuple[WindowSums, tuple[str, ...]]]:
+    """The window of each breaker, in one pipelined round trip.
 
-    The one place that reads the aggregates hash (``<prefix>:{<name>}:pods``,
-    see the header of ``lua/report_window.lua``): a change of the report
-    protocol changes this function only. As that script does, the sums are
-    trusted only if they describe as many entries as the stats list holds.
+    The one place that reads the windows hash and the tally lease's snapshot
+    (see the header of ``lua/report_window.lua``): a change of the report
+    protocol changes this function only. The pooled figures are the last
+    tally's snapshot (in the tally lease: at most one report interval old
+    while pods report) when it is of the state's gen and epoch; without one,
+    and with pods holding windows of that epoch, they are ``pending`` (the
+    next report tallies). The pods listed are those whose window is of the
+    current gen and epoch (the others count nowhere), and those whose field
+    is garbage.
 
     Returns:
-        Per breaker, its sums and, when they are not to be trusted, why (then
-        the unknown fields are ``None``). No list and no hash: empty sums.
+        Per breaker, its window and what is unreadable, in words (then the
+        unknown fields are ``None``). No keys at all: an empty window.
     """
     pipe = client.pipeline(transaction=False)
     for k in keys:
         pipe.hgetall(k.pods)
         pipe.llen(k.stats)
+        pipe.hmget(k.state, "gen", "epoch")
+        pipe.get(k.tally)
     replies = await pipe.execute(raise_on_error=False)
-    return [_checked_window(replies[i], replies[i + 1]) for i in range(0, len(replies), 2)]
+    return [_checked_window(*replies[i : i + 4]) for i in range(0, len(replies), 4)]
 
 
-def _checked_window(fields: object, length: object) -> tuple[WindowSums, str | None]:
-    for reply in (fields, length):
+def _checked_window(
+    fields: object, length: object, state: object, lease: object
+) -> tuple[WindowSums, tuple[str, ...]]:
+    for reply in (fields, length, state, lease):
         if isinstance(reply, Exception) and not _is_garbage(reply):
             raise reply
     if not isinstance(fields, dict) or not isinstance(length, int):
-        return _UNKNOWN, "window sums unreadable (a key of the wrong type)"
-    if not fields:
-        if length == 0:
-            return _EMPTY, None
-        return _UNKNOWN, "window sums missing; the next report rebuilds them"
-    window = _window(fields)
-    header = (window.entries, window.volume, window.failures, window.reporting, window.votes)
-    if None in header:
-        return window, "window sums unreadable (garbage)"
-    counted = _count(fields.get(b"counted"))
-    if counted is not None and window.entries is not None and counted < window.entries:
-        return _UNKNOWN, f"window sums being rebuilt ({counted} of {window.entries} entries)"
-    if window.entries != length:
-        stale = f"window sums out of date ({window.entries} entries summed, {length} in the list)"
-        return _UNKNOWN, f"{stale}; the next report rebuilds them"
-    return window, None
+        return _UNKNOWN, ("window unreadable (a key of the wrong type)",)
+    problems = []
+    # No readable state: the next report makes a new history, in which no
+    # window written so far counts (pods read a missing state as closed).
+    history = _history(state)
+    read = [_field(f, raw) for f, raw in fields.items() if f.startswith(_POD_PREFIX)]
+    garbage = [r.pod for r in read if r.history is None]
+    counted = [r.pod for r in read if r.history is not None and r.history == history]
+    if garbage:
+        problems.append(
+            f"{len(garbage)} pod window(s) unreadable (garbage); they count nowhere,"
+            " and the next tally removes them"
+        )
+    pods = tuple(sorted(counted + garbage, key=lambda pod: pod.instance))
+    found = WindowSums(
+        volume=None,
+        failures=None,
+        trips=sum(pod.trips or 0 for pod in counted),
+        reporting=None,
+        votes=None,
+        entries=length,
+        latest_ms=max((pod.written_ms or 0 for pod in counted), default=0),
+        min_pod_volume=None,
+        error_threshold_percentage=None,
+        pods=pods,
+    )
+    if isinstance(lease, Exception):
+        problems.append("tally lease unreadable (a key of the wrong type)")
+        return found, tuple(problems)
+    snapshot = _snapshot(lease, history)
+    if isinstance(snapshot, str):
+        problems.append(snapshot)
+        return found, tuple(problems)
+    if snapshot is not None:
+        pooled = replace(
+            found,
+            volume=snapshot.volume,
+            failures=snapshot.failures,
+            reporting=snapshot.reporting,
+            votes=snapshot.votes,
+            tallied_ms=snapshot.tallied_ms,
+        )
+        return pooled, tuple(problems)
+    if not counted:
+        # Nothing of this epoch to tally: the next tally finds nothing either.
+        return replace(found, volume=0, failures=0, reporting=0, votes=0), tuple(problems)
+    return replace(found, pending=True), tuple(problems)
+
+
+def _snapshot(lease: object, history: tuple[bytes, int] | None) -> WindowSums | str | None:
+    """The tally's pooled figures in the lease, if it holds a snapshot of ``history``.
+
+    Returns:
+        The figures in a :class:`WindowSums` (only ``volume``, ``failures``,
+        ``reporting``, ``votes`` and ``tallied_ms`` set); None when the lease
+        holds no snapshot of the current state, which is no problem (it is
+        free, a pod's tally is under way, or the state changed between the
+        reads); or, when it holds garbage, why.
+    """
+    if not isinstance(lease, bytes) or b" " not in lease:
+        return None  # free, or held by a pod whose tally is under way
+    match = _SNAPSHOT.fullmatch(lease)
+    if match is None:
+        return "pooled window unreadable (garbage in the tally lease)"
+    _, gen, epoch, _, *numbers = match.groups()
+    ms, volume, failures, reporting, votes = (_count(n) for n in numbers)
+    if (
+        ms is None
+        or volume is None
+        or failures is None
+        or reporting is None
+        or votes is None
+        or failures > volume
+        or votes > reporting
+    ):
+        return "pooled window unreadable (garbage in the tally lease)"
+    if history is None or (gen, _count(epoch)) != history:
+        return None  # the state changed between the reads: the next tally follows it
+    return replace(
+        _UNKNOWN,
+        volume=volume,
+        failures=failures,
+        reporting=reporting,
+        votes=votes,
+        tallied_ms=ms,
+    )
 
 
 def _is_garbage(reply: object) -> bool:
@@ -269,7 +365,7 @@ class Fleet:
     async def require(self, name: str) -> BreakerKeys:
         """The keys of ``name``, or :class:`UnknownBreakerError` when none exists."""
         keys = self.keys(name)
-        if not await self.client.exists(keys.state, keys.stats, keys.pods):
+        if not await self.client.exists(keys.state, keys.stats, keys.pods, keys.tally):
             raise UnknownBreakerError(name)
         return keys
 
@@ -280,7 +376,7 @@ class Fleet:
         for k in keys:
             batch.read_state(k)
             pipe.exists(k.state)
-        states = await batch.execute()
+        states = await batch.execute_states()
         present = await pipe.execute(raise_on_error=False)
         windows = await read_windows(self.client, keys)
         return [
@@ -322,7 +418,7 @@ def _status(
     name: str,
     state: SharedState | Exception,
     state_present: object,
-    window: tuple[WindowSums, str | None],
+    window: tuple[WindowSums, tuple[str, ...]],
 ) -> BreakerStatus:
     problems = []
     shared: SharedState | None = None
@@ -335,7 +431,6 @@ def _status(
         problems.append("state hash unreadable (garbage); pods recreate it at their next report")
     else:
         shared = state
-    sums, problem = window
-    if problem is not None:
-        problems.append(problem)
+    sums, found = window
+    problems.extend(found)
     return BreakerStatus(name, shared, sums, tuple(problems))

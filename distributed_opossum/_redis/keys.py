@@ -3,8 +3,9 @@
 A breaker named ``payments`` under the default prefix owns::
 
     dopossum:{payments}:distributedStats   list: one JSON entry per pod per bucket
-    dopossum:{payments}:pods               hash: running sums over that list
+    dopossum:{payments}:windows            hash: each pod's own entries in the window, summed
     dopossum:{payments}:state              hash: the cluster-wide state
+    dopossum:{payments}:tally              string: who tallies the windows now (a short lease)
     dopossum:{payments}:events             pub/sub channel: state broadcasts
 
 The ``{...}`` part is a Redis Cluster hash tag: all keys of one breaker hash to
@@ -36,10 +37,11 @@ DEFAULT_PREFIX = "dopossum"
 """Namespace of every key and channel unless the user picks another."""
 
 STATS_SUFFIX = "distributedStats"
-PODS_SUFFIX = "pods"
+PODS_SUFFIX = "windows"
 STATE_SUFFIX = "state"
+TALLY_SUFFIX = "tally"
 EVENTS_SUFFIX = "events"
-BREAKER_KEY_SUFFIXES = (STATE_SUFFIX, STATS_SUFFIX, PODS_SUFFIX)
+BREAKER_KEY_SUFFIXES = (STATE_SUFFIX, STATS_SUFFIX, PODS_SUFFIX, TALLY_SUFFIX)
 """The suffixes of a breaker's keys (its events channel is no key)."""
 
 _SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
@@ -142,9 +144,13 @@ class BreakerKeys:
     state: str
     """Hash of the shared state (see ``lua/_prelude.lua`` for its fields)."""
     pods: str
-    """Hash of running sums over the stats list, pooled and per pod, kept by
-    ``lua/report_window.lua`` (see its header); rebuilt from the list when lost,
-    a bounded step per report. Deleted with the list by every close."""
+    """Hash of each pod's window (its own entries of the current epoch in the
+    window, summed), one field per pod, written by the pod at every report and
+    tallied by ``lua/report_window.lua`` (see its header). Deleted with the
+    list by every close."""
+    tally: str
+    """The tally lease: the pod whose ``SET NX PX`` of it succeeds tallies the
+    windows and decides, once per report interval."""
     events: str
     """Pub/sub channel of state broadcasts (a channel, not a key)."""
 
@@ -163,6 +169,7 @@ class BreakerKeys:
             stats=base + STATS_SUFFIX,
             state=base + STATE_SUFFIX,
             pods=base + PODS_SUFFIX,
+            tally=base + TALLY_SUFFIX,
             events=base + EVENTS_SUFFIX,
         )
 

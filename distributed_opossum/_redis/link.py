@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import math
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,6 +34,8 @@ from .keys import BreakerKeys
 from .scripts import (
     Broadcast,
     DecisionParams,
+    PlainReply,
+    PodWindow,
     PooledWindow,
     ProtocolError,
     SharedState,
@@ -50,10 +53,27 @@ __all__ = ["SharedLink", "TrialLease"]
 
 LEASE_WAIT = 0.5
 """Longest a caller waits for a cluster trial lease (or ``timeout``, if shorter)."""
+WITHOUT_SNAPSHOT_LIMIT = 3
+"""Plain reports in a row that may find the tally lease without a snapshot (a
+tally under way) before the next report goes by script, which replaces a
+lease that is not ours."""
 COMMAND_WAIT = 5.0
 """Longest ``force_open()``/``reset()`` wait for Redis before raising."""
 COMMAND_ERRORS: tuple[type[Exception], ...] = (*REGISTRY_ERRORS, ProtocolError)
 """Anything the Redis layer answers instead of the new state (refused rights included)."""
+
+
+@dataclass(slots=True)
+class _Reported:
+    """One entry this pod reported: what its window sums (see :meth:`SharedLink.pod_window`)."""
+
+    at: float
+    """Local monotonic time of the report."""
+    volume: int
+    failures: int
+    trip: bool
+    epoch: int
+    """The epoch the pod knew (-1 before its first sync: the reply says which)."""
 
 
 @dataclass(slots=True)
@@ -195,6 +215,10 @@ class SharedLink:
         self._attempts = 0
         self._holder_ids = itertools.count(1)
         self._window: PooledWindow | None = None  # the pooled sums, from the last report
+        self._reported: deque[_Reported] = deque()  # this pod's entries, oldest first
+        self._window_written = False  # this pod's field in the windows hash is not empty
+        self._offset_ms: float | None = None  # Redis' clock minus ours, from the last reply
+        self._without_snapshot = 0  # plain reports in a row that found no tally's snapshot
         self._window_at = 0.0
         self._lease_request: asyncio.Task[_LeaseAnswer] | None = None
         self._lease_waiters = 0
@@ -300,16 +324,6 @@ class SharedLink:
         self._tripped = False
         self._closed_news = True
 
-    def window_holds_calls(self) -> bool:
-        """True while this pod's rolling window holds completed calls.
-
-        Its entries are then in the pooled window too: as they age out, the
-        decision and the pooled view may change, so the breaker keeps
-        reporting (the reply carries both) until its window is empty.
-        """
-        successes, failures = self.breaker.window.totals(self.breaker.monotonic())
-        return successes + failures > 0
-
     def take_local_news(self) -> bool:
         """True when this breaker must report though its buckets are empty.
 
@@ -332,7 +346,7 @@ class SharedLink:
         # A kept vote is void once this pod has closed again.
         vote = self._vote and self.breaker.local_state() is not State.CLOSED
         self._vote = False
-        return WindowReport(
+        report = WindowReport(
             fires=sum(b.fires for b in finished),
             successes=sum(b.successes for b in finished),
             failures=sum(b.failures - b.late_failures for b in finished),
@@ -340,6 +354,82 @@ class SharedLink:
             rejects=sum(b.rejects for b in finished),
             local_open=vote,
         )
+        return report
+
+    def pod_window(self, bucket: WindowReport) -> PodWindow:
+        """This pod's delivered entries of the epoch it knows within the window, and
+        ``bucket`` (about to be sent), summed.
+
+        What the tally counts of this pod (its field in the windows hash):
+        entries of other epochs are history (every close is a new epoch), and
+        older ones have left the window. A report that never reached Redis is
+        no entry: its trip vote, if any, is sent again while it holds.
+        """
+        now = self.breaker.monotonic()
+        reported = self._reported
+        oldest = now - self.params.window_ms / 1000.0
+        while reported and reported[0].at <= oldest:
+            reported.popleft()
+        epoch = self.epoch if self.gen is not None else -1
+        volume = bucket.successes + bucket.failures
+        failures = bucket.failures
+        trips = 1 if bucket.local_open else 0
+        for entry in reported:
+            if entry.epoch == epoch:
+                volume += entry.volume
+                failures += entry.failures
+                trips += entry.trip
+        return PodWindow(volume=volume, failures=failures, trips=trips)
+
+    def delivered(self, bucket: WindowReport, epoch: int) -> None:
+        """``bucket``, sent under ``epoch`` (-1: before the first sync), reached Redis:
+        it is an entry of this pod's window from now on."""
+        if bucket.is_empty:
+            return
+        self._reported.append(
+            _Reported(
+                at=self.breaker.monotonic(),
+                volume=bucket.successes + bucket.failures,
+                failures=bucket.failures,
+                trip=bucket.local_open,
+                # Sent before the first sync: Redis counted it in its epoch then.
+                epoch=self.epoch if epoch < 0 else epoch,
+            )
+        )
+
+    def window_lost(self) -> None:
+        """A report did not reach Redis: write the window next time, even an empty one."""
+        self._window_written = True
+
+    @property
+    def tally_lease_ms(self) -> int:
+        """How long this pod's tally lease lasts: nine tenths of a report interval,
+        so that the report a whole interval later finds it over."""
+        return max(1, round(self.interval * 900))
+
+    def window_news(self, window: PodWindow) -> bool:
+        """True when ``window`` must be written: it holds something, or it just emptied."""
+        written, self._window_written = self._window_written, not window.is_empty
+        return written or not window.is_empty
+
+    def plain_ok(self, report: WindowReport) -> bool:
+        """True when this report may go as plain commands rather than by script.
+
+        It needs the shared state known (gen, epoch, Redis' clock) and no check
+        asked for, and carries no trip: a trip is judged at once, by script.
+        """
+        return (
+            self.gen is not None
+            and self._offset_ms is not None
+            and not self._verifying
+            and not report.local_open
+            and self._without_snapshot < WITHOUT_SNAPSHOT_LIMIT
+        )
+
+    def redis_ms(self) -> int:
+        """This pod's estimate of Redis' clock now (ms), from the last reply's."""
+        offset = self._offset_ms or 0.0
+        return max(0, round(self.breaker.monotonic() * 1000.0 + offset))
 
     def jitter(self) -> float:
         """The factor on an open period this pod's call might start."""
@@ -378,6 +468,8 @@ class SharedLink:
             )
             return
         verified, self._verifying = self._verifying, False
+        self._offset_ms = state.now_ms - self.breaker.monotonic() * 1000.0
+        self._without_snapshot = 0
         if state.window is not None:
             self._window, self._window_at = state.window, self.breaker.monotonic()
         if not state.exists:
@@ -420,6 +512,49 @@ class SharedLink:
             changed_here=changed_here,
             cause=cause,
         )
+
+    def apply_plain(self, reply: PlainReply) -> None:
+        """Follow what a plain report learnt: the last tally's snapshot of the state.
+
+        The snapshot is news, not the state: one newer than what this pod
+        follows (a broadcast lost, Redis' state lost and made again) makes the
+        pod read the state hash at the next tick.
+        """
+        self._offset_ms = reply.now_ms - self.breaker.monotonic() * 1000.0
+        if reply.gen is None:
+            if not reply.tally:
+                # The lease holds no snapshot: a tally under way (a moment),
+                # or a value that is not ours, which only a script replaces.
+                self._without_snapshot += 1
+            return
+        self._without_snapshot = 0
+        if reply.window is not None:
+            self._window, self._window_at = reply.window, self.breaker.monotonic()
+        if reply.epoch is not None and self._news(reply.gen, reply.epoch):
+            self.verify()
+
+    def apply_tally(
+        self, gen: str, epoch: int, state: str, window: PooledWindow, now_ms: int
+    ) -> None:
+        """Follow what this pod's plain tally read: the state's head, and the pooled window.
+
+        As :meth:`apply_plain`: a head newer than what this pod follows makes
+        it read the state hash at the next tick.
+        """
+        self._offset_ms = now_ms - self.breaker.monotonic() * 1000.0
+        self._window, self._window_at = window, self.breaker.monotonic()
+        if self._news(gen, epoch):
+            self.verify()
+
+    def _news(self, gen: str, epoch: int) -> bool:
+        """True when a snapshot shows a history or an epoch this pod has not followed.
+
+        Every change of state but the start of a trial (open to half-open,
+        which each pod works out on its own clock) is a new epoch; and a
+        snapshot older than what the pod follows is old news, not a rollback
+        (a rollback shows as another gen).
+        """
+        return gen != self.gen or epoch > self.epoch
 
     @property
     def verifying(self) -> bool:

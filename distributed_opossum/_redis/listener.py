@@ -311,7 +311,7 @@ class Listener:
             batch.read_state(link.keys)
         try:
             async with asyncio.timeout(CHECK_LIMIT):
-                results = await batch.execute()
+                results = await batch.execute_states()
         except asyncio.CancelledError:
             raise
         except Exception as error:  # the ticker checks them instead (and judges Redis' health)

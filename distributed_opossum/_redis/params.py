@@ -12,7 +12,15 @@ from typing import ClassVar
 
 from distributed_opossum._checks import check_int, check_real, check_text
 
-__all__ = ["DecisionParams", "WindowReport", "check_int", "check_real", "check_text", "to_argv"]
+__all__ = [
+    "DecisionParams",
+    "PodWindow",
+    "WindowReport",
+    "check_int",
+    "check_real",
+    "check_text",
+    "to_argv",
+]
 
 
 def to_argv(*values: str | int | float) -> tuple[str, ...]:
@@ -55,6 +63,45 @@ class WindowReport:
             self.rejects,
             1 if self.local_open else 0,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PodWindow:
+    """One pod's own reports in the window, summed: what it has to say in the tally.
+
+    Only entries of the epoch the pod knows count (every close is a new
+    epoch, so the window starts over at each close).
+    """
+
+    volume: int = 0
+    """Successes + failures of its entries in the window."""
+    failures: int = 0
+    trips: int = 0
+    """Its entries in the window that carried a local trip."""
+
+    def __post_init__(self) -> None:
+        for field in ("volume", "failures", "trips"):
+            check_int(field, getattr(self, field), minimum=0)
+        if self.failures > self.volume:
+            raise ValueError(f"failures ({self.failures}) exceed volume ({self.volume})")
+
+    @classmethod
+    def of(cls, report: WindowReport) -> PodWindow:
+        """The window of a pod whose only entry is ``report``."""
+        return cls(
+            volume=report.successes + report.failures,
+            failures=report.failures,
+            trips=1 if report.local_open else 0,
+        )
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the pod has no say (no calls, no trip)."""
+        return self.volume == 0 and self.trips == 0
+
+    def to_text(self) -> str:
+        """``"<volume> <failures> <trips>"``, as ``report_window.lua`` reads it."""
+        return f"{self.volume} {self.failures} {self.trips}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

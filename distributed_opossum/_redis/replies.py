@@ -20,6 +20,7 @@ __all__ = [
     "MAX_BROADCAST_BYTES",
     "SHARED_STATES",
     "Broadcast",
+    "PlainReply",
     "PooledWindow",
     "ProtocolError",
     "SharedState",
@@ -27,8 +28,10 @@ __all__ = [
     "TrialGrant",
     "parse_broadcast",
     "parse_count_reply",
+    "parse_plain_reply",
     "parse_report_reply",
     "parse_state_reply",
+    "parse_time_reply",
     "parse_trial_reply",
     "protocol_error_counts",
 ]
@@ -209,23 +212,107 @@ def parse_state_reply(reply: object, script: str = "script") -> SharedState:
 def parse_report_reply(reply: object) -> SharedState:
     """Validate ``report_window``'s reply: the state, then the pooled window's four sums.
 
+    The sums are four -1 when the call did not tally (another pod holds the
+    tally lease): the state's ``window`` is then None.
+
     Raises:
         ProtocolError: the reply is not exactly what the script returns.
     """
     try:
         items = _reply_list(reply, _STATE_REPLY_LEN + 4, "report_window")
         state = _parse_state(items[:_STATE_REPLY_LEN])
+        sums = items[_STATE_REPLY_LEN:]
+        if sums == [-1, -1, -1, -1]:
+            return state
         volume, failures, reporting, votes = (
             _reply_count(value, what)
-            for value, what in zip(
-                items[_STATE_REPLY_LEN:], ("volume", "failures", "reporting", "votes"), strict=True
-            )
+            for value, what in zip(sums, ("volume", "failures", "reporting", "votes"), strict=True)
         )
     except ProtocolError:
         _protocol_errors["reply"] += 1
         raise
     window = PooledWindow(volume=volume, failures=failures, reporting=reporting, votes=votes)
     return dataclasses.replace(state, window=window)
+
+
+@dataclass(frozen=True, slots=True)
+class PlainReply:
+    """What a plain report (no script) learnt from the tally lease's ``SET NX PX GET``.
+
+    Either the lease was free and this pod won it (``tally``: it must tally
+    now, and the tally's reply brings the state), or the lease holds the last
+    tally's snapshot: the state's gen, epoch and name then, and the pooled
+    window. ``gen`` is None when there was no snapshot to read (a tally under
+    way, or something that is not ours).
+    """
+
+    tally: bool
+    now_ms: int
+    """Redis' clock in the same round trip (its ``TIME``)."""
+    gen: str | None = None
+    epoch: int | None = None
+    state: SharedStateName | None = None
+    window: PooledWindow | None = None
+
+
+def parse_plain_reply(lease: object, now_ms: int) -> PlainReply:
+    """A plain report's answer: the reply of ``SET <tally> <instance> NX PX <ms> GET``
+    (None: the lease was free, this pod holds it now), and ``TIME`` of the round trip.
+
+    A snapshot that does not parse reads as no snapshot (nothing learnt).
+    """
+    if lease is None:
+        return PlainReply(tally=True, now_ms=now_ms)
+    if not isinstance(lease, bytes | str):
+        return PlainReply(tally=False, now_ms=now_ms)
+    text = lease.decode("utf-8", "replace") if isinstance(lease, bytes) else lease
+    parts = text.split(" ")
+    if len(parts) != 9 or parts[3] not in SHARED_STATES:
+        return PlainReply(tally=False, now_ms=now_ms)
+    counts = [_field_count(part) for part in (parts[2], *parts[5:])]
+    if any(count is None for count in counts) or not parts[1]:
+        return PlainReply(tally=False, now_ms=now_ms)
+    epoch, volume, failures, reporting, votes = cast(list[int], counts)
+    window = None
+    if failures <= volume and votes <= reporting:
+        window = PooledWindow(volume=volume, failures=failures, reporting=reporting, votes=votes)
+    return PlainReply(
+        tally=False,
+        now_ms=now_ms,
+        gen=parts[1],
+        epoch=epoch,
+        state=cast(SharedStateName, parts[3]),
+        window=window,
+    )
+
+
+def _field_count(value: str) -> int | None:
+    if value.isdigit() and len(value) < 17:
+        return int(value)
+    return None
+
+
+def _time_part(item: object) -> int | None:
+    if isinstance(item, int) and not isinstance(item, bool):
+        return item
+    if isinstance(item, bytes | str):
+        return _field_count(item.decode("ascii", "replace") if isinstance(item, bytes) else item)
+    return None
+
+
+def parse_time_reply(reply: object) -> int:
+    """Redis ``TIME`` (seconds, microseconds) in ms.
+
+    Raises:
+        ProtocolError: not what TIME answers.
+    """
+    if isinstance(reply, tuple):
+        reply = list(reply)
+    items = _reply_list(reply, 2, "TIME")
+    seconds, micros = (_time_part(item) for item in items)
+    if seconds is None or micros is None:
+        raise ProtocolError(f"TIME: expected two integers, got {reply!r:.80}")
+    return seconds * 1000 + micros // 1000
 
 
 def parse_trial_reply(reply: object) -> TrialGrant:

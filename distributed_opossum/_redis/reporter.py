@@ -60,7 +60,8 @@ from distributed_opossum._logs import Throttle, logger
 from .client import NodeRoute, follow_moved, is_cluster, ready, refresh_slots, route_of
 from .errors import REGISTRY_ERRORS, describe
 from .failover import CHECK_INTERVAL, MasterWatch
-from .scripts import SharedState, WindowReport, scripts_for
+from .scripts import BatchResult, PlainReply, PodWindow, SharedState, WindowReport, scripts_for
+from .tallier import plain_tallies
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
@@ -90,13 +91,27 @@ RECONNECT_MIN = 0.05
 _REDIRECTS = (MovedError, AskError, TryAgainError)
 
 
+@dataclass(slots=True, frozen=True)
+class _Report:
+    """One breaker's report of this tick: its finished buckets and its window."""
+
+    bucket: WindowReport
+    window: PodWindow
+    epoch: int
+    """The epoch the pod knew when it took the report (-1 before its first sync)."""
+
+
+_Calls = list[tuple["SharedLink", _Report | None]]
+"""A round trip's calls: a report, or None for a sweep."""
+
+
 @dataclass(slots=True)
 class _NodeWork:
     """What one tick sends to one node: reports, then sweeps."""
 
     route: NodeRoute
     reporting: list[SharedLink] = field(default_factory=list)
-    reports: list[WindowReport] = field(default_factory=list)
+    reports: list[_Report] = field(default_factory=list)
     sweeping: list[SharedLink] = field(default_factory=list)
 
 
@@ -192,7 +207,7 @@ class Reporter:
             return
         work: dict[str, _NodeWork] = {}
         idle: dict[str, NodeRoute] = {}
-        unrouted: list[tuple[SharedLink, WindowReport | None]] = []
+        unrouted: list[tuple[SharedLink, _Report | None]] = []
         for link in due:
             # On a grid of the interval, so breakers made at different times
             # still share their ticks (and round trips).
@@ -203,11 +218,11 @@ class Reporter:
                 route = None
             if route is not None and route.name in self._probes:
                 continue  # its node, down, has not answered the last tick yet: next tick
-            report = link.take_report()
+            bucket = link.take_report()
             local_news = link.take_local_news()  # (forgets a local close: taken now)
-            news = (
-                local_news or not report.is_empty or link.gen is None or link.window_holds_calls()
-            )
+            window = link.pod_window(bucket)
+            report = _Report(bucket, window, link.epoch if link.gen is not None else -1)
+            news = link.window_news(window) or local_news or not bucket.is_empty or link.gen is None
             if route is None:
                 self._slots_stale = True
                 unrouted.append((link, report if news else None))
@@ -300,7 +315,7 @@ class Reporter:
             return
         self._slots_stale = False
 
-    def _unrouted(self, links: list[tuple[SharedLink, WindowReport | None]]) -> None:
+    def _unrouted(self, links: list[tuple[SharedLink, _Report | None]]) -> None:
         """No master serves these breakers' slots now: down until one does."""
         error = RedisError("no master serves the slot of these breakers' keys")
         for link, report in links:
@@ -361,7 +376,7 @@ class Reporter:
 
     async def _send_node(self, node: _NodeWork) -> None:
         """This tick's calls to one node, ``BATCH_SIZE`` per round trip."""
-        calls: list[tuple[SharedLink, WindowReport | None]] = [
+        calls: _Calls = [
             *zip(node.reporting, node.reports, strict=True),
             *((link, None) for link in node.sweeping),
         ]
@@ -375,23 +390,21 @@ class Reporter:
                 )
                 return
 
-    async def _round_trip(
-        self, route: NodeRoute, calls: list[tuple[SharedLink, WindowReport | None]]
-    ) -> bool:
+    async def _round_trip(self, route: NodeRoute, calls: _Calls, *, tally: bool = False) -> bool:
         """One pipelined round trip to ``route``'s node; False when it could not be used."""
         coordinator = self.coordinator
         links = [link for link, _ in calls]
         reports = [report for _, report in calls]
         try:
             try:
-                results = await self._send(route, calls)
+                results = await self._send(route, calls, tally=tally)
             except RedisConnectionError:
                 if coordinator.down_on(route.name) is not None:
                     raise
                 # A pooled connection left over from before a Redis restart fails
                 # once; the pipeline was not taken, so one retry on a fresh
                 # connection tells a dead Redis from a dead connection.
-                results = await self._send(route, calls)
+                results = await self._send(route, calls, tally=tally)
         except REGISTRY_ERRORS as error:  # asyncio's TimeoutError is an OSError
             # Nothing is buffered: what happened meanwhile stays local history,
             # but a trip vote is kept for the next report.
@@ -400,8 +413,9 @@ class Reporter:
             self._slots_stale = self._cluster
             coordinator.mark_down(error, node=route.name)
             return False
-        self.stats["round_trips"] += 1
-        self.stats["reports"] += sum(report is not None for report in reports)
+        # A tally's round trip is counted apart: the reports' stay one per tick.
+        self.stats["tally_round_trips" if tally else "round_trips"] += 1
+        self.stats["reports"] += 0 if tally else sum(report is not None for report in reports)
         self.stats["sweeps"] += sum(report is None for report in reports)
         refused = [r for r in results if isinstance(r, ResponseError)]
         if refused and len(refused) == len(results) and not isinstance(refused[0], _REDIRECTS):
@@ -414,6 +428,7 @@ class Reporter:
             return False
         coordinator.mark_up(route.name)
         moved: list[MovedError] = []
+        tallies: _Calls = []
         for link, report, result in zip(links, reports, results, strict=True):
             if isinstance(result, _REDIRECTS):
                 # The slot moved (resharding, failover) or is moving: send this
@@ -437,40 +452,88 @@ class Reporter:
                     redis_error=describe(result),
                 )
                 continue
-            if report is None and not result.exists:
+            if isinstance(result, PlainReply):
+                self.stats["plain_reports"] += 1
+                if result.tally:
+                    tallies.append((link, report))
+                link.apply_plain(result)
+            elif not isinstance(result, SharedState):
+                raise TypeError(f"a report or sweep answered {result!r:.80}")  # a bug: loud
+            elif report is None and not result.exists:
                 # Swept, and the state hash is gone (expired, flushed, a
                 # failover lost it): a report makes it again, as before.
                 link.verify()
-                continue
-            link.apply(result, own=report is not None)
+            else:
+                link.apply(result, own=report is not None)
+            if report is not None and not tally:
+                # (After the reply: a first report learns its epoch from it.)
+                link.delivered(report.bucket, report.epoch)
         for redirect in moved:
             try:
                 await follow_moved(self.client, redirect)
             except REGISTRY_ERRORS:  # a node unknown so far, say: read the whole map
                 self._slots_stale = True
+        if tallies:
+            # The pods that won the tally lease tally now: with plain commands
+            # when nothing opens, else by script.
+            self.stats["tallies"] += len(tallies)
+            try:
+                by_script = await plain_tallies(
+                    scripts_for(self.client),
+                    route if self._cluster else None,
+                    tallies,
+                    time_limit=ROUND_TRIP_LIMIT,
+                )
+            except REGISTRY_ERRORS as error:  # the leases expire: the next interval tallies
+                self.stats["tick_errors"] += 1
+                self._throttle.log(
+                    logging.WARNING,
+                    "tally",
+                    "distributed_opossum: a tally failed: %s",
+                    describe(error),
+                )
+                return True
+            self.stats["plain_tallies"] += len(tallies) - len(by_script)
+            if by_script:
+                return await self._round_trip(route, by_script, tally=True)
         return True
 
     async def _send(
-        self, route: NodeRoute, calls: list[tuple[SharedLink, WindowReport | None]]
-    ) -> list[SharedState | Exception]:
+        self, route: NodeRoute, calls: _Calls, *, tally: bool = False
+    ) -> list[BatchResult]:
         batch = scripts_for(self.client).batch(route if self._cluster else None)
         for link, report in calls:
             if report is None:
                 batch.touch_state(link.keys, key_ttl_ms=link.params.key_ttl_ms)
-                continue
-            batch.report_window(
-                link.keys,
-                report,
-                instance=link.instance,
-                known_epoch=max(link.epoch, 0),
-                known_gen=link.gen or "",
-                params=link.params,
-                jitter=link.jitter(),
-            )
+            elif not tally and link.plain_ok(report.bucket):
+                batch.plain_report(
+                    link.keys,
+                    report.bucket,
+                    instance=link.instance,
+                    gen=link.gen or "",
+                    epoch=max(link.epoch, 0),
+                    window=report.window,
+                    redis_ms=link.redis_ms(),
+                    lease_ms=link.tally_lease_ms,
+                )
+            else:
+                batch.report_window(
+                    link.keys,
+                    WindowReport() if tally else report.bucket,
+                    instance=link.instance,
+                    known_epoch=max(link.epoch, 0),
+                    known_gen=link.gen or "",
+                    params=link.params,
+                    jitter=link.jitter(),
+                    window=report.window,
+                    holds_lease=tally,
+                    lease_ms=link.tally_lease_ms,
+                    window_written=tally,
+                )
         async with asyncio.timeout(ROUND_TRIP_LIMIT):
             return await batch.execute()
 
-    def _lost_calls(self, calls: list[tuple[SharedLink, WindowReport | None]]) -> None:
+    def _lost_calls(self, calls: _Calls) -> None:
         sent = [(link, report) for link, report in calls if report is not None]
         self._lost([link for link, _ in sent], [report for _, report in sent])
         for link, report in calls:
@@ -478,10 +541,11 @@ class Reporter:
                 link.next_sweep = self.loop.time()  # sweep again at the next tick
 
     @staticmethod
-    def _lost(links: list[SharedLink], reports: list[WindowReport]) -> None:
+    def _lost(links: list[SharedLink], reports: list[_Report]) -> None:
         """These reports did not run: keep their trip votes, and any check asked for."""
         for link, report in zip(links, reports, strict=True):
-            if report.local_open:
+            link.window_lost()
+            if report.bucket.local_open:
                 link.keep_vote()
             if link.verifying:
                 link.verify()

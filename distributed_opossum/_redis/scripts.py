@@ -39,16 +39,33 @@ from typing import Any, Generic, Literal, TypeAlias, TypeVar, cast
 from redis.asyncio import Redis
 from redis.asyncio.cluster import PipelineCommand, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .client import NodeRoute, is_cluster, ready, route_of
 from .keys import BreakerKeys
-from .params import DecisionParams, WindowReport, check_int, check_real, check_text, to_argv
+from .params import (
+    DecisionParams,
+    PodWindow,
+    WindowReport,
+    check_int,
+    check_real,
+    check_text,
+    to_argv,
+)
+from .plain import (
+    Command,
+    PlainCall,
+    TallyRead,
+    plain_report_call,
+    tally_read_call,
+    tally_write_call,
+)
 from .replies import (
     MAX_BROADCAST_BYTES,
     SHARED_STATES,
     Broadcast,
+    PlainReply,
     PooledWindow,
     ProtocolError,
     SharedState,
@@ -58,6 +75,7 @@ from .replies import (
     parse_count_reply,
     parse_report_reply,
     parse_state_reply,
+    parse_time_reply,
     parse_trial_reply,
     protocol_error_counts,
 )
@@ -67,8 +85,11 @@ __all__ = [
     "MAX_BROADCAST_BYTES",
     "SCRIPT_NAMES",
     "SHARED_STATES",
+    "BatchResult",
     "Broadcast",
     "DecisionParams",
+    "PlainReply",
+    "PodWindow",
     "PooledWindow",
     "ProtocolError",
     "RedisClient",
@@ -76,6 +97,7 @@ __all__ = [
     "ScriptBatch",
     "SharedState",
     "SharedStateName",
+    "TallyRead",
     "TrialGrant",
     "TrialOutcome",
     "WindowReport",
@@ -108,6 +130,9 @@ SCRIPT_NAMES = (
 _PRELUDE = "_prelude"
 
 T = TypeVar("T")
+
+BatchResult: TypeAlias = "SharedState | PlainReply | TallyRead | bool | Exception"
+"""One call's result in a :class:`ScriptBatch`: as the call's kind says, or its error."""
 
 
 # --------------------------------------------------------------------------- loading
@@ -212,9 +237,17 @@ def _report_call(
     known_gen: str,
     params: DecisionParams,
     jitter: float,
+    window: PodWindow | None,
+    holds_lease: bool,
+    lease_ms: int,
+    window_written: bool = False,
 ) -> _Call[SharedState]:
     if not isinstance(known_gen, str):
         raise TypeError(f"known_gen must be a str, got {known_gen!r:.40}")
+    if window is None:
+        window = PodWindow.of(report)
+    elif not isinstance(window, PodWindow):
+        raise TypeError(f"window must be a PodWindow, got {window!r:.60}")
     args = (
         check_text("instance", instance),
         *report.to_argv(),
@@ -224,9 +257,15 @@ def _report_call(
         keys.name,
         *params.to_argv(),
         known_gen,
+        "" if window_written else window.to_text(),
+        "1" if holds_lease else "0",
+        *to_argv(check_int("lease_ms", lease_ms, minimum=1)),
     )
     return _Call(
-        _scripts()["report_window"], (keys.stats, keys.state, keys.pods), args, parse_report_reply
+        _scripts()["report_window"],
+        (keys.stats, keys.state, keys.pods, keys.tally),
+        args,
+        parse_report_reply,
     )
 
 
@@ -351,8 +390,12 @@ class RedisScripts:
         params: DecisionParams,
         jitter: float = 1.0,
         known_gen: str = "",
+        window: PodWindow | None = None,
+        holds_lease: bool = False,
+        lease_ms: int = 1000,
+        window_written: bool = False,
     ) -> SharedState:
-        """Append this pod's bucket, trim the window, decide, return the shared state.
+        """Append this pod's bucket, write its window, tally and decide, return the shared state.
 
         Args:
             keys: the breaker's keys.
@@ -366,6 +409,14 @@ class RedisScripts:
             params: the decision parameters.
             jitter: factor on the open period should this report open the
                 breaker, drawn by the caller from ``reset_timeout_jitter``.
+            window: the pod's own entries of its epoch in the window, this
+                bucket included; None: this bucket alone.
+            holds_lease: the pod won the tally lease (in a plain report):
+                tally whatever the lease says. Otherwise the script tallies
+                if it wins the lease itself, or to judge a trip.
+            lease_ms: how long a tally lease lasts (the report interval).
+            window_written: the pod's plain report has just written its
+                window (this is that report's tally): ``window`` is not sent.
         """
         call = _report_call(
             keys,
@@ -375,6 +426,10 @@ class RedisScripts:
             known_gen=known_gen,
             params=params,
             jitter=jitter,
+            window=window,
+            holds_lease=holds_lease,
+            lease_ms=lease_ms,
+            window_written=window_written,
         )
         return await self._run(call)
 
@@ -497,11 +552,11 @@ class ScriptBatch:
         self,
         scripts: RedisScripts,
         route: NodeRoute | None = None,
-        calls: Sequence[_Call[SharedState]] = (),
+        calls: Sequence[_Call[SharedState] | PlainCall[Any]] = (),
     ) -> None:
         self._scripts = scripts
         self._route = route
-        self._calls: list[_Call[SharedState]] = list(calls)
+        self._calls: list[_Call[SharedState] | PlainCall[Any]] = list(calls)
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -516,6 +571,10 @@ class ScriptBatch:
         params: DecisionParams,
         jitter: float = 1.0,
         known_gen: str = "",
+        window: PodWindow | None = None,
+        holds_lease: bool = False,
+        lease_ms: int = 1000,
+        window_written: bool = False,
     ) -> None:
         """Queue :meth:`RedisScripts.report_window` (same arguments, validated now)."""
         call = _report_call(
@@ -526,8 +585,58 @@ class ScriptBatch:
             known_gen=known_gen,
             params=params,
             jitter=jitter,
+            window=window,
+            holds_lease=holds_lease,
+            lease_ms=lease_ms,
+            window_written=window_written,
         )
         self._calls.append(call)
+
+    def plain_report(
+        self,
+        keys: BreakerKeys,
+        report: WindowReport,
+        *,
+        instance: str,
+        gen: str,
+        epoch: int,
+        window: PodWindow,
+        redis_ms: int,
+        lease_ms: int,
+    ) -> None:
+        """Queue a report in plain commands: its result is a :class:`PlainReply`.
+
+        For a pod that knows the shared state (``gen``, ``epoch``) and has no
+        trip to report: RPUSH of its entry (none for an empty bucket; stamped
+        ``redis_ms``, its estimate of Redis' clock), HSET of its window (HDEL
+        when empty), and ``SET NX PX GET`` of the tally lease, which answers
+        the last tally's snapshot of the state, or wins the lease: then the
+        pod tallies next (see :mod:`.plain` and :mod:`.tally`).
+        """
+        self._calls.append(
+            plain_report_call(
+                keys,
+                report,
+                instance=instance,
+                gen=gen,
+                epoch=epoch,
+                window=window,
+                redis_ms=redis_ms,
+                lease_ms=lease_ms,
+            )
+        )
+
+    def tally_read(self, keys: BreakerKeys) -> None:
+        """Queue the tally's read (see :mod:`.plain`): its result is a :class:`TallyRead`."""
+        self._calls.append(tally_read_call(keys))
+
+    def tally_write(
+        self, keys: BreakerKeys, *, snapshot: str, lease_ms: int, cap: int, gone: tuple[bytes, ...]
+    ) -> None:
+        """Queue the tally's writes (see :mod:`.plain`): its result is a bool."""
+        self._calls.append(
+            tally_write_call(keys, snapshot=snapshot, lease_ms=lease_ms, cap=cap, gone=gone)
+        )
 
     def read_state(self, keys: BreakerKeys) -> None:
         """Queue :meth:`RedisScripts.read_state`."""
@@ -537,8 +646,11 @@ class ScriptBatch:
         """Queue :meth:`RedisScripts.touch_state`."""
         self._calls.append(_touch_call(keys, key_ttl_ms))
 
-    async def execute(self) -> list[SharedState | Exception]:
+    async def execute(self) -> list[BatchResult]:
         """Run every queued call and empty the batch.
+
+        Results come in queue order: a :class:`SharedState` per script call, a
+        :class:`PlainReply` per plain report, or that call's exception alone.
 
         Raises:
             redis.exceptions.RedisError: the round trip itself failed
@@ -556,20 +668,32 @@ class ScriptBatch:
             if not missing:
                 break
             logger.debug("%d batched calls met NOSCRIPT; retrying them", len(missing))
+            retry = [cast(_Call[SharedState], calls[i]) for i in missing]
             if not source:
-                names = sorted({calls[i].script.name for i in missing})
+                names = sorted({call.script.name for call in retry})
                 if self._route is None:
                     await self._scripts.load(names)
                 else:
                     await self._scripts.load_on(self._route, names)
-            retried = await self._send([calls[i] for i in missing], source=source)
+            retried = await self._send(list(retry), source=source)
             for i, result in zip(missing, retried, strict=True):
                 results[i] = result
-        return [_parse_or_error(call, result) for call, result in zip(calls, results, strict=True)]
+        return results
+
+    async def execute_states(self) -> list[SharedState | Exception]:
+        """:meth:`execute` for a batch of script calls only (no plain report).
+
+        Raises:
+            TypeError: a plain report was queued.
+        """
+        if any(isinstance(call, PlainCall) for call in self._calls):
+            raise TypeError("execute_states() runs script calls only; use execute()")
+        results = await self.execute()
+        return [cast(SharedState | Exception, result) for result in results]
 
     async def _execute_per_node(
-        self, calls: list[_Call[SharedState]]
-    ) -> list[SharedState | Exception]:
+        self, calls: list[_Call[SharedState] | PlainCall[Any]]
+    ) -> list[BatchResult]:
         """A batch of a cluster client spanning nodes: one batch per node, concurrently.
 
         Raises the first node's error, as one failed round trip would.
@@ -588,49 +712,96 @@ class ScriptBatch:
                 for name, indices in groups.items()
             )
         )
-        results: list[SharedState | Exception] = [ProtocolError("not sent")] * len(calls)
+        results: list[BatchResult] = [ProtocolError("not sent")] * len(calls)
         for indices, reply in zip(groups.values(), replies, strict=True):
             for i, result in zip(indices, reply, strict=True):
                 results[i] = result
         return results
 
-    async def _send(self, calls: list[_Call[SharedState]], *, source: bool = False) -> list[object]:
+    async def _send(
+        self, calls: Sequence[_Call[SharedState] | PlainCall[Any]], *, source: bool = False
+    ) -> list[BatchResult]:
+        """One round trip; each call's parsed result, or its error (NOSCRIPT included)."""
         if not calls:
             return []
         client = self._scripts.client
+        # Plain reports read Redis' clock once per round trip, first.
+        timed = any(isinstance(call, PlainCall) for call in calls)
+        commands: list[Command] = [("TIME",)] if timed else []
+        for call in calls:
+            if isinstance(call, PlainCall):
+                commands.extend(call.commands)
+            else:
+                script = _for_client(call.script, client)
+                head = ("EVAL", script.source) if source else ("EVALSHA", script.sha)
+                commands.append((*head, len(call.keys), *call.keys_and_args))
         node = None if self._route is None else self._route.node
         if node is not None:
-            return await _send_to_node(node, calls, client, source=source)
-        pipe = client.pipeline(transaction=False)
-        for call in calls:
-            script = _for_client(call.script, client)
-            if source:
-                pipe.eval(script.source, len(call.keys), *call.keys_and_args)
-            else:
-                pipe.evalsha(script.sha, len(call.keys), *call.keys_and_args)
-        return list(await pipe.execute(raise_on_error=False))
+            replies = await _send_to_node(node, commands)
+        else:
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command, **_options(command))
+            replies = list(await pipe.execute(raise_on_error=False))
+        return _regroup(calls, replies, timed)
 
 
-async def _send_to_node(
-    node: Any, calls: list[_Call[SharedState]], client: object, *, source: bool
-) -> list[object]:
+def _options(command: Command) -> dict[str, bool]:
+    """redis-py's reply options: a SET ... GET answers the old value, not OK."""
+    return {"get": True} if command[0] == "SET" and command[-1] == "GET" else {}
+
+
+def _regroup(
+    calls: Sequence[_Call[SharedState] | PlainCall[Any]], replies: list[object], timed: bool
+) -> list[BatchResult]:
+    """Each call's result from the replies of the round trip's commands."""
+    at = 0
+    now_ms: int | Exception = ProtocolError("no TIME")
+    if timed:
+        clock = replies[0]
+        at = 1
+        try:
+            now_ms = clock if isinstance(clock, Exception) else parse_time_reply(clock)
+        except ProtocolError as bad_clock:
+            now_ms = bad_clock
+    results: list[BatchResult] = []
+    for call in calls:
+        if isinstance(call, PlainCall):
+            mine = replies[at : at + len(call.commands)]
+            at += len(call.commands)
+            failed = next((r for r in mine if isinstance(r, Exception)), None)
+            if isinstance(failed, ResponseError) and str(failed).startswith("WRONGTYPE"):
+                # A key that is not ours: the script (the tally) replaces it.
+                results.append(
+                    PlainReply(tally=True, now_ms=now_ms if isinstance(now_ms, int) else 0)
+                )
+                continue
+            if failed is None and isinstance(now_ms, Exception):
+                failed = now_ms
+            if failed is not None:
+                results.append(failed)
+                continue
+            try:
+                results.append(call.parse(mine, cast(int, now_ms)))
+            except ProtocolError as exc:
+                results.append(exc)
+        else:
+            results.append(_parse_or_error(call, replies[at]))
+            at += 1
+    return results
+
+
+async def _send_to_node(node: Any, commands: list[Command]) -> list[object]:
     """One pipelined round trip to one cluster node (redis-py's cluster pipeline
     refuses EVALSHA, and would span every shard: one dead shard would stall all).
 
-    MOVED, ASK, TRYAGAIN and CLUSTERDOWN come back as that call's exception.
+    MOVED, ASK, TRYAGAIN and CLUSTERDOWN come back as that command's exception.
     """
-    scripts = [_for_client(call.script, client) for call in calls]
-    commands = [
-        PipelineCommand(
-            i,
-            *(("EVAL", script.source) if source else ("EVALSHA", script.sha)),
-            len(call.keys),
-            *call.keys_and_args,
-        )
-        for i, (call, script) in enumerate(zip(calls, scripts, strict=True))
+    pipeline = [
+        PipelineCommand(i, *command, **_options(command)) for i, command in enumerate(commands)
     ]
-    await node.execute_pipeline(commands)
-    results: list[object] = [command.result for command in commands]
+    await node.execute_pipeline(pipeline)
+    results: list[object] = [command.result for command in pipeline]
     for result in results:
         # The connection broke while reading: the round trip failed, as a plain
         # client's pipeline says by raising.

@@ -15,6 +15,11 @@
 --   reason           why the state last changed (short string)
 --   trial_successes  successful trials in the current half-open period
 --   lease:<holder>   ms at which that holder's trial permit expires
+--   refreshed        ms of the last TTL renewal by a tally (report_window)
+--
+-- Next to it, the tally lease KEYS[...] `tally` (report_window) holds a
+-- snapshot of the state for the plain reports to read; every change of the
+-- state deletes it (save_state), so the next report tallies and writes it anew.
 
 local STATES = { closed = true, open = true, half_open = true, forced_open = true }
 local LEASE_PREFIX = 'lease:'
@@ -72,7 +77,8 @@ local function load_state(key)
   local s = { leases = {} }
   for i = 1, #raw, 2 do
     local field, value = raw[i], raw[i + 1]
-    if string.sub(field, 1, #LEASE_PREFIX) == LEASE_PREFIX then
+    -- (The first byte first: a cheap test, and most fields are no lease.)
+    if string.byte(field, 1) == 108 and string.sub(field, 1, #LEASE_PREFIX) == LEASE_PREFIX then
       s.leases[string.sub(field, #LEASE_PREFIX + 1)] = to_count(value) or 0
     else
       s[field] = value
@@ -150,8 +156,17 @@ local function expire_state(key, s, now, key_ttl_ms)
   redis.call('PEXPIRE', key, key_ttl_ms + hold)
 end
 
--- Writes the core fields and sets the key's TTL (see expire_state).
+-- The tally lease of the breaker whose state hash is `key`: the same name
+-- with `tally` for `state` (keys.py builds both; a test keeps them so).
+local function tally_key_of(key)
+  return string.sub(key, 1, -6) .. 'tally'
+end
+
+-- Writes the core fields and sets the key's TTL (see expire_state). The
+-- tally lease goes with its snapshot of the old state: the next report
+-- tallies and snapshots the new one.
 local function save_state(key, s, now, key_ttl_ms)
+  redis.call('DEL', tally_key_of(key))
   redis.call('HSET', key,
     'gen', s.gen, 'epoch', s.epoch, 'state', s.state, 'open_until', s.open_until,
     'attempts', s.attempts, 'closed_at', s.closed_at, 'reason', s.reason,
@@ -210,6 +225,8 @@ local function open_state(key, s, now, reason, reset_ms, multiplier, max_ms, jit
 end
 
 local function close_state(key, s, now, reason)
+  -- The list and the windows go with a close: the next tally sets their TTLs.
+  redis.call('HDEL', key, 'refreshed')
   s.state = 'closed'
   s.epoch = s.epoch + 1
   s.attempts = 0
