@@ -219,10 +219,10 @@ class Trips:
         reporter = link.coordinator._reporter
         send_due = reporter._send
 
-        async def send_reports(route: Any, calls: Any) -> Any:
-            if self._sent_ns == 0 and any(r is not None and r.local_open for _, r in calls):
+        async def send_reports(route: Any, calls: Any, *, tally: bool = False) -> Any:
+            if self._sent_ns == 0 and any(r is not None and r.bucket.local_open for _, r in calls):
                 self._sent_ns = time.monotonic_ns()
-            return await send_due(route, calls)
+            return await send_due(route, calls, tally=tally)
 
         setattr(reporter, "_send", send_reports)  # noqa: B010
         pipeline_send = ScriptBatch._send

@@ -1,30 +1,41 @@
-"""What one report costs Redis: ``report_window.lua`` against a trivial ``EVALSHA``.
+"""What one report costs Redis, against a trivial ``EVALSHA``.
 
 Every figure is measured side by side in one run, on private ``redis-server``
 processes, against ``EVALSHA`` of ``return 1`` sent the same way (pipelined,
 1,000 calls a round trip):
 
-* **Redis CPU** of the call itself: ``usec`` of ``INFO commandstats`` (the
-  commands a script runs inside itself are part of its ``EVALSHA``), and the
-  server process' CPU (``used_cpu_user + used_cpu_sys``, reading and parsing
-  the requests and writing the replies included), per call;
-* **instructions** of the whole server per call: a second ``redis-server`` runs
-  under ``valgrind --tool=callgrind``; ``callgrind_control --dump`` before and
-  after each measured batch (with ``--hz 1``, so the server's timer adds
-  little) gives the instructions of exactly that batch.
+* **Redis CPU**: the server process' CPU (``used_cpu_user + used_cpu_sys``,
+  reading and parsing the requests and writing the replies included) per
+  report, and ``usec`` of ``INFO commandstats`` (every command of the report;
+  it counts whole µs per command, so for commands of about a µs it is rounding
+  more than a measure: read the CPU and the instructions);
+* **instructions** of the whole server per report: a second ``redis-server``
+  runs under ``valgrind --tool=callgrind``; ``callgrind_control --dump``
+  before and after each measured batch (with ``--hz 1``, so the server's timer
+  adds little) gives the instructions of exactly that batch.
 
-Variants: ``before``, the scripts of a git revision (``--baseline``, default
-``main``), and ``after``, the scripts of this checkout. Cases, for one
-breaker name shared by 10, 100 and 1,000 pods (``--pods``):
+Variants: ``before``, the report of a git revision (``--baseline``): one
+``report_window.lua`` call per report; and ``after``, this checkout's: a busy
+pod reports in plain commands (``RPUSH`` of its entry, ``HSET`` of its window,
+``SET NX PX GET`` of the tally lease, one ``TIME`` per round trip), and once
+per report interval the pod that won the lease tallies: ``HGETALL`` of the
+windows, ``HMGET`` of the state, ``SET XX PX`` of the snapshot and ``LTRIM``,
+or, once every ``TTLS_EVERY`` intervals (the TTLs' renewal), the script. A
+round is one report interval: every pod reports once, the first tallies (a
+``DEL`` of the lease before it stands for the lease's expiry, and is counted).
+Cases, for one breaker name shared by 10, 100 and 1,000 pods (``--pods``):
 
-* **busy**: every report appends an entry; the window is as long as it took to
-  fill it, so entries leave at about the rate new ones come (the steady state:
-  one in, about one out; the table says how many went per report);
-* **idle**: a report of an empty bucket on the same list;
+* **busy**: every report appends an entry, on a full window (``before``: the
+  window is as long as it took to fill it, so entries leave at about the rate
+  new ones come; the table says how many went per report);
+* **idle**: ``before``, a report of an empty bucket; ``after``, an idle breaker
+  sends nothing, and this is its sweep (``touch_state.lua``), sent once per
+  10 s;
 * **after a close**: the first report after a ``reset`` of a full list;
 * **mixed options**: busy, with two pods' option sets alternating (a rolling
   deploy), at the largest pod count;
-* **rebuild**: the first report after the sums hash was lost, full list.
+* **rebuild**: the first report after the sums hash was lost, full list
+  (``before`` only: the windows are rewritten by every report).
 
 Then the pod×breaker pairs one Redis core sustains at one busy report a
 second (10^6 µs over the process CPU per report), and Redis memory per pod
@@ -583,11 +594,12 @@ def _report(args: argparse.Namespace, chosen: list[Variant], servers: list[Serve
                 b_instr = base_cg.per()[2]
                 cells.append(f"{instr:,.0f} ({_ratio(instr, b_instr)})")
                 if label.startswith("busy"):
-                    worst[variant.name] = max(
-                        worst[variant.name], usec / b_usec, cpu / b_cpu, instr / b_instr
-                    )
+                    worst[variant.name] = max(worst[variant.name], cpu / b_cpu, instr / b_instr)
             elif label.startswith("busy"):
-                worst[variant.name] = max(worst[variant.name], usec / b_usec, cpu / b_cpu)
+                # (commandstats counts whole µs per command: for commands of about
+                # a µs, as a trivial EVALSHA and each plain command are, it is
+                # rounding, not a measure; the target is CPU and instructions.)
+                worst[variant.name] = max(worst[variant.name], cpu / b_cpu)
             if label.startswith("busy") and "mixed" not in label:
                 busy_cpu[variant.name][label] = cpu
             if cost.pops:
@@ -607,8 +619,9 @@ def _report(args: argparse.Namespace, chosen: list[Variant], servers: list[Serve
     print(md_table(heads, rows))
     after = chosen[-1].name
     print(
-        f"\nBusy report ≤ {TARGET_RATIO:g}x a trivial EVALSHA (worst busy ratio, "
-        f"{after}): {worst[after]:.1f}x, {verdict(worst[after] <= TARGET_RATIO)}\n"
+        f"\nBusy report ≤ {TARGET_RATIO:g}x a trivial EVALSHA in CPU and in instructions "
+        f"(worst busy ratio, {after}): {worst[after]:.1f}x, "
+        f"{verdict(worst[after] <= TARGET_RATIO)}\n"
     )
     pair_rows = []
     for variant in chosen:

@@ -53,6 +53,8 @@ class PlainCall(Generic[T]):
     parse: Callable[[list[object], int], T]
     wrong_type: Callable[[int], T]
     """The result when a key held a value of another type (not ours)."""
+    timed: bool = True
+    """It reads the round trip's ``TIME`` (a round trip of untimed calls sends none)."""
 
 
 def entry_json(report: WindowReport, *, instance: str, timestamp_ms: int, epoch: int) -> str:
@@ -184,4 +186,5 @@ def tally_write_call(
         tuple(commands),
         lambda replies, _now: replies[0] is True,
         lambda _now: False,
+        timed=False,
     )

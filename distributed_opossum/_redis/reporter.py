@@ -3,25 +3,36 @@
 Once per report interval each breaker of the coordinator is *due*. A due
 breaker with news (counts in its finished buckets, a trip vote, a local
 close, a check asked for, no sync yet) sends its report, and so does one whose
-rolling window still holds completed calls: its entries are in the pooled
-window, whose decision and view change as entries age out, so decisions
-come as they did when every breaker reported every tick. An idle breaker (no
-calls in its window, nothing local to tell) sends nothing. Idle breakers are
-swept instead: every ``SWEEP_INTERVAL`` seconds (the first sweep after a
-breaker's first sync at a random point of it, so breakers made together are
-not all swept in one tick), one cheap script call per idle breaker
-(``touch_state.lua``: read the state hash, renew the keys' TTLs), pipelined
-like the reports; and the coordinator PINGs each node with idle breakers due
-once a tick (one command whatever their number), so that outages and returns
-are noticed as soon as before. An idle pod's pooled view (``cluster_view``:
-volume, failures, pods reporting) is as of its last report; its ``age`` says so.
+own window (the entries it delivered, see :meth:`.link.SharedLink.pod_window`)
+still holds calls, or has just emptied: its field in the windows hash is what
+the tally counts of it, so it stays current, and young, until it goes. An idle
+breaker (nothing in its window, nothing local to tell) sends nothing.
+
+How a report goes. A breaker that knows the shared state and has no trip to
+tell reports in plain commands (:mod:`.plain`): its entry, its window, and the
+tally lease, whose snapshot of the last tally is the reply. A trip, a first
+report, and any report after the breaker lost track of the state go by script
+(``report_window.lua``), which judges a trip at once. The breakers that won
+the tally lease in this round trip tally next (:mod:`.tallier`): with plain
+commands when nothing opens, else by script, in one more round trip.
+
+Idle breakers are swept instead: every ``SWEEP_INTERVAL`` seconds (the first
+sweep after a breaker's first sync at a random point of it, so breakers made
+together are not all swept in one tick), one cheap script call per idle
+breaker (``touch_state.lua``: read the state hash, renew the keys' TTLs),
+pipelined like the reports; and the coordinator PINGs each node with idle
+breakers due once a tick (one command whatever their number), so that outages
+and returns are noticed as soon as before. An idle pod's pooled view
+(``cluster_view``: volume, failures, pods reporting) is as of its last report;
+its ``age`` says so.
 
 The sweep interval. Broadcasts carry every change at once, the reply to each
 report carries the shared state, and a lost subscription re-reads every
 breaker when it comes back: the sweep is only for what none of them covers
 (a message lost while the subscription stayed up, a change that needs no
 broadcast, such as Redis losing the state). So a lost broadcast costs an idle
-breaker at most ``SWEEP_INTERVAL``, a busy one at most one report interval.
+breaker at most ``SWEEP_INTERVAL``, a busy one a report interval or two (the
+next tally's snapshot shows the new epoch).
 At 10 s, an idle pod×breaker pair costs Redis one small script call per 10 s
 (BENCHMARKS.md: Idle breakers), instead of one report per second. The keys
 live ``key_ttl_ms`` (at least 60 s) past the last report or sweep of any pod,

@@ -726,7 +726,7 @@ class ScriptBatch:
             return []
         client = self._scripts.client
         # Plain reports read Redis' clock once per round trip, first.
-        timed = any(isinstance(call, PlainCall) for call in calls)
+        timed = any(isinstance(call, PlainCall) and call.timed for call in calls)
         commands: list[Command] = [("TIME",)] if timed else []
         for call in calls:
             if isinstance(call, PlainCall):
@@ -771,18 +771,16 @@ def _regroup(
             at += len(call.commands)
             failed = next((r for r in mine if isinstance(r, Exception)), None)
             if isinstance(failed, ResponseError) and str(failed).startswith("WRONGTYPE"):
-                # A key that is not ours: the script (the tally) replaces it.
-                results.append(
-                    PlainReply(tally=True, now_ms=now_ms if isinstance(now_ms, int) else 0)
-                )
+                # A key that is not ours: what the call says then (a script replaces it).
+                results.append(call.wrong_type(now_ms if isinstance(now_ms, int) else 0))
                 continue
-            if failed is None and isinstance(now_ms, Exception):
+            if failed is None and call.timed and isinstance(now_ms, Exception):
                 failed = now_ms
             if failed is not None:
                 results.append(failed)
                 continue
             try:
-                results.append(call.parse(mine, cast(int, now_ms)))
+                results.append(call.parse(mine, now_ms if isinstance(now_ms, int) else 0))
             except ProtocolError as exc:
                 results.append(exc)
         else:
