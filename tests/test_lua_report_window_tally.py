@@ -52,9 +52,14 @@ async def tally_holder(client: Client) -> str | None:
 
 
 async def created(client: Client) -> SharedState:
-    """The state hash, made by an empty report (a creation deletes the lease with it)."""
+    """The state hash, made by an empty report; then its lease expires (deleted here).
+
+    The report that made the state tallied: its snapshot shows the new state (it
+    is written after the state, whose change deletes the old one).
+    """
     state = await report(client, "creator")
-    assert await client.exists(KEYS.tally) == 0
+    assert (await lease_value(client) or "").split(" ")[:2] == ["creator", state.gen]
+    await client.delete(KEYS.tally)
     return state
 
 
@@ -334,6 +339,9 @@ async def test_a_plain_report_appends_writes_and_reads_the_snapshot(
         epoch=0,
         state="closed",
         window=PooledWindow(volume=6, failures=0, reporting=1, votes=0),
+        snapshot=f"{tallied.gen} 0 closed {first.snapshot.split(' ')[3]} 6 0 1 0"
+        if first.snapshot
+        else "missing",
     )
     read = await scripts_for(any_redis_client).read_state(KEYS)
     assert (first.gen, first.epoch, first.state) == (read.gen, read.epoch, read.state)
@@ -495,3 +503,35 @@ async def test_a_lease_without_ttl_is_taken_over(any_redis_client: Client) -> No
     await any_redis_client.set(KEYS.tally, "not-ours")
     state = await report(any_redis_client, "a", failures=3, holds_lease=False)
     assert (state.state, state.reason) == ("open", "pooled_rate")
+
+
+async def test_the_winner_of_the_lease_passes_the_last_snapshot_on(
+    any_redis_client: Client,
+) -> None:
+    """Pods on one machine report in the same instant, and the first wins the lease
+    every time: it leaves the snapshot it last read there until its tally writes the
+    new one, so the others still read the pooled window (one interval older), never
+    a bare holder."""
+    tallied = await created(any_redis_client)
+    now = await redis_now_ms(any_redis_client)
+    old = f"{tallied.gen} 0 closed {now} 6 1 2 0"
+    batch = scripts_for(any_redis_client).batch()
+    for instance, snapshot in (("winner", old), ("other", None)):
+        batch.plain_report(
+            KEYS,
+            WindowReport(successes=1),
+            instance=instance,
+            gen=tallied.gen,
+            epoch=0,
+            window=PodWindow(1, 0, 0),
+            redis_ms=now,
+            lease_ms=1_000,
+            snapshot=snapshot,
+        )
+    winner, other = await batch.execute()
+    assert isinstance(winner, PlainReply)
+    assert isinstance(other, PlainReply)
+    assert winner.tally
+    assert not other.tally
+    assert other.window == PooledWindow(volume=6, failures=1, reporting=2, votes=0)
+    assert other.snapshot == old

@@ -188,6 +188,7 @@ def test_a_snapshot_is_read(snapshot: bytes | str) -> None:
         epoch=4,
         state="open",
         window=PooledWindow(volume=20, failures=9, reporting=3, votes=2),
+        snapshot="g1 4 open 1500 20 9 3 2",  # passed on by this pod when it wins the lease
     )
 
 

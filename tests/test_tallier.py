@@ -34,7 +34,7 @@ class FollowingLink:
     followed: list[tuple[str, int, str, PooledWindow]] = dataclasses.field(default_factory=list)
 
     def apply_tally(
-        self, gen: str, epoch: int, state: str, window: PooledWindow, now_ms: int
+        self, gen: str, epoch: int, state: str, window: PooledWindow, now_ms: int, snapshot: str
     ) -> None:
         self.followed.append((gen, epoch, state, window))
 

@@ -219,6 +219,8 @@ class SharedLink:
         self._window_written = False  # this pod's field in the windows hash is not empty
         self._offset_ms: float | None = None  # Redis' clock minus ours, from the last reply
         self._without_snapshot = 0  # plain reports in a row that found no tally's snapshot
+        self.snapshot: str | None = None
+        """The last tally's snapshot this pod read or wrote, without its holder."""
         self._window_at = 0.0
         self._lease_request: asyncio.Task[_LeaseAnswer] | None = None
         self._lease_waiters = 0
@@ -323,6 +325,15 @@ class SharedLink:
         """This pod's breaker closed: its own trip is history."""
         self._tripped = False
         self._closed_news = True
+
+    def window_holds_calls(self) -> bool:
+        """True while this pod's rolling window holds completed calls.
+
+        Their buckets become entries as they finish: the breaker keeps
+        reporting (the reply carries the pooled view) until its window is empty.
+        """
+        successes, failures = self.breaker.window.totals(self.breaker.monotonic())
+        return successes + failures > 0
 
     def take_local_news(self) -> bool:
         """True when this breaker must report though its buckets are empty.
@@ -528,13 +539,14 @@ class SharedLink:
                 self._without_snapshot += 1
             return
         self._without_snapshot = 0
+        self.snapshot = reply.snapshot
         if reply.window is not None:
             self._window, self._window_at = reply.window, self.breaker.monotonic()
         if reply.epoch is not None and self._news(reply.gen, reply.epoch):
             self.verify()
 
     def apply_tally(
-        self, gen: str, epoch: int, state: str, window: PooledWindow, now_ms: int
+        self, gen: str, epoch: int, state: str, window: PooledWindow, now_ms: int, snapshot: str
     ) -> None:
         """Follow what this pod's plain tally read: the state's head, and the pooled window.
 
@@ -543,6 +555,7 @@ class SharedLink:
         """
         self._offset_ms = now_ms - self.breaker.monotonic() * 1000.0
         self._window, self._window_at = window, self.breaker.monotonic()
+        self.snapshot = snapshot
         if self._news(gen, epoch):
             self.verify()
 

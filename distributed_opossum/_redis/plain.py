@@ -77,8 +77,14 @@ def plain_report_call(
     window: PodWindow,
     redis_ms: int,
     lease_ms: int,
+    snapshot: str | None = None,
 ) -> PlainCall[PlainReply]:
     """A busy pod's report; see the module's docstring. Its result is a :class:`PlainReply`.
+
+    ``snapshot`` is the last snapshot this pod read (without its holder): a pod
+    that wins the lease leaves it there until its tally writes the new one, so
+    the pods reporting in the same instant (pods on one machine tick together)
+    still read a snapshot, one interval older.
 
     Raises:
         ValueError: a trip (reported by script, at once), or a bad argument.
@@ -100,7 +106,8 @@ def plain_report_call(
         value = f"{gen}:{epoch} {redis_ms} {window.to_text()}"
         commands.append(("HSET", keys.pods, field, value))
     lease = check_int("lease_ms", lease_ms, minimum=1)
-    commands.append(("SET", keys.tally, instance, "NX", "PX", lease, "GET"))
+    value = instance if not snapshot else f"{instance} {snapshot}"
+    commands.append(("SET", keys.tally, value, "NX", "PX", lease, "GET"))
     return PlainCall(
         (keys.state,),
         tuple(commands),

@@ -253,6 +253,9 @@ class PlainReply:
     epoch: int | None = None
     state: SharedStateName | None = None
     window: PooledWindow | None = None
+    snapshot: str | None = None
+    """The snapshot as read, without its holder: what this pod passes on when it
+    wins the lease next (see :func:`.plain.plain_report_call`)."""
 
 
 def parse_plain_reply(lease: object, now_ms: int) -> PlainReply:
@@ -283,6 +286,7 @@ def parse_plain_reply(lease: object, now_ms: int) -> PlainReply:
         epoch=epoch,
         state=cast(SharedStateName, parts[3]),
         window=window,
+        snapshot=" ".join(parts[1:]),
     )
 
 

@@ -233,7 +233,13 @@ class Reporter:
             local_news = link.take_local_news()  # (forgets a local close: taken now)
             window = link.pod_window(bucket)
             report = _Report(bucket, window, link.epoch if link.gen is not None else -1)
-            news = link.window_news(window) or local_news or not bucket.is_empty or link.gen is None
+            news = (
+                link.window_news(window)
+                or local_news
+                or not bucket.is_empty
+                or link.gen is None
+                or link.window_holds_calls()
+            )
             if route is None:
                 self._slots_stale = True
                 unrouted.append((link, report if news else None))
@@ -526,6 +532,7 @@ class Reporter:
                     window=report.window,
                     redis_ms=link.redis_ms(),
                     lease_ms=link.tally_lease_ms,
+                    snapshot=link.snapshot,
                 )
             else:
                 batch.report_window(

@@ -603,6 +603,7 @@ class ScriptBatch:
         window: PodWindow,
         redis_ms: int,
         lease_ms: int,
+        snapshot: str | None = None,
     ) -> None:
         """Queue a report in plain commands: its result is a :class:`PlainReply`.
 
@@ -623,6 +624,7 @@ class ScriptBatch:
                 window=window,
                 redis_ms=redis_ms,
                 lease_ms=lease_ms,
+                snapshot=snapshot,
             )
         )
 

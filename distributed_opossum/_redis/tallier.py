@@ -58,21 +58,23 @@ async def plain_tallies(
         if decide(tally, link.params) is not None:
             by_script.append((link, extra))  # it opens: the script decides, atomically
             continue
+        value = snapshot(
+            link.instance,
+            gen=read.gen,
+            epoch=read.epoch,
+            state=read.state,
+            now_ms=read.now_ms,
+            tally=tally,
+        )
         writes.tally_write(
             link.keys,
-            snapshot=snapshot(
-                link.instance,
-                gen=read.gen,
-                epoch=read.epoch,
-                state=read.state,
-                now_ms=read.now_ms,
-                tally=tally,
-            ),
+            snapshot=value,
             lease_ms=link.tally_lease_ms,
             cap=list_cap(tally, link.params),
             gone=tally.gone,
         )
-        link.apply_tally(read.gen, read.epoch, read.state, tally.window, read.now_ms)
+        tail = value.partition(" ")[2]
+        link.apply_tally(read.gen, read.epoch, read.state, tally.window, read.now_ms, tail)
     if len(writes):
         async with asyncio.timeout(time_limit):
             await writes.execute()

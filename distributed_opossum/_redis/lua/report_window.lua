@@ -349,18 +349,6 @@ if reason ~= nil and (s.state == 'closed' or unused_opening()) then
   changed = true
 end
 
-if a ~= nil and not changed then
-  -- The list's cap; then the lease, holding the snapshot plain reports read:
-  -- "<holder> <gen> <epoch> <state> <ms> <volume> <failures> <reporting> <votes>".
-  local cap = math.max(p.max_entries, (a.pods + 1) * p.pod_entries)
-  if redis.pcall('LTRIM', stats_key, -cap, -1).err ~= nil then
-    redis.call('DEL', stats_key) -- something that is not ours
-  end
-  redis.call('SET', tally_key, instance .. ' ' .. s.gen .. ' ' .. fmt(s.epoch) .. ' '
-    .. s.state .. ' ' .. fmt(now) .. ' ' .. fmt(a.volume) .. ' ' .. fmt(a.failures) .. ' '
-    .. fmt(a.reporting) .. ' ' .. fmt(a.votes), 'PX', lease_ms())
-end
-
 -- TTLs: renewed every quarter of key_ttl_ms by a tally or a change (the
 -- state hash's `refreshed`), so the keys outlive any idle period shorter
 -- than three quarters of key_ttl_ms; a sweep (touch_state) renews them too.
@@ -377,6 +365,19 @@ if refresh then
   redis.call('PEXPIRE', stats_key, p.key_ttl_ms)
   redis.call('PEXPIRE', windows_key, p.key_ttl_ms)
 end
+if a ~= nil and not changed then
+  -- The list's cap; then the lease, holding the snapshot plain reports read
+  -- (after save_state, which deletes it: a state made anew shows in it):
+  -- "<holder> <gen> <epoch> <state> <ms> <volume> <failures> <reporting> <votes>".
+  local cap = math.max(p.max_entries, (a.pods + 1) * p.pod_entries)
+  if redis.pcall('LTRIM', stats_key, -cap, -1).err ~= nil then
+    redis.call('DEL', stats_key) -- something that is not ours
+  end
+  redis.call('SET', tally_key, instance .. ' ' .. s.gen .. ' ' .. fmt(s.epoch) .. ' '
+    .. s.state .. ' ' .. fmt(now) .. ' ' .. fmt(a.volume) .. ' ' .. fmt(a.failures) .. ' '
+    .. fmt(a.reporting) .. ' ' .. fmt(a.votes), 'PX', lease_ms())
+end
+
 if changed then
   publish(channel, name, instance, s, now)
 end
