@@ -168,7 +168,16 @@ class Variant:
         calls: list[tuple[str | int, ...]] = [
             ("RPUSH", keys.stats, entry),
             ("HSET", keys.pods, f"pod:{instance}", f"{gen}:0 {stamp} {BUCKETS * 20} {BUCKETS} 0"),
-            ("SET", keys.tally, instance, "NX", "PX", 1000, "GET"),
+            # (its value: this pod and the last snapshot it read, passed on if it wins)
+            (
+                "SET",
+                keys.tally,
+                f"{instance} {gen} 0 closed {stamp} 0 0 0 0",
+                "NX",
+                "PX",
+                1000,
+                "GET",
+            ),
         ]
         if first_of_round:
             # The lease of the last round is over (DEL, one per round: a

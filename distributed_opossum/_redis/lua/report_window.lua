@@ -59,8 +59,11 @@
 -- The tally also renews the TTLs (every quarter of key_ttl_ms) and leaves
 -- a snapshot of the state and of the pooled figures in the lease (KEYS[4]):
 -- a plain report's SET NX PX GET reads it, or wins the lease when it is
--- gone. Every change of the state deletes the lease (save_state), so no
--- snapshot outlives the state it shows.
+-- gone (and leaves there the last snapshot it read until its tally writes
+-- the new one). Every change of the state deletes the lease (save_state),
+-- so a snapshot older than the state lasts at most until the next tally;
+-- pods take a snapshot for news only when it is newer than what they know.
+-- This script writes its snapshot after the state.
 
 local stats_key, state_key, windows_key, tally_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local instance = ARGV[1]
