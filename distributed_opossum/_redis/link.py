@@ -65,15 +65,15 @@ COMMAND_ERRORS: tuple[type[Exception], ...] = (*REGISTRY_ERRORS, ProtocolError)
 
 @dataclass(slots=True)
 class _Reported:
-    """One entry this pod reported: what its window sums (see :meth:`SharedLink.pod_window`)."""
+    """One entry this pod delivered: what its window sums (see :meth:`SharedLink.pod_window`)."""
 
     at: float
-    """Local monotonic time of the report."""
+    """Local monotonic time of the delivery."""
     volume: int
     failures: int
     trip: bool
     epoch: int
-    """The epoch the pod knew (-1 before its first sync: the reply says which)."""
+    """The epoch it was counted under (a first report's is the one its reply names)."""
 
 
 @dataclass(slots=True)
