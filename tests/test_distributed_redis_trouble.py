@@ -211,7 +211,15 @@ async def test_local_trip_during_outage_opens_locally_and_cluster_works_after(
     )
     await cluster.ready(within=3.0)
     await pod1.trip()
-    await eventually(lambda: pod0.breaker.opened, within=0.5, what="pod0 open")
+    try:
+        await eventually(lambda: pod0.breaker.opened, within=0.5, what="pod0 open")
+    except AssertionError as error:  # say what each pod knew, and the state in Redis
+        known = [
+            (p.instance, p.link.gen, p.link.epoch, p.link.shared, dict(p.coordinator.stats))
+            for p in (pod0, pod1)
+        ]
+        state = await cluster.state_hash()
+        raise AssertionError(f"{error}; pods: {known}; Redis: {state}") from error
     assert pod0.causes("open")[-1] == "remote"
 
 
