@@ -274,7 +274,11 @@ class Reporter:
                 self._probe(name, send)
             else:
                 waited.append(send)
-        if waited:
+        if len(waited) == 1:
+            # One node (a single Redis): no task to spawn, nor a turn of the loop
+            # to wait for before the pipeline goes (a trip's report, among them).
+            await waited[0]
+        elif waited:
             await asyncio.gather(*waited)
 
     def _probe(self, name: str, send: Coroutine[Any, Any, None]) -> None:
