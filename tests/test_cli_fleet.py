@@ -166,6 +166,8 @@ async def test_garbage_in_redis_shows_as_unknown(cli: Cli) -> None:
     ("lease", "pooled"),
     [
         (snapshot("4 1 1 0"), (4, 1, 1, 0)),
+        # An instance id may hold spaces: the snapshot is read from the right.
+        ("pod 0 " + snapshot("4 1 1 0").partition(" ")[2], (4, 1, 1, 0)),
         (None, None),  # the lease ran out (or a change of state deleted it)
         ("pod-0", None),  # won by a pod's plain report: its tally follows
         (snapshot("9 9 1 1", epoch="2"), None),  # of the state before the last change

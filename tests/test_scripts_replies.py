@@ -350,3 +350,24 @@ def test_bad_broadcasts_are_dropped_and_counted(
         assert parse_broadcast(payload) is None
     assert protocol_error_counts()["broadcast"] == before + 1
     assert "ignoring bad broadcast" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "lease",
+    [
+        pytest.param("pod-a g1 ² open 1500 20 9 3 2".encode(), id="superscript-epoch"),
+        pytest.param("pod-a g1 4 open 1500 ٢٠ 9 3 2".encode(), id="arabic-digits"),
+        pytest.param(b"pod-a g1 4 open soon 20 9 3 2", id="no-time"),
+    ],
+)
+def test_digits_that_are_not_ascii_are_no_snapshot(lease: bytes) -> None:
+    """Python calls '²' and '٢' digits; Redis never writes them: a forged snapshot, no crash."""
+    assert parse_plain_reply(lease, 1_600) == PlainReply(tally=False, now_ms=1_600)
+
+
+def test_a_holder_with_spaces_still_passes_a_snapshot() -> None:
+    """An instance id may hold spaces: the snapshot is read from the right."""
+    reply = parse_plain_reply(b"pod a  1 g1 4 open 1500 20 9 3 2", 1_600)
+    assert (reply.gen, reply.epoch, reply.state) == ("g1", 4, "open")
+    assert reply.window == PooledWindow(volume=20, failures=9, reporting=3, votes=2)
+    assert reply.snapshot == "g1 4 open 1500 20 9 3 2"

@@ -121,3 +121,11 @@ async def test_a_change_of_state_meanwhile_leaves_no_snapshot(any_redis_client: 
     await any_redis_client.delete(KEYS.tally)
     assert await _tally(any_redis_client, FollowingLink()) == []
     assert await any_redis_client.exists(KEYS.tally) == 0
+
+
+async def test_a_state_head_in_other_digits_goes_to_the_script(any_redis_client: Client) -> None:
+    """'²' is a digit to Python, not to Redis: a forged epoch is no state of ours, no crash."""
+    await _state(any_redis_client)
+    await any_redis_client.hset(KEYS.state, "epoch", "²")
+    link = FollowingLink()
+    assert await _tally(any_redis_client, link) == [(link, "extra")]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from redis.exceptions import ResponseError
 
 from .keys import BreakerKeys, breaker_name_from_key, keys_pattern, validate_prefix
-from .replies import ProtocolError, SharedState
+from .replies import ProtocolError, SharedState, parse_snapshot
 from .scripts import DEFAULT_CLEANUP_MAX_AGE_MS, RedisClient, scripts_for
 
 __all__ = [
@@ -60,10 +60,6 @@ _POD_ROW = re.compile(
 )
 # The tally's snapshot in the lease:
 # "<holder> <gen> <epoch> <state> <ms> <volume> <failures> <reporting> <votes>".
-_SNAPSHOT = re.compile(
-    rb"(\S+) (\S+) ([0-9]{1,16}) (closed|open|half_open|forced_open) ([0-9]{1,16})"
-    rb" ([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16}) ([0-9]{1,16})"
-)
 _POD_PREFIX = b"pod:"
 
 
@@ -285,30 +281,20 @@ def _snapshot(lease: object, history: tuple[bytes, int] | None) -> WindowSums | 
     """
     if not isinstance(lease, bytes) or b" " not in lease:
         return None  # free, or held by a pod whose tally is under way
-    match = _SNAPSHOT.fullmatch(lease)
-    if match is None:
+    snapshot = parse_snapshot(lease)
+    if snapshot is None or snapshot.window is None:
         return "pooled window unreadable (garbage in the tally lease)"
-    _, gen, epoch, _, *numbers = match.groups()
-    ms, volume, failures, reporting, votes = (_count(n) for n in numbers)
-    if (
-        ms is None
-        or volume is None
-        or failures is None
-        or reporting is None
-        or votes is None
-        or failures > volume
-        or votes > reporting
-    ):
-        return "pooled window unreadable (garbage in the tally lease)"
-    if history is None or (gen, _count(epoch)) != history:
+    gen = snapshot.gen.encode()
+    if history is None or (gen, snapshot.epoch) != history:
         return None  # the state changed between the reads: the next tally follows it
+    window = snapshot.window
     return replace(
         _UNKNOWN,
-        volume=volume,
-        failures=failures,
-        reporting=reporting,
-        votes=votes,
-        tallied_ms=ms,
+        volume=window.volume,
+        failures=window.failures,
+        reporting=window.reporting,
+        votes=window.votes,
+        tallied_ms=snapshot.tallied_ms,
     )
 
 

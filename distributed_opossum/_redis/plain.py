@@ -27,7 +27,7 @@ from typing import Generic, TypeVar
 
 from .keys import BreakerKeys
 from .params import PodWindow, WindowReport, check_int, check_text
-from .replies import SHARED_STATES, PlainReply, parse_plain_reply
+from .replies import SHARED_STATES, PlainReply, parse_count_text, parse_plain_reply
 
 __all__ = [
     "PlainCall",
@@ -142,11 +142,6 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _count(value: object) -> int | None:
-    text = _text(value)
-    return int(text) if text is not None and text.isdigit() and len(text) < 17 else None
-
-
 def _parse_tally_read(replies: list[object], now_ms: int) -> TallyRead:
     raw_fields, head = replies
     fields: dict[bytes, bytes] = {}
@@ -157,8 +152,8 @@ def _parse_tally_read(replies: list[object], now_ms: int) -> TallyRead:
                 fields[field] = value
     gen = epoch = state = refreshed = None
     if isinstance(head, list) and len(head) == 4:
-        gen, epoch, state = _text(head[0]), _count(head[1]), _text(head[2])
-        refreshed = _count(head[3])
+        gen, epoch, state = _text(head[0]), parse_count_text(head[1]), _text(head[2])
+        refreshed = parse_count_text(head[3])
     if not gen or epoch is None or state not in SHARED_STATES:
         return TallyRead(now_ms, fields, None, 0, "", None)
     return TallyRead(now_ms, fields, gen, epoch, str(state), refreshed)

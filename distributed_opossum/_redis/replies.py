@@ -25,11 +25,14 @@ __all__ = [
     "ProtocolError",
     "SharedState",
     "SharedStateName",
+    "Snapshot",
     "TrialGrant",
     "parse_broadcast",
     "parse_count_reply",
+    "parse_count_text",
     "parse_plain_reply",
     "parse_report_reply",
+    "parse_snapshot",
     "parse_state_reply",
     "parse_time_reply",
     "parse_trial_reply",
@@ -258,6 +261,51 @@ class PlainReply:
     wins the lease next (see :func:`.plain.plain_report_call`)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The last tally's snapshot, as the tally lease holds it (``lua/report_window.lua``):
+    ``<holder> <gen> <epoch> <state> <ms> <volume> <failures> <reporting> <votes>``."""
+
+    gen: str
+    epoch: int
+    state: SharedStateName
+    tallied_ms: int
+    window: PooledWindow | None
+    """None when the figures cannot be (more failures than calls, or votes than pods)."""
+    text: str
+    """Everything after the holder: what a pod passes on when it wins the lease."""
+
+
+def parse_snapshot(value: object) -> Snapshot | None:
+    """The tally lease's value as a :class:`Snapshot`, or None for anything else (a
+    bare holder, garbage). Read from the right: a holder (an instance id) may hold
+    spaces; nothing else does."""
+    text = _text_of(value)
+    if text is None:
+        return None
+    parts = text.rsplit(" ", 8)
+    if len(parts) != 9 or not parts[1] or parts[3] not in SHARED_STATES:
+        return None
+    epoch, ms, volume, failures, reporting, votes = (
+        parse_count_text(part) for part in (parts[2], *parts[4:])
+    )
+    if epoch is None or ms is None or volume is None or failures is None:
+        return None
+    if reporting is None or votes is None:
+        return None
+    window = None
+    if failures <= volume and votes <= reporting:
+        window = PooledWindow(volume=volume, failures=failures, reporting=reporting, votes=votes)
+    return Snapshot(
+        gen=parts[1],
+        epoch=epoch,
+        state=cast(SharedStateName, parts[3]),
+        tallied_ms=ms,
+        window=window,
+        text=" ".join(parts[1:]),
+    )
+
+
 def parse_plain_reply(lease: object, now_ms: int) -> PlainReply:
     """A plain report's answer: the reply of ``SET <tally> <instance> NX PX <ms> GET``
     (None: the lease was free, this pod holds it now), and ``TIME`` of the round trip.
@@ -266,42 +314,42 @@ def parse_plain_reply(lease: object, now_ms: int) -> PlainReply:
     """
     if lease is None:
         return PlainReply(tally=True, now_ms=now_ms)
-    if not isinstance(lease, bytes | str):
+    snapshot = parse_snapshot(lease)
+    if snapshot is None:
         return PlainReply(tally=False, now_ms=now_ms)
-    text = lease.decode("utf-8", "replace") if isinstance(lease, bytes) else lease
-    parts = text.split(" ")
-    if len(parts) != 9 or parts[3] not in SHARED_STATES:
-        return PlainReply(tally=False, now_ms=now_ms)
-    counts = [_field_count(part) for part in (parts[2], *parts[5:])]
-    if any(count is None for count in counts) or not parts[1]:
-        return PlainReply(tally=False, now_ms=now_ms)
-    epoch, volume, failures, reporting, votes = cast(list[int], counts)
-    window = None
-    if failures <= volume and votes <= reporting:
-        window = PooledWindow(volume=volume, failures=failures, reporting=reporting, votes=votes)
     return PlainReply(
         tally=False,
         now_ms=now_ms,
-        gen=parts[1],
-        epoch=epoch,
-        state=cast(SharedStateName, parts[3]),
-        window=window,
-        snapshot=" ".join(parts[1:]),
+        gen=snapshot.gen,
+        epoch=snapshot.epoch,
+        state=snapshot.state,
+        window=snapshot.window,
+        snapshot=snapshot.text,
     )
 
 
-def _field_count(value: str) -> int | None:
-    if value.isdigit() and len(value) < 17:
-        return int(value)
+def _text_of(value: object) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
+
+
+def parse_count_text(value: object) -> int | None:
+    """A count Redis holds as text (bytes or str): ASCII digits, below 10^16; else None.
+
+    ``str.isdigit`` alone would take ``"²"`` (which ``int`` refuses) and other
+    scripts' digits, which nothing of ours writes.
+    """
+    text = _text_of(value)
+    if text is not None and text.isascii() and text.isdigit() and len(text) < 17:
+        return int(text)
     return None
 
 
 def _time_part(item: object) -> int | None:
     if isinstance(item, int) and not isinstance(item, bool):
         return item
-    if isinstance(item, bytes | str):
-        return _field_count(item.decode("ascii", "replace") if isinstance(item, bytes) else item)
-    return None
+    return parse_count_text(item)
 
 
 def parse_time_reply(reply: object) -> int:
