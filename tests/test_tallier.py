@@ -31,12 +31,12 @@ class FollowingLink:
     params: Any = PARAMS
     instance: str = "tallier"
     tally_lease_ms: int = 900
-    followed: list[tuple[str, int, str, PooledWindow]] = dataclasses.field(default_factory=list)
+    followed: list[tuple[str, int, PooledWindow, str]] = dataclasses.field(default_factory=list)
 
     def apply_tally(
-        self, gen: str, epoch: int, state: str, window: PooledWindow, now_ms: int, snapshot: str
+        self, gen: str, epoch: int, window: PooledWindow, now_ms: int, snapshot: str
     ) -> None:
-        self.followed.append((gen, epoch, state, window))
+        self.followed.append((gen, epoch, window, snapshot))
 
 
 async def _state(client: Client, *, state: str = "closed", refreshed_ago: int = 0) -> int:
@@ -75,8 +75,9 @@ async def test_a_tally_that_opens_nothing_is_written_with_plain_commands(
     link = FollowingLink()
     assert await _tally(any_redis_client, link) == []
     window = PooledWindow(volume=15, failures=3, reporting=2, votes=0)
-    assert link.followed == [(GEN, 2, "closed", window)]
-    snapshot = text(await any_redis_client.get(KEYS.tally) or b"").split(" ")
+    lease = text(await any_redis_client.get(KEYS.tally) or b"")
+    assert link.followed == [(GEN, 2, window, lease.partition(" ")[2])]
+    snapshot = lease.split(" ")
     assert snapshot[:4] == ["tallier", GEN, "2", "closed"]
     assert snapshot[5:] == ["15", "3", "2", "0"]
     assert 0 < await any_redis_client.pttl(KEYS.tally) <= 900

@@ -546,9 +546,10 @@ class SharedLink:
             self.verify()
 
     def apply_tally(
-        self, gen: str, epoch: int, state: str, window: PooledWindow, now_ms: int, snapshot: str
+        self, gen: str, epoch: int, window: PooledWindow, now_ms: int, snapshot: str
     ) -> None:
-        """Follow what this pod's plain tally read: the state's head, and the pooled window.
+        """Follow what this pod's plain tally read: the state's head, and the pooled window;
+        ``snapshot`` is what it left in the lease (without its holder).
 
         As :meth:`apply_plain`: a head newer than what this pod follows makes
         it read the state hash at the next tick.

@@ -74,7 +74,7 @@ async def plain_tallies(
             gone=tally.gone,
         )
         tail = value.partition(" ")[2]
-        link.apply_tally(read.gen, read.epoch, read.state, tally.window, read.now_ms, tail)
+        link.apply_tally(read.gen, read.epoch, tally.window, read.now_ms, tail)
     if len(writes):
         async with asyncio.timeout(time_limit):
             await writes.execute()
