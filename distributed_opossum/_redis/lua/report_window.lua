@@ -262,6 +262,15 @@ local function tally()
   return a
 end
 
+-- Votes the quorum needs among `pods` pods with a say.
+local function votes_needed(pods)
+  if p.quorum_count > 0 then
+    return p.quorum_count
+  end
+  -- The epsilon keeps 0.28 * 25 (7.000000000000001 in doubles) at 7 votes.
+  return math.max(1, math.ceil(p.quorum_fraction * pods - 1e-9))
+end
+
 -- Why the tallied windows say the shared breaker should open, or nil.
 local function decide(a)
   if not quorum then
@@ -277,12 +286,7 @@ local function decide(a)
     return nil
   end
   -- Quorum: each pod votes on its own window; the pooled rate has no say.
-  local needed = p.quorum_count
-  if needed == 0 then
-    -- The epsilon keeps 0.28 * 25 (7.000000000000001 in doubles) at 7 votes.
-    needed = math.max(1, math.ceil(p.quorum_fraction * a.reporting - 1e-9))
-  end
-  if a.votes >= needed then
+  if a.votes >= votes_needed(a.reporting) then
     return 'quorum'
   end
   return nil
@@ -306,11 +310,7 @@ local function reopen_reason(a)
   if not quorum then
     return 'local_trip'
   end
-  local needed = p.quorum_count
-  if needed == 0 then
-    needed = math.max(1, math.ceil(p.quorum_fraction * math.max(a.reporting, a.trip_pods) - 1e-9))
-  end
-  if a.trip_pods >= needed then
+  if a.trip_pods >= votes_needed(math.max(a.reporting, a.trip_pods)) then
     return 'quorum'
   end
   return nil
