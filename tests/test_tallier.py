@@ -13,6 +13,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, cast
 
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+from redis_admin import acl_setuser
 from transport_support import KEYS, PARAMS, Client, redis_now_ms, text, window_field
 
 from distributed_opossum._redis.link import SharedLink
@@ -130,3 +134,24 @@ async def test_a_state_head_in_other_digits_goes_to_the_script(any_redis_client:
     await any_redis_client.hset(KEYS.state, "epoch", "²")
     link = FollowingLink()
     assert await _tally(any_redis_client, link) == [(link, "extra")]
+
+
+async def test_a_refused_write_is_loud(redis_client: Client) -> None:
+    """A tally whose writes Redis refuses (an ACL without LTRIM, say) raises, so the
+    ticker logs it, rather than leaving every pod without a snapshot in silence."""
+    await acl_setuser(
+        redis_client, "tally-no-ltrim", "on", "nopass", "~*", "-@all",
+        "+hgetall", "+hmget", "+set", "+hdel", "+time", "+hset",
+    )  # fmt: skip
+    user = aioredis.Redis(
+        port=redis_client.connection_pool.connection_kwargs["port"], username="tally-no-ltrim"
+    )
+    try:
+        await _state(redis_client)
+        with pytest.raises(ResponseError, match="ltrim"):
+            await plain_tallies(
+                scripts_for(user), None, [(cast(SharedLink, FollowingLink()), 0)], time_limit=2.0
+            )
+    finally:
+        await user.aclose()
+        await redis_client.acl_deluser("tally-no-ltrim")

@@ -37,8 +37,9 @@ async def plain_tallies(
     """Tally ``calls``' breakers with plain commands; returns those the script must tally.
 
     Raises:
-        redis.exceptions.RedisError, OSError: a round trip failed (its
-            breakers' leases expire; the next interval tallies them).
+        redis.exceptions.RedisError, OSError: a round trip failed, or Redis
+            refused a write (its breakers' leases expire; the next interval
+            tallies them).
     """
     batch = scripts.batch(route)
     for link, _ in calls:
@@ -77,7 +78,12 @@ async def plain_tallies(
         link.apply_tally(read.gen, read.epoch, tally.window, read.now_ms, tail)
     if len(writes):
         async with asyncio.timeout(time_limit):
-            await writes.execute()
+            written = await writes.execute()
+        refused = next((result for result in written if isinstance(result, Exception)), None)
+        if refused is not None:
+            # Redis answered but wrote nothing (rights, memory): said, not swallowed,
+            # or no pod would read a snapshot again and nobody would know why.
+            raise refused
     return by_script
 
 
