@@ -142,6 +142,12 @@ async def test_sweep_corrects_a_change_that_was_never_broadcast(
         within=2.0,
         what="subscriptions confirmed and checked",
     )
+    # A first report (sent before the first read gave the pod its gen) may
+    # still be on its way: ticks run one after the other, so two more ticks
+    # see its reply counted.
+    for pod in pods:
+        await ticks(pod.coordinator, 2)
+    assert not any(p.link.verifying for p in pods)
     reports = [p.coordinator.stats["reports"] for p in pods]
     sweeps = [p.coordinator.stats["sweeps"] for p in pods]
     checks = [p.coordinator.stats["checks"] for p in pods]
