@@ -13,6 +13,7 @@ import re
 import time
 
 import pytest
+import redis.asyncio as aioredis
 from distributed_support import PREFIX, ClusterFactory
 from transport_support import next_message, redis_now_ms, subscribed, text
 from waiting import eventually, eventually_async, stays
@@ -380,3 +381,38 @@ async def test_awkward_names_and_prefixes_propagate(
     tags = {key[key.index("{") + 1 : key.index("}")] for key in keys}
     assert tags == {encode_name(name)}
     await stays(lambda: other.breaker.closed, duration=0.2, what="look-alike closed")
+
+
+@pytest.mark.parametrize(
+    "client_options",
+    [{"decode_responses": True}, {"protocol": 3}, {"protocol": 3, "decode_responses": True}],
+    ids=["decoded", "resp3", "resp3-decoded"],
+)
+async def test_a_trip_reaches_pods_whose_clients_decode_or_speak_resp3(
+    make_cluster: ClusterFactory, client_options: dict[str, object]
+) -> None:
+    """The listener reads broadcasts off the connection itself: text replies and RESP3
+    pushes carry them as well as RESP2 bytes, and the trip still opens every pod by
+    broadcast (the report tick is far off)."""
+    cluster = await make_cluster(reset_timeout=5.0, sync_interval=5.0)
+    pods = [
+        cluster.pod(
+            f"pod{i}",
+            client=cluster.adopt(
+                aioredis.Redis.from_url(cluster.url, client_name=f"pod{i}", **client_options)
+            ),
+        )
+        for i in range(3)
+    ]
+    await cluster.ready()
+    await pods[0].trip()
+    await eventually(
+        lambda: all(p.breaker.state is State.OPEN for p in pods), within=1.0, what="every pod open"
+    )
+    for pod in pods[1:]:
+        assert pod.causes("open") == ["remote"], pod.instance
+        assert pod.breaker._link is not None
+        coordinator = pod.breaker._link.coordinator
+        assert coordinator is not None
+        assert coordinator.stats["messages"] >= 1
+        assert coordinator.stats["listener_errors"] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import re
@@ -72,6 +73,17 @@ def test_report_window_reads_params_in_argv_order() -> None:
     assert block is not None
     assert tuple(re.findall(r"'(\w+)'", block.group(1))) == DecisionParams.ARGV_FIELDS
     assert set(PARAMS.argv_values()) == set(DecisionParams.ARGV_FIELDS)
+
+
+def test_encoded_params_are_each_options_own() -> None:
+    """The argv sent is made once per options object, from its own values: options
+    that compare equal (quorum 1 pod and quorum 100 %) still send their own."""
+    by_count = dataclasses.replace(PARAMS, quorum=1)
+    by_fraction = dataclasses.replace(PARAMS, quorum=1.0)
+    assert by_count == by_fraction  # 1 == 1.0: equal as dataclasses
+    assert by_count.argv_bytes == tuple(a.encode() for a in by_count.to_argv())
+    assert by_fraction.argv_bytes == tuple(a.encode() for a in by_fraction.to_argv())
+    assert by_count.argv_bytes != by_fraction.argv_bytes
 
 
 def test_sources_are_prelude_plus_script() -> None:

@@ -17,7 +17,6 @@ import asyncio
 import itertools
 import math
 import random
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,6 +28,7 @@ from distributed_opossum._state import Cause, State
 from distributed_opossum._window import RollingWindow
 
 from .coordinator import coordinator_for
+from .delivered import DeliveredEntries
 from .errors import REGISTRY_ERRORS
 from .keys import BreakerKeys
 from .scripts import (
@@ -61,19 +61,6 @@ COMMAND_WAIT = 5.0
 """Longest ``force_open()``/``reset()`` wait for Redis before raising."""
 COMMAND_ERRORS: tuple[type[Exception], ...] = (*REGISTRY_ERRORS, ProtocolError)
 """Anything the Redis layer answers instead of the new state (refused rights included)."""
-
-
-@dataclass(slots=True)
-class _Reported:
-    """One entry this pod delivered: what its window sums (see :meth:`SharedLink.pod_window`)."""
-
-    at: float
-    """Local monotonic time of the delivery."""
-    volume: int
-    failures: int
-    trip: bool
-    epoch: int
-    """The epoch it was counted under (a first report's is the one its reply names)."""
 
 
 @dataclass(slots=True)
@@ -215,7 +202,7 @@ class SharedLink:
         self._attempts = 0
         self._holder_ids = itertools.count(1)
         self._window: PooledWindow | None = None  # the pooled sums, from the last report
-        self._reported: deque[_Reported] = deque()  # this pod's entries, oldest first
+        self._delivered = DeliveredEntries()  # this pod's entries in the window
         self._window_written = False  # this pod's field in the windows hash is not empty
         self._offset_ms: float | None = None  # Redis' clock minus ours, from the last reply
         self._without_snapshot = 0  # plain reports in a row that found no tally's snapshot
@@ -376,36 +363,27 @@ class SharedLink:
         older ones have left the window. A report that never reached Redis is
         no entry: its trip vote, if any, is sent again while it holds.
         """
-        now = self.breaker.monotonic()
-        reported = self._reported
-        oldest = now - self.params.window_ms / 1000.0
-        while reported and reported[0].at <= oldest:
-            reported.popleft()
-        epoch = self.epoch if self.gen is not None else -1
-        volume = bucket.successes + bucket.failures
-        failures = bucket.failures
-        trips = 1 if bucket.local_open else 0
-        for entry in reported:
-            if entry.epoch == epoch:
-                volume += entry.volume
-                failures += entry.failures
-                trips += entry.trip
-        return PodWindow(volume=volume, failures=failures, trips=trips)
+        delivered = self._delivered
+        delivered.forget_until(self.breaker.monotonic() - self.params.window_ms / 1000.0)
+        volume, failures, trips = delivered.sums(self.epoch if self.gen is not None else -1)
+        return PodWindow(
+            volume=volume + bucket.successes + bucket.failures,
+            failures=failures + bucket.failures,
+            trips=trips + (1 if bucket.local_open else 0),
+        )
 
     def delivered(self, bucket: WindowReport, epoch: int) -> None:
         """``bucket``, sent under ``epoch`` (-1: before the first sync), reached Redis:
         it is an entry of this pod's window from now on."""
         if bucket.is_empty:
             return
-        self._reported.append(
-            _Reported(
-                at=self.breaker.monotonic(),
-                volume=bucket.successes + bucket.failures,
-                failures=bucket.failures,
-                trip=bucket.local_open,
-                # Sent before the first sync: Redis counted it in its epoch then.
-                epoch=self.epoch if epoch < 0 else epoch,
-            )
+        self._delivered.add(
+            at=self.breaker.monotonic(),
+            volume=bucket.successes + bucket.failures,
+            failures=bucket.failures,
+            trip=bucket.local_open,
+            # Sent before the first sync: Redis counted it in its epoch then.
+            epoch=self.epoch if epoch < 0 else epoch,
         )
 
     def window_lost(self) -> None:

@@ -6,6 +6,7 @@ a script never receives an argument it would have to guess around.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -155,6 +156,8 @@ class DecisionParams:
     max_entries: int = 5000
     key_ttl_ms: int
     pod_entries: int = 28
+    argv_bytes: tuple[bytes, ...] = dataclasses.field(init=False, repr=False, compare=False)
+    """:meth:`to_argv` encoded, made once: every script report sends it."""
 
     def __post_init__(self) -> None:
         check_int("window_ms", self.window_ms, minimum=1)
@@ -178,6 +181,8 @@ class DecisionParams:
         check_int("max_entries", self.max_entries, minimum=1)
         check_int("key_ttl_ms", self.key_ttl_ms, minimum=self.window_ms)
         check_int("pod_entries", self.pod_entries, minimum=1)
+        # (By identity, not by value: DecisionParams(quorum=1) == DecisionParams(quorum=1.0).)
+        object.__setattr__(self, "argv_bytes", tuple(a.encode("ascii") for a in self.to_argv()))
 
     ARGV_FIELDS: ClassVar[tuple[str, ...]] = (
         "window_ms",

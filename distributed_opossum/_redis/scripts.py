@@ -206,11 +206,11 @@ class _Call(Generic[T]):
 
     script: _Script
     keys: tuple[str, ...]
-    args: tuple[str, ...]
+    args: tuple[str | bytes, ...]
     parse: Callable[[object], T]
 
     @property
-    def keys_and_args(self) -> tuple[str, ...]:
+    def keys_and_args(self) -> tuple[str | bytes, ...]:
         return self.keys + self.args
 
 
@@ -255,7 +255,7 @@ def _report_call(
         _new_gen(),
         keys.events,
         keys.name,
-        *params.to_argv(),
+        *params.argv_bytes,
         known_gen,
         "" if window_written else window.to_text(),
         "1" if holds_lease else "0",
@@ -740,6 +740,15 @@ class ScriptBatch:
         node = None if self._route is None else self._route.node
         if node is not None:
             replies = await _send_to_node(node, commands)
+        elif len(commands) == 1:
+            # One command (a lone breaker's report, a trip): no pipeline to build,
+            # which costs redis-py more than the command (a trip's report goes
+            # out sooner). Its refusal is its result, as in a pipeline.
+            command = commands[0]
+            try:
+                replies = [await client.execute_command(*command, **_options(command))]
+            except ResponseError as refused:
+                replies = [refused]
         else:
             pipe = client.pipeline(transaction=False)
             for command in commands:

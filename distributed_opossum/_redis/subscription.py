@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from distributed_opossum._logs import logger
 
@@ -74,14 +76,45 @@ class PlainSubscription:
                 async with asyncio.timeout(wait):
                     await self._opened.wait()
             return None
-        message: dict[str, Any] | None = await self._pubsub.get_message(
-            ignore_subscribe_messages=False, timeout=wait
-        )
+        pubsub = self._pubsub
+        connection = pubsub.connection
+        if connection is None or not connection.is_connected or connection.health_check_interval:
+            # redis-py's own read connects first, or pings for its health checks.
+            return await _redis_py_read(pubsub, wait)
+        try:
+            response = await connection.read_response(
+                timeout=wait, disconnect_on_error=False, push_request=True
+            )
+        except (RedisConnectionError, RedisTimeoutError):
+            # The connection dropped: redis-py's read reconnects and subscribes
+            # again (the confirmations make the listener check), as it always did.
+            return await _redis_py_read(pubsub, wait)
+        if response is None:
+            return None
+        # A broadcast goes straight to the listener: redis-py's message handling
+        # (its bookkeeping and metrics hooks) costs more than the listener's own
+        # work, for every pod at every change. The rest is redis-py's to handle
+        # (an unsubscribe confirmation updates what it subscribes again, say).
+        if isinstance(response, list) and len(response) == 3 and response[0] in _MESSAGE:
+            return {"type": "message", "pattern": None, "channel": response[1], "data": response[2]}
+        message: dict[str, Any] | None = await pubsub.handle_message(response, False)
         return message
 
     async def aclose(self) -> None:
         """Close the connection."""
         await self._pubsub.aclose()
+
+
+_MESSAGE = (b"message", "message")
+"""A plain broadcast's first element (bytes, or text on a client that decodes replies)."""
+
+
+async def _redis_py_read(pubsub: Any, wait: float) -> dict[str, Any] | None:
+    """One message read the way redis-py reads it (connecting, reconnecting, health checks)."""
+    message: dict[str, Any] | None = await pubsub.get_message(
+        ignore_subscribe_messages=False, timeout=wait
+    )
+    return message
 
 
 class _ShardLost(Exception):
