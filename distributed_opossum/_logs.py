@@ -4,7 +4,11 @@ Everything goes to the ``distributed_opossum`` logger, which has a
 ``NullHandler``: an application that configures no logging sees nothing.
 Nothing is logged per call. A state change is one record with its fields in
 ``extra`` (``circuit``, ``state``, ``previous_state``, ``cause``), so that
-structured log handlers can index them; openings are warnings, the rest info.
+structured log handlers can index them. An opening is a warning on the pod
+where it was decided (its own trip, its report that decided for the cluster,
+an operator's ``force_open`` there); pods following another pod's decision
+log it at info, so an incident is one warning, not one per replica. The
+rest is info.
 
 Redis trouble repeats every tick while it lasts; logged each time it would
 drown the application's logs (forty error records a second for one user
@@ -82,11 +86,15 @@ _WORDS = {
 
 def log_transition(circuit: str, transition: Transition) -> None:
     """One record per state change, with its fields in ``extra``."""
-    state, previous = transition.state.value, transition.previous.value
-    level = logging.WARNING if state in ("open", "forced_open") else logging.INFO
+    state, cause = transition.state.value, transition.cause.value
+    # An opening is a warning where it was decided; the other pods following it
+    # say so at info: one warning per incident, not one per replica (and no
+    # record made on every pod of a fleet that logs warnings only).
+    opening = state in ("open", "forced_open") and cause != "remote"
+    level = logging.WARNING if opening else logging.INFO
     if not logger.isEnabledFor(level):
         return
-    cause = transition.cause.value
+    previous = transition.previous.value
     logger.log(
         level,
         "distributed_opossum: breaker %r %s -> %s (%s)",

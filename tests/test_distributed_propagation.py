@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import time
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -389,7 +390,7 @@ async def test_awkward_names_and_prefixes_propagate(
     ids=["decoded", "resp3", "resp3-decoded"],
 )
 async def test_a_trip_reaches_pods_whose_clients_decode_or_speak_resp3(
-    make_cluster: ClusterFactory, client_options: dict[str, object]
+    make_cluster: ClusterFactory, client_options: dict[str, Any]
 ) -> None:
     """The listener reads broadcasts off the connection itself: text replies and RESP3
     pushes carry them as well as RESP2 bytes, and the trip still opens every pod by

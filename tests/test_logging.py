@@ -9,7 +9,8 @@ import pytest
 from helpers import Boom, fail, succeed
 
 from distributed_opossum import CircuitBreaker
-from distributed_opossum._logs import Throttle
+from distributed_opossum._logs import Throttle, log_transition
+from distributed_opossum._state import Cause, State, Transition
 from distributed_opossum.testing import FakeClock
 
 
@@ -63,3 +64,38 @@ def test_throttle_lets_one_record_of_a_kind_through_per_interval() -> None:
     now[0] = 60.0
     assert throttle.allow("a") == 2
     assert throttle.allow("a") is None
+
+
+@pytest.mark.parametrize(
+    ("state", "cause", "level"),
+    [
+        (State.OPEN, Cause.LOCAL, logging.WARNING),
+        (State.OPEN, Cause.CLUSTER, logging.WARNING),
+        (State.OPEN, Cause.HEALTH_CHECK, logging.WARNING),
+        (State.FORCED_OPEN, Cause.MANUAL, logging.WARNING),
+        (State.OPEN, Cause.REMOTE, logging.INFO),
+        (State.FORCED_OPEN, Cause.REMOTE, logging.INFO),
+        (State.CLOSED, Cause.REMOTE, logging.INFO),
+    ],
+)
+def test_an_opening_is_a_warning_only_where_it_was_decided(
+    caplog: pytest.LogCaptureFixture, state: State, cause: Cause, level: int
+) -> None:
+    """A fleet's incident is one warning (the pod that decided), not one per replica:
+    pods that follow another pod's decision log it at info."""
+    caplog.set_level(logging.INFO, logger="distributed_opossum")
+    log_transition("payments", Transition(previous=State.CLOSED, state=state, cause=cause))
+    (record,) = [r for r in caplog.records if hasattr(r, "circuit")]
+    assert record.levelno == level
+    assert vars(record)["cause"] == cause.value
+
+
+def test_a_fleet_that_logs_warnings_makes_no_record_for_a_followed_opening(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At the usual WARNING level, following another pod's opening costs no record."""
+    caplog.set_level(logging.WARNING, logger="distributed_opossum")
+    log_transition(
+        "payments", Transition(previous=State.CLOSED, state=State.OPEN, cause=Cause.REMOTE)
+    )
+    assert [r for r in caplog.records if r.name.startswith("distributed_opossum")] == []

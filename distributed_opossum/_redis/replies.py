@@ -416,14 +416,21 @@ def _message_text(message: dict[str, Any], field: str) -> str:
     return value
 
 
+_JSON = json.JSONDecoder()
+"""``json.loads`` without its per-call checks (every pod decodes every broadcast it holds)."""
+
+
 def _decode_broadcast(payload: bytes | str) -> Broadcast:
     # Checked before encoding or parsing, so a huge payload costs nothing.
     if len(payload) > MAX_BROADCAST_BYTES:
         raise ValueError(f"longer than {MAX_BROADCAST_BYTES}")
-    raw = payload.encode("utf-8") if isinstance(payload, str) else payload
-    if len(raw) > MAX_BROADCAST_BYTES:
-        raise ValueError(f"longer than {MAX_BROADCAST_BYTES} bytes")
-    message = json.loads(raw)
+    if isinstance(payload, str):
+        text = payload
+        if len(payload.encode("utf-8")) > MAX_BROADCAST_BYTES:
+            raise ValueError(f"longer than {MAX_BROADCAST_BYTES} bytes")
+    else:
+        text = payload.decode("utf-8")  # strict: bad UTF-8 is a ValueError
+    message = _JSON.decode(text)
     if not isinstance(message, dict):
         raise ValueError("not a JSON object")
     version = message.get("v")
