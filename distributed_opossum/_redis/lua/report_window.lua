@@ -359,12 +359,12 @@ local refreshed = to_count(s.refreshed) or 0
 local refresh = created or changed or s.state ~= 'closed'
   or (a ~= nil and (now - refreshed >= p.key_ttl_ms / 4 or refreshed > now))
 if created or changed then
-  save_state(state_key, s, now, p.key_ttl_ms)
+  save_state(state_key, s, now, p.key_ttl_ms, fmt(now))
 elseif refresh then
   expire_state(state_key, s, now, p.key_ttl_ms)
+  redis.call('HSET', state_key, 'refreshed', fmt(now))
 end
 if refresh then
-  redis.call('HSET', state_key, 'refreshed', fmt(now))
   redis.call('PEXPIRE', stats_key, p.key_ttl_ms)
   redis.call('PEXPIRE', windows_key, p.key_ttl_ms)
 end
