@@ -23,6 +23,15 @@ With ``--breakdown`` the run also stamps where the time goes: when the tripping 
 report leaves (the ticker sends it), and when each pod's listener receives the broadcast
 (before parsing it); each stamp costs its pod one pipe write, so the headline rows come
 from a run without it.
+
+With ``--read-only-pods`` the listening pods stamp ``open`` as their listener reads
+the broadcast and do nothing else with it: the latency a pod's own work on a broadcast
+(decoding, checks, following the state, timers, events) could at best give back.
+
+With ``--slowlog`` Redis records how long it ran each command (``SLOWLOG`` with a 0 µs
+threshold): the report script that carries each trip (it decides, writes and
+``PUBLISH``es) against each bare ``PUBLISH``, both run by Redis after the same idle
+pause, in the same fan-out.
 """
 
 from __future__ import annotations
@@ -30,11 +39,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import multiprocessing
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -96,6 +106,23 @@ def stamp_receipt(breaker: CircuitBreaker[[], int], conn: Connection, pod: int) 
     setattr(listener, "_on_message", on_message)  # noqa: B010  (wraps the bound method)
 
 
+def read_only(breaker: CircuitBreaker[[], int], conn: Connection, pod: int) -> None:
+    """``--read-only-pods``: the pod's listener stamps ``open``/``close`` as it receives a
+    broadcast, and follows nothing (what the propagation would be if a pod's work on a
+    broadcast cost nothing beyond reading it)."""
+    link = breaker._link
+    assert link is not None
+    assert link.coordinator is not None
+    listener = link.coordinator.listener
+
+    def on_message(message: dict[str, Any]) -> None:
+        if message.get("type") in ("message", "smessage"):
+            state = json.loads(message["data"])["state"]
+            send_record(conn, OPEN if state == "open" else CLOSE, pod, time.monotonic_ns())
+
+    setattr(listener, "_on_message", on_message)  # noqa: B010  (replaces the bound method)
+
+
 async def worker_async(
     port: int,
     worker: int,
@@ -103,6 +130,7 @@ async def worker_async(
     breakdown: bool,
     events: Connection,
     control: Connection,
+    read_only_pods: bool = False,
 ) -> None:
     clients = [new_client(port) for _ in indexes]
     breakers: list[CircuitBreaker[[], int]] = []
@@ -117,6 +145,9 @@ async def worker_async(
         breaker.on("close", stamp(events, CLOSE, pod))
         breakers.append(breaker)
     await first_sync(breakers)
+    if read_only_pods:
+        for pod, breaker in zip(indexes, breakers, strict=True):
+            read_only(breaker, events, pod)
     if breakdown:
         for pod, breaker in zip(indexes, breakers, strict=True):
             stamp_receipt(breaker, events, pod)
@@ -164,8 +195,9 @@ def worker_main(
     breakdown: bool,
     events: Connection,
     control: Connection,
+    read_only_pods: bool = False,
 ) -> None:
-    asyncio.run(worker_async(port, worker, indexes, breakdown, events, control))
+    asyncio.run(worker_async(port, worker, indexes, breakdown, events, control, read_only_pods))
 
 
 # ------------------------------------------------------------------------------ main side
@@ -189,7 +221,7 @@ class Trips:
         self.latencies: list[dict[int, float]] = []  # per trip: pod -> seconds
         self.received: list[dict[int, float]] = []  # per trip: pod -> broadcast received
         self.sent: list[float] = []  # t0 -> the ticker takes the tripping pod's report
-        self.written: list[float] = []  # t0 -> its call built, the pipeline is written
+        self.written: list[float] = []  # t0 -> its call built, handed to redis-py
         self.seen: list[float] = []  # t0 -> the observer received the broadcast
         self.seen_raw: list[float] = []  # bare PUBLISH -> the observer received it
         self.decided: list[float] = []  # t0 -> the tripper's report answered "open"
@@ -335,6 +367,10 @@ class Fleet:
     workers: int
     trips: Trips
     elapsed: float
+    script_us: list[int] = field(default_factory=list)
+    """Redis' time for each report script that carried a trip (``--slowlog``)."""
+    publish_us: list[int] = field(default_factory=list)
+    """Redis' time for each bare ``PUBLISH`` (``--slowlog``)."""
 
     @property
     def each(self) -> list[float]:
@@ -371,14 +407,62 @@ class Fleet:
             ]
             rows += [
                 _row("· trip → the ticker takes the tripping pod's report", trips.sent),
-                _row("· trip → its script call built, pipeline written", trips.written),
+                _row("· trip → its script call built, handed to redis-py", trips.written),
                 _row("· trip → the observer received the broadcast", trips.seen),
                 _row("· bare `PUBLISH` → the observer received it", trips.seen_raw),
                 _row("· trip → each pod's listener received the broadcast", received),
                 _row("· received → that pod's `open` (parse, follow, emit)", gaps),
                 _row("· trip → the tripping pod's report answered", trips.decided),
             ]
-        return md_table(["latency", "samples", "p50 ms", "p99 ms", "max ms", "min ms"], rows)
+        table = md_table(["latency", "samples", "p50 ms", "p99 ms", "max ms", "min ms"], rows)
+        if not self.script_us:
+            return table
+        redis_rows = [
+            _us_row("the report script that carries the trip", self.script_us),
+            _us_row("a bare `PUBLISH`", self.publish_us),
+        ]
+        return "\n\n".join(
+            [
+                table,
+                "Redis' own time per command (`SLOWLOG`):",
+                md_table(["command", "samples", "p50 µs", "p90 µs", "p99 µs"], redis_rows),
+            ]
+        )
+
+
+def _us_row(label: str, values: list[int]) -> list[str]:
+    ordered = sorted(values)
+    if not ordered:
+        return [label, "0", "n/a", "n/a", "n/a"]
+
+    def at(q: float) -> str:
+        return str(ordered[min(len(ordered) - 1, int(len(ordered) * q))])
+
+    return [label, f"{len(ordered):,}", at(0.5), at(0.9), at(0.99)]
+
+
+TRIP_REPORT_AT = 13
+"""Where ARGV[7] (local_open) of report_window sits in an EVALSHA: name, sha, numkeys,
+four keys, then ARGV[1..]."""
+
+
+async def slowlog_times(port: int) -> tuple[list[int], list[int]]:
+    """Redis' time (µs) for each trip's report script and for each bare PUBLISH so far."""
+    client = new_client(port)
+    try:
+        entries = await client.slowlog_get(1_000_000)
+    finally:
+        await client.aclose()
+    scripts, publishes = [], []
+    for entry in entries:
+        command = entry["command"]
+        words = command.split() if isinstance(command, bytes) else str(command).encode().split()
+        if words[:1] == [b"EVALSHA"] and len(words) > TRIP_REPORT_AT + 1:
+            if words[7] == b"tripper" and words[TRIP_REPORT_AT] == b"1":
+                scripts.append(int(entry["duration"]))
+        elif words[:2] == [b"PUBLISH", RAW_CHANNEL.encode()]:
+            publishes.append(int(entry["duration"]))
+    return scripts, publishes
 
 
 def spread(pods: int, workers: int) -> list[list[int]]:
@@ -395,7 +479,7 @@ async def run_fleet(port: int, pods: int, args: argparse.Namespace) -> Fleet:
     processes = [
         context.Process(
             target=worker_main,
-            args=(port, w, indexes, args.breakdown, events_w, control_r),
+            args=(port, w, indexes, args.breakdown, events_w, control_r, args.read_only_pods),
             daemon=True,
         )
         for w, (indexes, ((_, events_w), (control_r, _))) in enumerate(
@@ -414,6 +498,12 @@ async def run_fleet(port: int, pods: int, args: argparse.Namespace) -> Fleet:
         if not ready:
             raise RuntimeError("the worker processes did not get ready within 60 s")
         inbox.take()
+        if args.slowlog:
+            admin = new_client(port)
+            await admin.config_set("slowlog-log-slower-than", 0)
+            await admin.config_set("slowlog-max-len", 1_000_000)
+            await admin.slowlog_reset()
+            await admin.aclose()
         trips = Trips(port, inbox, pods)
         await first_sync([trips.breaker])
         if args.breakdown:
@@ -434,7 +524,10 @@ async def run_fleet(port: int, pods: int, args: argparse.Namespace) -> Fleet:
             await trips.close()
         inbox.close()
         join_workers(processes)
-    return Fleet(pods, len(spread(pods, args.workers)), trips, elapsed)
+    fleet = Fleet(pods, len(spread(pods, args.workers)), trips, elapsed)
+    if args.slowlog:
+        fleet.script_us, fleet.publish_us = await slowlog_times(port)
+    return fleet
 
 
 async def main_async(args: argparse.Namespace) -> str:
@@ -506,6 +599,16 @@ def main() -> None:
         "--breakdown",
         action="store_true",
         help="also stamp the report leaving and each broadcast's receipt",
+    )
+    parser.add_argument(
+        "--read-only-pods",
+        action="store_true",
+        help="listening pods stamp a broadcast as they read it and follow nothing (a bound)",
+    )
+    parser.add_argument(
+        "--slowlog",
+        action="store_true",
+        help="also report Redis' own time for each trip's script and each bare PUBLISH",
     )
     args = parser.parse_args()
     print(asyncio.run(main_async(args)))
