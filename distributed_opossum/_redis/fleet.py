@@ -37,7 +37,7 @@ __all__ = [
     "SCAN_COUNT",
     "BreakerStatus",
     "Fleet",
-    "PodWindow",
+    "PodWindowField",
     "UnknownBreakerError",
     "WindowSums",
     "read_windows",
@@ -72,7 +72,7 @@ class UnknownBreakerError(LookupError):
 
 
 @dataclass(frozen=True, slots=True)
-class PodWindow:
+class PodWindowField:
     """One pod's window as it wrote it: ``None`` where Redis holds garbage."""
 
     instance: str
@@ -111,7 +111,7 @@ class WindowSums:
     pod's option: not stored, always None here)..."""
     error_threshold_percentage: float | None
     """...and the rate it must exceed (None, as above)."""
-    pods: tuple[PodWindow, ...]
+    pods: tuple[PodWindowField, ...]
     """The pods whose window is of the current gen and epoch, and those whose
     field does not parse (all ``None``), by instance."""
     tallied_ms: int | None = None
@@ -157,7 +157,7 @@ def _count(raw: object) -> int | None:
 class _Field:
     """A pod's field of the windows hash, read."""
 
-    pod: PodWindow
+    pod: PodWindowField
     history: tuple[bytes, int] | None
     """The gen and epoch it was written under; None when it does not parse."""
 
@@ -166,12 +166,12 @@ def _field(field: bytes, raw: object) -> _Field:
     instance = field[len(_POD_PREFIX) :].decode("utf-8", "replace")
     match = _POD_ROW.fullmatch(raw) if isinstance(raw, bytes) else None
     if match is None:
-        return _Field(PodWindow(instance, None, None, None), None)
+        return _Field(PodWindowField(instance, None, None, None), None)
     gen, epoch, at, volume, failures, trips = match.groups()
     v, f, t, e = _count(volume), _count(failures), _count(trips), _count(epoch)
     if v is None or f is None or t is None or e is None or f > v:
-        return _Field(PodWindow(instance, None, None, None, _count(at)), None)
-    return _Field(PodWindow(instance, v, f, t, _count(at)), (gen, e))
+        return _Field(PodWindowField(instance, None, None, None, _count(at)), None)
+    return _Field(PodWindowField(instance, v, f, t, _count(at)), (gen, e))
 
 
 def _history(state: object) -> tuple[bytes, int] | None:
