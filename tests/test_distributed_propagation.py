@@ -386,15 +386,21 @@ async def test_awkward_names_and_prefixes_propagate(
 
 @pytest.mark.parametrize(
     "client_options",
-    [{"decode_responses": True}, {"protocol": 3}, {"protocol": 3, "decode_responses": True}],
-    ids=["decoded", "resp3", "resp3-decoded"],
+    [
+        {"decode_responses": True},
+        {"protocol": 3},
+        {"protocol": 3, "decode_responses": True},
+        {"health_check_interval": 1},
+    ],
+    ids=["decoded", "resp3", "resp3-decoded", "health-checked"],
 )
 async def test_a_trip_reaches_pods_whose_clients_decode_or_speak_resp3(
     make_cluster: ClusterFactory, client_options: dict[str, Any]
 ) -> None:
     """The listener reads broadcasts off the connection itself: text replies and RESP3
-    pushes carry them as well as RESP2 bytes, and the trip still opens every pod by
-    broadcast (the report tick is far off)."""
+    pushes carry them as well as RESP2 bytes, and a client with health checks reads
+    the redis-py way (it pings); the trip still opens every pod by broadcast (the
+    report tick is far off)."""
     cluster = await make_cluster(reset_timeout=5.0, sync_interval=5.0)
     pods = [
         cluster.pod(

@@ -331,6 +331,54 @@ async def test_single_call_survives_script_flush(any_redis_client: Client) -> No
     assert await any_redis_client.script_exists(sha) == [True]
 
 
+async def test_a_lone_batched_call_goes_without_a_pipeline_and_survives_script_flush(
+    any_redis_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of one call (one breaker's report, a trip) is one plain command, no
+    pipeline; after SCRIPT FLUSH it is loaded again and applied exactly once."""
+    pipelines = 0
+    pipeline = any_redis_client.pipeline
+
+    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+        nonlocal pipelines
+        pipelines += 1
+        return pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(any_redis_client, "pipeline", counting_pipeline)
+    await any_redis_client.script_flush()
+    batch = scripts_for(any_redis_client).batch()
+    batch.report_window(
+        KEYS, WindowReport(failures=1), instance="pod", known_epoch=0, params=PARAMS
+    )
+    (result,) = await batch.execute()
+    assert isinstance(result, SharedState)
+    assert result.state == "open"
+    assert await any_redis_client.llen(KEYS.stats) == 1  # applied once, NOSCRIPT and all
+    assert pipelines == 0
+
+
+@pytest.mark.redis
+async def test_a_lone_batched_call_that_redis_refuses_is_its_result(
+    redis_client: aioredis.Redis, redis_server_session: RedisServer
+) -> None:
+    """A refusal of the lone command (no right to run scripts, here) comes back as that
+    call's result, as it would from a pipeline: the reporter counts it, nothing raises."""
+    user = "no-scripts"
+    await redis_client.acl_setuser(
+        user, enabled=True, passwords=["+secret"], keys=["*"], commands=["+@all", "-evalsha"]
+    )
+    client = aioredis.Redis.from_url(redis_server_session.url, username=user, password="secret")
+    try:
+        batch = scripts_for(client).batch()
+        batch.read_state(KEYS)
+        (result,) = await batch.execute()
+    finally:
+        await client.aclose()
+        await redis_client.acl_deluser(user)
+    assert isinstance(result, ResponseError)
+    assert "NOPERM" in str(result) or "permission" in str(result)
+
+
 async def test_batch_survives_script_flush_applying_each_call_once(
     any_redis_client: Client,
 ) -> None:
