@@ -76,13 +76,34 @@ def free_port() -> int:
         return port
 
 
-def _answers_ping(port: int) -> bool:
+def _answers_ping(port: int, pid: int | None = None) -> bool:
+    """True when a server on ``port`` answers PING (and, with ``pid``, is that process:
+    a server that failed to bind a port taken by another one must not pass for it)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            if not sock.recv(64).startswith(b"+PONG"):
+                return False
+            if pid is None:
+                return True
+            sock.sendall(b"INFO server\r\n")
+            reply = b""
+            while b"\r\n" not in reply or len(reply) < _bulk_end(reply):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return False
+                reply += chunk
+            return f"process_id:{pid}\r\n".encode() in reply
     except OSError:
         return False
+
+
+def _bulk_end(reply: bytes) -> int:
+    """Where a bulk reply (``$<n>\\r\\n<n bytes>\\r\\n``) ends; an error line ends at once."""
+    head, _, _ = reply.partition(b"\r\n")
+    if not head.startswith(b"$"):
+        return 0
+    return len(head) + 2 + int(head[1:]) + 2
 
 
 @dataclass(frozen=True)
@@ -226,7 +247,7 @@ class RedisServer(Service):
             if self._proc.poll() is not None:
                 self._proc = None
                 return False
-            if _answers_ping(self.port):
+            if _answers_ping(self.port, self._proc.pid):
                 return True
             time.sleep(0.005)
         self.kill()
