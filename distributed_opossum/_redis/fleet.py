@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from redis.exceptions import ResponseError
 
 from .keys import BreakerKeys, breaker_name_from_key, keys_pattern, validate_prefix
-from .replies import ProtocolError, SharedState, parse_snapshot
+from .replies import PooledWindow, ProtocolError, SharedState, parse_snapshot
 from .scripts import DEFAULT_CLEANUP_MAX_AGE_MS, RedisClient, scripts_for
 
 __all__ = [
@@ -254,13 +254,14 @@ def _checked_window(
         problems.append(snapshot)
         return found, tuple(problems)
     if snapshot is not None:
+        window, tallied_ms = snapshot
         pooled = replace(
             found,
-            volume=snapshot.volume,
-            failures=snapshot.failures,
-            reporting=snapshot.reporting,
-            votes=snapshot.votes,
-            tallied_ms=snapshot.tallied_ms,
+            volume=window.volume,
+            failures=window.failures,
+            reporting=window.reporting,
+            votes=window.votes,
+            tallied_ms=tallied_ms,
         )
         return pooled, tuple(problems)
     if not counted:
@@ -269,12 +270,13 @@ def _checked_window(
     return replace(found, pending=True), tuple(problems)
 
 
-def _snapshot(lease: object, history: tuple[bytes, int] | None) -> WindowSums | str | None:
+def _snapshot(
+    lease: object, history: tuple[bytes, int] | None
+) -> tuple[PooledWindow, int] | str | None:
     """The tally's pooled figures in the lease, if it holds a snapshot of ``history``.
 
     Returns:
-        The figures in a :class:`WindowSums` (only ``volume``, ``failures``,
-        ``reporting``, ``votes`` and ``tallied_ms`` set); None when the lease
+        Its pooled window and when it was tallied (Redis ms); None when the lease
         holds no snapshot of the current state, which is no problem (it is
         free, a pod's tally is under way, or the state changed between the
         reads); or, when it holds garbage, why.
@@ -287,15 +289,7 @@ def _snapshot(lease: object, history: tuple[bytes, int] | None) -> WindowSums | 
     gen = snapshot.gen.encode()
     if history is None or (gen, snapshot.epoch) != history:
         return None  # the state changed between the reads: the next tally follows it
-    window = snapshot.window
-    return replace(
-        _UNKNOWN,
-        volume=window.volume,
-        failures=window.failures,
-        reporting=window.reporting,
-        votes=window.votes,
-        tallied_ms=snapshot.tallied_ms,
-    )
+    return snapshot.window, snapshot.tallied_ms
 
 
 def _is_garbage(reply: object) -> bool:
