@@ -8,6 +8,7 @@ import gc
 import hashlib
 import re
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +321,20 @@ async def test_script_rejects_bad_argv_loudly(any_redis_client: Client) -> None:
 # --------------------------------------------------------------------------- NOSCRIPT
 
 
+def count_pipelines(client: Client, monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """Count the pipelines ``client`` makes from now on; the result reads the count."""
+    made = 0
+    pipeline = client.pipeline
+
+    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
+        nonlocal made
+        made += 1
+        return pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(client, "pipeline", counting_pipeline)
+    return lambda: made
+
+
 async def test_single_call_survives_script_flush(any_redis_client: Client) -> None:
     """After SCRIPT FLUSH the script is loaded again and the call retried once."""
     first = await report(any_redis_client, successes=1)
@@ -336,15 +351,7 @@ async def test_a_lone_batched_call_goes_without_a_pipeline_and_survives_script_f
 ) -> None:
     """A batch of one call (one breaker's report, a trip) is one plain command, no
     pipeline; after SCRIPT FLUSH it is loaded again and applied exactly once."""
-    pipelines = 0
-    pipeline = any_redis_client.pipeline
-
-    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
-        nonlocal pipelines
-        pipelines += 1
-        return pipeline(*args, **kwargs)
-
-    monkeypatch.setattr(any_redis_client, "pipeline", counting_pipeline)
+    pipelines = count_pipelines(any_redis_client, monkeypatch)
     await any_redis_client.script_flush()
     batch = scripts_for(any_redis_client).batch()
     batch.report_window(
@@ -354,7 +361,7 @@ async def test_a_lone_batched_call_goes_without_a_pipeline_and_survives_script_f
     assert isinstance(result, SharedState)
     assert result.state == "open"
     assert await any_redis_client.llen(KEYS.stats) == 1  # applied once, NOSCRIPT and all
-    assert pipelines == 0
+    assert pipelines() == 0
 
 
 @pytest.mark.redis
@@ -436,15 +443,7 @@ async def test_batch_is_one_pipeline(
 ) -> None:
     """Fifty breakers' reports go out in one pipeline execution."""
     await scripts_for(any_redis_client).load()
-    executions = 0
-    pipeline = any_redis_client.pipeline
-
-    def counting_pipeline(*args: Any, **kwargs: Any) -> Any:
-        nonlocal executions
-        executions += 1
-        return pipeline(*args, **kwargs)
-
-    monkeypatch.setattr(any_redis_client, "pipeline", counting_pipeline)
+    executions = count_pipelines(any_redis_client, monkeypatch)
     batch = scripts_for(any_redis_client).batch()
     for i in range(50):
         batch.report_window(
@@ -456,7 +455,7 @@ async def test_batch_is_one_pipeline(
         )
     assert len(batch) == 50
     results = await batch.execute()
-    assert executions == 1
+    assert executions() == 1
     assert len(results) == 50
     assert all(isinstance(r, SharedState) for r in results)
     assert len(batch) == 0
