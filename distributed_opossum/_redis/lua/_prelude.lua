@@ -168,17 +168,16 @@ end
 -- the same command: one call less on the path of a trip.
 local function save_state(key, s, now, key_ttl_ms, refreshed)
   redis.call('DEL', tally_key_of(key))
-  if refreshed == nil then
-    redis.call('HSET', key,
-      'gen', s.gen, 'epoch', s.epoch, 'state', s.state, 'open_until', s.open_until,
-      'attempts', s.attempts, 'closed_at', s.closed_at, 'reason', s.reason,
-      'trial_successes', s.trial_successes)
-  else
-    redis.call('HSET', key,
-      'gen', s.gen, 'epoch', s.epoch, 'state', s.state, 'open_until', s.open_until,
-      'attempts', s.attempts, 'closed_at', s.closed_at, 'reason', s.reason,
-      'trial_successes', s.trial_successes, 'refreshed', refreshed)
+  local fields = {
+    'gen', s.gen, 'epoch', s.epoch, 'state', s.state, 'open_until', s.open_until,
+    'attempts', s.attempts, 'closed_at', s.closed_at, 'reason', s.reason,
+    'trial_successes', s.trial_successes,
+  }
+  if refreshed ~= nil then
+    fields[#fields + 1] = 'refreshed'
+    fields[#fields + 1] = refreshed
   end
+  redis.call('HSET', key, unpack(fields))
   expire_state(key, s, now, key_ttl_ms)
 end
 
